@@ -1,0 +1,7 @@
+"""recurlm: build, train, evaluate and serve recurrent-depth small language models."""
+
+from recurlm.config import ModelConfig, UserError, load_config
+from recurlm.engine import Engine
+from recurlm.model import RecurrentGPT, build_model
+
+__all__ = ["Engine", "ModelConfig", "RecurrentGPT", "UserError", "build_model", "load_config"]

@@ -1,0 +1,81 @@
+"""Checkpoints (DESIGN §5): a directory with config.json, model.safetensors, tokenizer.json (and, for resuming,
+optimizer.pt and trainer_state.json), written to a temporary directory and renamed into place so that a crash never
+leaves a half-written checkpoint."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from recurlm.config import SECTIONS, UserError, merge, to_dict
+from recurlm.model import RecurrentGPT, build_model
+from recurlm.tokenizer import Tokenizer
+
+
+def build_tokenizer(configs: dict, texts=()) -> Tokenizer:
+    """The tokenizer a config asks for: a char alphabet, or BPE trained on `texts` (bytes only when empty)."""
+    tcfg, mcfg = configs["tokenizer"], configs["model"]
+    if tcfg.kind == "char":
+        tok = Tokenizer.char(tcfg.alphabet, tcfg.specials)
+    else:
+        tok = Tokenizer.bpe(texts, mcfg.vocab_size, tcfg.specials)
+    if tok.vocab_size > mcfg.vocab_size:
+        raise UserError(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size is {mcfg.vocab_size}")
+    return tok
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: RecurrentGPT,
+    tokenizer: Tokenizer,
+    configs: dict,
+    optimizer_state: dict | None = None,
+    trainer_state: dict | None = None,
+):
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "config.json").write_text(json.dumps({s: to_dict(c) for s, c in configs.items()}, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    tokenizer.save(tmp / "tokenizer.json")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    if trainer_state is not None:
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)  # the only moment the checkpoint changes: before it the old one is whole, after it the new
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_configs(ckpt_dir: str | Path) -> dict:
+    path = Path(ckpt_dir) / "config.json"
+    if not Path(ckpt_dir).is_dir():
+        raise UserError(f"checkpoint directory not found: {ckpt_dir}")
+    if not path.is_file():
+        raise UserError(f"not a recurlm checkpoint (no config.json): {ckpt_dir}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    values = merge({}, {s: v for s, v in raw.items() if s in SECTIONS}, str(path))
+    return {s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}
+
+
+def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, Tokenizer, dict]:
+    configs = read_configs(ckpt_dir)
+    weights = Path(ckpt_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"checkpoint has no model.safetensors: {ckpt_dir}")
+    model = build_model(configs["model"], device)
+    try:
+        model.load_state_dict(load_file(weights, device=str(device)))
+    except RuntimeError as e:
+        raise UserError(f"weights in {weights} do not fit its config.json: {str(e).splitlines()[0]}") from None
+    return model, Tokenizer.load(Path(ckpt_dir) / "tokenizer.json"), configs

@@ -1,0 +1,220 @@
+"""Generation: prefill the prompt in parallel, then decode token by token through the KV cache (DESIGN §2).
+
+Per decoded token the engine runs the recurrence itself, so it can warm-start the state from the previous token's
+final state and stop each row of the batch early once its exit criterion fires. A row that stops keeps its state
+and writes its final K/V into the slots of the iterations it skipped, so later tokens find, at every depth, the
+deepest state that token reached.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from recurlm.cache import KVCache
+from recurlm.config import UserError
+from recurlm.exits import parse_exit
+from recurlm.model import RecurrentGPT
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]] = field(default_factory=list)  # generated ids per row, stop token excluded
+    steps: list[list[int]] = field(default_factory=list)  # recurrences that produced each of those tokens
+
+
+def sample(logits: torch.Tensor, temperature=0.0, top_k=0, top_p=1.0, generator=None) -> torch.Tensor:
+    """Next token per row from (B, V) logits; temperature 0 is greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+class Engine:
+    def __init__(
+        self,
+        model: RecurrentGPT,
+        kv_budget: int | None = None,
+        warm_start: bool | None = None,
+        exit: str | None = None,
+        min_steps: int | None = None,
+        use_cache: bool = True,
+    ):
+        cfg = model.cfg
+        self.model, self.cfg, self.use_cache = model, cfg, use_cache
+        self.kv_budget = cfg.kv_budget if kv_budget is None else kv_budget
+        self.warm_start = cfg.warm_start if warm_start is None else warm_start
+        self.criterion = parse_exit(cfg.exit if exit is None else exit)
+        self.min_steps = cfg.exit_min_steps if min_steps is None else min_steps
+        if self.kv_budget < 1:
+            raise UserError(f"kv budget must be >= 1, got {self.kv_budget}")
+        if not use_cache and self.criterion is not None:
+            raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
+        self.cache: KVCache | None = None
+        self.state: torch.Tensor | None = None  # each row's last final state, for warm start
+
+    def _recurrences(self, r: int | None) -> int:
+        r = self.cfg.default_recurrences if r is None else r
+        if r < 1:
+            raise UserError(f"recurrences must be >= 1, got {r}")
+        return r
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], recurrences: int | None = None) -> torch.Tensor:
+        """Run the left-padded prompts in parallel, filling a fresh cache; returns (B, V) last-position logits."""
+        r = self._recurrences(recurrences)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("every prompt needs at least one token")
+        L = max(len(p) for p in prompts)
+        if L > self.cfg.seq_len:
+            raise UserError(f"prompt of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
+        device = self.model.wte.weight.device
+        idx = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
+        cache = KVCache(self.cfg, len(prompts), self.cfg.seq_len, self.kv_budget, device, self.model.wte.weight.dtype)
+        for b, p in enumerate(prompts):
+            idx[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+            cache.valid[b, : L - len(p)] = False
+        cache.padded = bool((~cache.valid[:, :L]).any())
+        self.cache = cache
+        ctx = self.model.context(L, 0, cache)
+        e = self.model.embed(idx, ctx)
+        s = self.model.init_state(e)
+        for i in range(r if self.model.core else 0):
+            s = self.model.core_step(e, s, i, ctx)
+        cache.pos = L
+        self.state = s[:, -1:]
+        return self.model.head(s, ctx)[:, -1]
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, recurrences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one token per row; returns its (B, V) logits and the recurrences each row used."""
+        model, cache, r = self.model, self.cache, self._recurrences(recurrences)
+        assert cache is not None, "call prefill() first"
+        B, pos = tokens.size(0), cache.pos
+        ctx = model.context(1, pos, cache)
+        e = model.embed(tokens.view(B, 1), ctx)
+        s = self.state if self.warm_start else model.init_state(e)
+        steps = torch.full((B,), r if model.core else 0, dtype=torch.long)
+        if not model.core:
+            pass
+        elif self.criterion is None:
+            for i in range(r):
+                s = model.core_step(e, s, i, ctx)
+        else:
+            s, steps = self._adaptive_loop(e, s, r, ctx)
+        cache.pos = pos + 1
+        self.state = s
+        return model.head(s, ctx)[:, -1], steps
+
+    def _adaptive_loop(self, e, s, r, ctx):
+        model, cache, crit, pos = self.model, self.cache, self.criterion, ctx.pos
+        B = s.size(0)
+        done = torch.zeros(B, dtype=torch.bool, device=s.device)
+        steps = torch.full((B,), r, dtype=torch.long)
+        core_slots = lambda i: [cache.slot("core", j, i) for j in range(len(model.core))]  # noqa: E731
+        snap_k = snap_v = None  # each row's K/V of its latest iteration, per core block
+
+        def watch(state):
+            if crit.watches == "state":
+                return state[:, -1]
+            return F.log_softmax(model.head(state, ctx)[:, -1].float(), dim=-1)
+
+        prev, i = watch(s), 0
+        for i in range(r):
+            s = torch.where(done[:, None, None], s, model.core_step(e, s, i, ctx))
+            slots = core_slots(i)
+            if snap_k is not None and done.any():  # stopped rows: undo this iteration's K/V write
+                cache.k[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_k, cache.k[slots, :, :, pos])
+                cache.v[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_v, cache.v[slots, :, :, pos])
+            snap_k, snap_v = cache.k[slots, :, :, pos].clone(), cache.v[slots, :, :, pos].clone()
+            cur = watch(s)
+            if i + 1 >= self.min_steps:
+                newly = crit.done(prev, cur) & ~done
+                steps[newly.cpu()] = i + 1
+                done |= newly
+            prev = cur
+            if bool(done.all()):
+                break
+        for i2 in range(i + 1, min(r, i + 1 + cache.budget)):  # slots of the skipped iterations
+            slots = core_slots(i2)
+            cache.k[slots, :, :, pos], cache.v[slots, :, :, pos] = snap_k, snap_v
+        return s, steps
+
+    @torch.no_grad()
+    def _full_forward_logits(self, seqs: list[list[int]], r: int) -> torch.Tensor:
+        """--no-cache: recompute the whole (left-padded) sequences, exactly the training-time computation."""
+        L = max(len(q) for q in seqs)
+        if L > self.cfg.seq_len:
+            raise UserError(f"sequence of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
+        device = self.model.wte.weight.device
+        idx = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
+        valid = torch.zeros(len(seqs), L, dtype=torch.bool, device=device)
+        for b, q in enumerate(seqs):
+            idx[b, L - len(q) :] = torch.tensor(q, dtype=torch.long)
+            valid[b, L - len(q) :] = True
+        return self.model(idx, r, valid=None if bool(valid.all()) else valid)[:, -1]
+
+    def stream(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        recurrences: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stop_tokens=(),
+        seed: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (tokens, steps), each (B,), one generated token per row at a time, until every row has produced a
+        stop token, max_new_tokens is reached or the context is full. steps[b] is the number of recurrences of the
+        forward pass that predicted tokens[b]."""
+        r = self._recurrences(recurrences)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.model.wte.weight.device).manual_seed(seed)
+        stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
+        seqs = [list(p) for p in prompts]
+        if self.use_cache:
+            logits = self.prefill(prompts, r)
+        else:
+            logits = self._full_forward_logits(seqs, r)
+        steps = torch.full((len(prompts),), r if self.model.core else 0, dtype=torch.long)
+        finished = torch.zeros(len(prompts), dtype=torch.bool)
+        L = max(len(p) for p in prompts)
+        for n in range(max_new_tokens):
+            tokens = sample(logits, temperature, top_k, top_p, gen)
+            yield tokens, steps
+            finished |= torch.isin(tokens.cpu(), stop)
+            if bool(finished.all()) or n + 1 == max_new_tokens or L + n + 1 > self.cfg.seq_len:
+                return
+            if self.use_cache:
+                logits, steps = self.decode(tokens, r)
+            else:
+                for q, t in zip(seqs, tokens.tolist(), strict=True):
+                    q.append(t)
+                logits = self._full_forward_logits(seqs, r)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> Generation:
+        out = Generation([[] for _ in prompts], [[] for _ in prompts])
+        stop = set(kwargs.get("stop_tokens", ()))
+        finished = [False] * len(prompts)
+        for tokens, steps in self.stream(prompts, max_new_tokens, **kwargs):
+            for b, (t, k) in enumerate(zip(tokens.tolist(), steps.tolist(), strict=True)):
+                if finished[b]:
+                    continue
+                if t in stop:
+                    finished[b] = True
+                    continue
+                out.tokens[b].append(t)
+                out.steps[b].append(k)
+        return out

@@ -1,0 +1,298 @@
+"""The recurrent-depth GPT (DESIGN §1): prelude, a core of blocks looped r times, coda.
+
+nanochat-style blocks: pre-norm RMSNorm without weights, RoPE, QK-norm, optional GQA, relu² or SwiGLU MLP, no
+biases. A plain GPT is the case n_core = 0.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recurlm.cache import KVCache
+from recurlm.config import ModelConfig, UserError
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Linear(nn.Module):
+    """y = W x without bias. W is full, or A @ B of rank `rank` (MiniAxion's factorised projections); with
+    `lora_count` adapters, iteration i adds B_i A_i x (Relaxed Recursive Transformers), B_i zero-initialised so that
+    the adapters change nothing at init; iterations past the last adapter reuse it."""
+
+    def __init__(self, d_in, d_out, rank=0, lora_rank=0, lora_count=0, zero_init=False):
+        super().__init__()
+        self.d_in, self.d_out, self.rank, self.zero_init = d_in, d_out, rank, zero_init
+        if rank:
+            self.a = nn.Parameter(torch.empty(d_out, rank))
+            self.b = nn.Parameter(torch.empty(rank, d_in))
+        else:
+            self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.lora_a = self.lora_b = None
+        if lora_rank and lora_count:
+            self.lora_a = nn.Parameter(torch.empty(lora_count, lora_rank, d_in))
+            self.lora_b = nn.Parameter(torch.empty(lora_count, d_out, lora_rank))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        bound = 3**0.5 * self.d_in**-0.5  # uniform with std 1/sqrt(d_in), as nanochat
+        if self.rank:
+            # the product A @ B gets std 1/sqrt(d_in); output projections start at zero through A
+            self.b.uniform_(-bound, bound)
+            self.a.zero_() if self.zero_init else self.a.uniform_(-((3 / self.rank) ** 0.5), (3 / self.rank) ** 0.5)
+        else:
+            self.weight.zero_() if self.zero_init else self.weight.uniform_(-bound, bound)
+        if self.lora_a is not None:
+            self.lora_a.uniform_(-bound, bound)
+            self.lora_b.zero_()
+
+    def forward(self, x, iteration: int | None = None):
+        y = F.linear(F.linear(x, self.b), self.a) if self.rank else F.linear(x, self.weight)
+        if self.lora_a is not None and iteration is not None:
+            i = min(iteration, self.lora_a.size(0) - 1)
+            y = y + F.linear(F.linear(x, self.lora_a[i]), self.lora_b[i])
+        return y
+
+    def lora_params_per_adapter(self) -> int:
+        return 0 if self.lora_a is None else (self.lora_a[0].numel() + self.lora_b[0].numel())
+
+
+@dataclass
+class Context:
+    """What attention needs besides its input: rotary tables for these positions, the mask, the cache."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    causal: bool
+    cache: KVCache | None
+    pos: int
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, lora: tuple[int, int]):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        d, r = cfg.d_model, cfg.proj_rank
+        self.c_q = Linear(d, self.n_head * self.hd, r, *lora)
+        self.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
+        self.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
+        self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=True)
+
+    def forward(self, x, ctx: Context, slot: int | None, iteration: int | None):
+        B, T, _ = x.shape
+        q = self.c_q(x, iteration).view(B, T, self.n_head, self.hd)
+        k = self.c_k(x, iteration).view(B, T, self.n_kv, self.hd)
+        v = self.c_v(x, iteration).view(B, T, self.n_kv, self.hd)
+        q, k = norm(apply_rotary(q, ctx.cos, ctx.sin)), norm(apply_rotary(k, ctx.cos, ctx.sin))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(slot, k, v, ctx.pos)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=self.n_kv != self.n_head
+        )
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), iteration)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, lora: tuple[int, int]):
+        super().__init__()
+        d, h, r = cfg.d_model, cfg.hidden, cfg.proj_rank
+        self.swiglu = cfg.mlp == "swiglu"
+        self.c_fc = Linear(d, h, r, *lora)
+        self.c_gate = Linear(d, h, r, *lora) if self.swiglu else None
+        self.c_proj = Linear(h, d, r, *lora, zero_init=True)
+
+    def forward(self, x, iteration):
+        h = self.c_fc(x, iteration)
+        h = F.silu(self.c_gate(x, iteration)) * h if self.swiglu else F.relu(h).square()
+        return self.c_proj(h, iteration)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, lora: tuple[int, int] = (0, 0)):
+        super().__init__()
+        self.attn = Attention(cfg, lora)
+        self.mlp = MLP(cfg, lora)
+
+    def forward(self, x, ctx: Context, slot: int | None = None, iteration: int | None = None):
+        x = x + self.attn(norm(x), ctx, slot, iteration)
+        return x + self.mlp(norm(x), iteration)
+
+
+class RecurrentGPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        lora = (cfg.recur_lora_rank, cfg.lora_count) if cfg.recur_lora_rank else (0, 0)
+        self.wte = nn.Embedding(cfg.vocab_size, d)
+        self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
+        self.core = nn.ModuleList(Block(cfg, lora) for _ in range(cfg.n_core))
+        self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
+        has_core = cfg.n_core > 0
+        # The injection stays full rank even with proj_rank: a rank-k matrix cannot start as the identity.
+        self.inject = Linear(2 * d, d) if has_core and cfg.inject == "concat_linear" else None
+        self.gate = Linear(2 * d, d) if has_core and cfg.gate else None
+        self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
+        self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size)
+        cos, sin = self._rotary_tables(cfg.seq_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def _rotary_tables(self, T: int):
+        hd = self.cfg.head_dim
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
+        return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]  # (1, T, 1, hd/2)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        if self.wte.weight.is_meta:
+            return
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.reset_parameters()
+        # Tied weights also produce the logits, so they start small; an untied input table does not matter in
+        # scale (it is normalised) and a nearly-zero head starts at the uniform distribution (nanochat).
+        self.wte.weight.normal_(0.0, 0.02 if self.cfg.tie_embeddings else 1.0)
+        if self.lm_head is not None:
+            self.lm_head.weight.normal_(0.0, 0.001)
+        if self.inject is not None:  # W [e; s] starts as e: the loop begins as a plain deep network
+            d = self.cfg.d_model
+            self.inject.weight.zero_()
+            self.inject.weight[:, :d].copy_(torch.eye(d))
+        if self.gate is not None:  # g = sigmoid(4) ~ 0.98: the gate starts (almost) open
+            self.gate.weight.zero_()
+            self.gate_bias.fill_(4.0)
+
+    # ---- the three stages, used by forward() for training and by the engine for cached decoding ----
+
+    def context(self, T: int, pos: int = 0, cache: KVCache | None = None, valid: torch.Tensor | None = None):
+        """valid: (B, pos+T) bool, False at left padding (taken from the cache when there is one)."""
+        if pos + T > self.cfg.seq_len:
+            raise UserError(f"sequence of {pos + T} tokens is longer than the context ({self.cfg.seq_len})")
+        cos, sin = self.cos[:, pos : pos + T], self.sin[:, pos : pos + T]
+        if cache is not None and cache.padded:
+            valid = cache.valid[:, : pos + T]
+        if valid is None and (T == 1 or pos == 0):
+            return Context(cos, sin, None, T > 1, cache, pos)
+        q_pos = torch.arange(pos, pos + T, device=cos.device)
+        k_pos = torch.arange(pos + T, device=cos.device)
+        mask = k_pos[None, :] <= q_pos[:, None]  # (T, K)
+        if valid is not None:  # a padded query still sees itself, so no row is all -inf (NaN)
+            mask = (mask[None] & valid[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])
+            mask = mask[:, None]
+        return Context(cos, sin, mask, False, cache, pos)
+
+    def _slot(self, ctx: Context, group: str, index: int, iteration: int = 0):
+        return None if ctx.cache is None else ctx.cache.slot(group, index, iteration)
+
+    def embed(self, idx: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Token embedding and prelude: e, the input injected at every iteration."""
+        x = norm(self.wte(idx))
+        for i, block in enumerate(self.prelude):
+            x = block(x, ctx, self._slot(ctx, "prelude", i))
+        return x
+
+    def init_state(self, e: torch.Tensor) -> torch.Tensor:
+        kind = self.cfg.state_init
+        if kind == "prelude":
+            return e
+        if kind == "zero":
+            return torch.zeros_like(e)
+        return nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)  # Huginn's random state
+
+    def core_step(self, e: torch.Tensor, s: torch.Tensor, iteration: int, ctx: Context) -> torch.Tensor:
+        """One recurrence: inject the prelude output into the state, run the core blocks, optionally gate."""
+        u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
+        for j, block in enumerate(self.core):
+            u = block(u, ctx, self._slot(ctx, "core", j, iteration), iteration)
+        if self.gate is None:
+            return u
+        g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
+        return g * u + (1 - g) * s
+
+    def head(self, s: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Coda blocks, final norm, unembedding and optional soft-cap: the logits."""
+        for i, block in enumerate(self.coda):
+            s = block(s, ctx, self._slot(ctx, "coda", i))
+        s = norm(s)
+        logits = self.lm_head(s) if self.lm_head is not None else F.linear(s, self.wte.weight)
+        c = self.cfg.logit_softcap
+        return c * torch.tanh(logits / c) if c else logits
+
+    def forward(self, idx: torch.Tensor, recurrences: int | None = None, valid: torch.Tensor | None = None):
+        """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel.
+
+        Under autograd only the last bptt_k iterations build a graph (truncated BPTT): the earlier ones run under
+        no_grad, so memory does not grow with r, while gradients still reach the prelude through the injection.
+        """
+        r = self.cfg.default_recurrences if recurrences is None else recurrences
+        if r < 1:
+            raise UserError(f"recurrences must be >= 1, got {r}")
+        ctx = self.context(idx.size(1), valid=valid)
+        e = self.embed(idx, ctx)
+        s = self.init_state(e)
+        if self.core:
+            k = self.cfg.bptt_k
+            n_free = max(r - k, 0) if k and torch.is_grad_enabled() else 0
+            with torch.no_grad():
+                for i in range(n_free):
+                    s = self.core_step(e, s, i, ctx)
+            for i in range(n_free, r):
+                s = self.core_step(e, s, i, ctx)
+        return self.head(s, ctx)
+
+    # ---- accounting ----
+
+    def param_groups(self) -> dict[str, int]:
+        """Parameters per stage; 'core_per_iteration' is what one recurrence uses (base + one LoRA adapter)."""
+
+        def count(modules):
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+        linears = [m for m in self.core.modules() if isinstance(m, Linear)]
+        lora_total = sum(p.numel() for m in linears for p in (m.lora_a, m.lora_b) if p is not None)
+        lora_one = sum(m.lora_params_per_adapter() for m in linears)
+        core_per_iter = count([self.core, self.inject, self.gate]) - lora_total + lora_one
+        core_per_iter += self.gate_bias.numel() if self.gate_bias is not None else 0
+        return {
+            "unique": sum(p.numel() for p in self.parameters()),
+            "embedding": self.wte.weight.numel(),
+            "prelude": count(self.prelude),
+            "core_per_iteration": core_per_iter if self.core else 0,
+            "coda": count(self.coda),
+            "head": self.wte.weight.numel() if self.lm_head is None else self.lm_head.weight.numel(),
+        }
+
+    def params_per_token(self, r: int) -> int:
+        """Matmul parameters applied to each token at r recurrences (shared ones counted once per use)."""
+        g = self.param_groups()
+        return g["prelude"] + r * g["core_per_iteration"] + g["coda"] + g["head"]
+
+    def effective_depth(self, r: int) -> int:
+        cfg = self.cfg
+        return cfg.n_prelude + cfg.n_core * r + cfg.n_coda
+
+    def flops_per_token(self, r: int, seq_len: int | None = None) -> int:
+        """Forward FLOPs per token at r: 2 per matmul parameter use, plus attention scores and mixing over a causal
+        context of seq_len tokens (on average (T + 1) / 2 keys per query)."""
+        T = seq_len or self.cfg.seq_len
+        attn = 4 * self.cfg.n_head * self.cfg.head_dim * (T + 1) / 2
+        return int(2 * self.params_per_token(r) + self.effective_depth(r) * attn)
+
+
+def build_model(cfg: ModelConfig, device="cpu") -> RecurrentGPT:
+    with torch.device(device):
+        return RecurrentGPT(cfg)

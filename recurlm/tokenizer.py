@@ -1,0 +1,86 @@
+"""Tokenizers (DESIGN §3): a fixed character alphabet, or byte-level BPE trained with HF `tokenizers`.
+
+Both kinds are HF tokenizers underneath, so both save to and load from one `tokenizer.json`, and the special
+tokens are single tokens matched before anything else.
+"""
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from recurlm.config import UserError
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+CHAT = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+TRACE = ["<INST>", "</INST>", "<THINK>", "</THINK>", "<STEP>", "</STEP>", "<ANS>", "</ANS>"]
+SPECIALS = {
+    "all": [BOS, EOS, PAD, *CHAT, *TRACE],
+    "pad": [PAD],  # the 13-symbol RR-SLM addition vocab: digits, '+', '=' and pad (which also ends the answer)
+}
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        self.kind = "char" if isinstance(hf.model, models.WordLevel) else "bpe"
+
+    @classmethod
+    def char(cls, alphabet: str, specials: str = "all") -> "Tokenizer":
+        if len(set(alphabet)) != len(alphabet):
+            raise UserError("tokenizer alphabet has repeated characters")
+        hf = HFTokenizer(models.WordLevel({c: i for i, c in enumerate(alphabet)}, unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+        hf.decoder = decoders.Fuse()
+        hf.add_special_tokens(SPECIALS[specials])
+        return cls(hf)
+
+    @classmethod
+    def bpe(cls, texts: Iterable[str], vocab_size: int, specials: str = "all") -> "Tokenizer":
+        """Byte-level BPE trained on `texts`; with no texts, the 256 bytes alone (any text still encodes)."""
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIALS[specials],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # the HF error is a long Rust message; one line is enough
+            raise UserError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
+
+    def save(self, path: str | Path):
+        self.hf.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def token_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    @property
+    def eos_id(self) -> int:
+        """The token that ends a generation: <|eos|>, or <|pad|> in the minimal vocab."""
+        eos = self.token_id(EOS)
+        return eos if eos is not None else self.token_id(PAD)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except Exception:
+            vocab = self.hf.get_vocab()
+            bad = sorted({c for c in text if c not in vocab})
+            raise UserError(f"text has characters outside the tokenizer's alphabet: {''.join(bad)!r}") from None
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)

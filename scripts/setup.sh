@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv in the repo and installs recurlm with its test tools. CPU torch is pinned first: an unpinned
+# torch would pull GBs of CUDA packages. Re-running is cheap: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+[ -f "$stamp" ] && exit 0
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+fi
+.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/recurlm presets >/dev/null  # fails loudly if the install did not work
+rm -f .venv/.installed-* && touch "$stamp"

@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recurlm.cli import main
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    return exc.value.code, capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--preset", "nope", "--prompt", "1"], "unknown preset"),
+        (["generate", "--preset", "rrslm-addition", "--set", "model.nope=1", "--prompt", "1"], "unknown config key"),
+        (["generate", "--preset", "rrslm-addition", "--recurrences", "0", "--prompt", "1+1="], "recurrences must be"),
+        (["generate", "--preset", "rrslm-addition", "--prompt", "1" * 40], "longer than the context"),
+        (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--exit", "kl"], "needs a number"),
+        (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--no-cache", "--exit", "latent:0.1"], "cache"),
+        (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "checkpoint directory not found"),
+        (["nope"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, argv, message):
+    code, out = run_cli(capsys, *argv)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: ")
+
+
+def test_no_traceback_from_the_real_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "recurlm.cli", "generate", "--preset", "nope", "--prompt", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_presets_json(capsys):
+    main(["presets", "--json"])
+    rows = {row["preset"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["nanochat-d20"]["unique_params"] == 560_988_160
+    assert rows["recursive-nanochat-d20"]["effective_depth"] == 20
+    assert rows["recursive-nanochat-d20"]["flops_per_token"] > rows["recursive-nanochat-d20"]["params_per_token"] * 2
+
+
+def test_generate_from_random_preset(capsys):
+    main(
+        [
+            "generate",
+            "--preset",
+            "rrslm-addition",
+            "--seed",
+            "1",
+            "--prompt",
+            "12+34=",
+            "--max-new-tokens",
+            "6",
+            "--show-steps",
+            "--exit",
+            "latent:1e9",
+            "--recurrences",
+            "5",
+        ]
+    )
+    out = capsys.readouterr()
+    text = out.out.strip()
+    assert 1 <= len(text) <= 6 and set(text) <= set("0123456789+=<|pad>")
+    steps = out.err.split("steps: ")[1].split()
+    assert steps[0] == "5" and set(steps[1:]) <= {"1"}
+    main(["generate", "--preset", "rrslm-addition", "--seed", "1", "--prompt", "12+34=", "--max-new-tokens", "6"])
+    again = capsys.readouterr().out
+    main(
+        [
+            "generate",
+            "--preset",
+            "rrslm-addition",
+            "--seed",
+            "1",
+            "--prompt",
+            "12+34=",
+            "--max-new-tokens",
+            "6",
+            "--no-cache",
+            "--exit",
+            "none",
+            "--kv-budget",
+            "5",
+        ]
+    )
+    assert capsys.readouterr().out == again  # warm start is off in this preset: kv-budget r equals no cache

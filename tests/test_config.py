@@ -1,0 +1,76 @@
+import pytest
+
+from recurlm.config import ModelConfig, UserError, load_config, parse_overrides, preset_names
+from recurlm.model import build_model
+
+
+def test_presets_exist():
+    assert set(preset_names()) >= {"recursive-nanochat-d20", "nanochat-d20", "rrslm-addition", "miniaxion-0.9m"}
+
+
+def test_nanochat_param_counts():
+    d20 = build_model(load_config("nanochat-d20")["model"], "meta")
+    assert d20.param_groups()["unique"] == 560_988_160
+    rec = build_model(load_config("recursive-nanochat-d20")["model"], "meta")
+    # 8 blocks of 12 d^2, untied 65536-token embeddings and head, the 2d -> d concat_linear injection
+    assert rec.param_groups()["unique"] == 328_335_360
+    assert rec.effective_depth(4) == 20 and d20.effective_depth(1) == 20
+
+
+def test_small_presets_param_counts():
+    mini = build_model(load_config("miniaxion-0.9m")["model"], "meta")
+    assert abs(mini.param_groups()["unique"] - 920_833) / 920_833 < 0.03  # 942,080: see the preset notes
+    rr = build_model(load_config("rrslm-addition")["model"], "meta")
+    assert rr.cfg.vocab_size == 13 and rr.cfg.recur_max == 5 and rr.cfg.gate
+    assert 1.4e6 < rr.param_groups()["unique"] < 1.8e6
+
+
+def test_flops_grow_with_r_and_match_plain_gpt_at_equal_depth():
+    rec = build_model(load_config("recursive-nanochat-d20")["model"], "meta")
+    d20 = build_model(load_config("nanochat-d20")["model"], "meta")
+    assert rec.flops_per_token(8) > rec.flops_per_token(4) > rec.flops_per_token(2)
+    # same effective depth (20): FLOPs differ only by the injection matmuls (4 x 2d x d x 2)
+    assert rec.flops_per_token(4) - d20.flops_per_token(1) == 2 * 4 * 2 * 1280 * 1280
+
+
+def test_unknown_preset_and_key():
+    with pytest.raises(UserError, match="unknown preset"):
+        load_config("nope")
+    with pytest.raises(UserError, match="unknown config key"):
+        load_config("rrslm-addition", overrides=["model.nope=1"])
+    with pytest.raises(UserError, match="expected int"):
+        load_config("rrslm-addition", overrides=["d_model=abc"])
+
+
+def test_overrides_and_config_file(tmp_path):
+    assert parse_overrides(["d_model=64", "model.gate=true", "logit_softcap=15"]) == {
+        "model": {"d_model": 64, "gate": True, "logit_softcap": 15.0}
+    }
+    f = tmp_path / "c.toml"
+    f.write_text("[model]\nd_model = 64\nn_head = 2\n")
+    cfg = load_config("rrslm-addition", str(f), ["n_head=8"])["model"]
+    assert (cfg.d_model, cfg.n_head, cfg.vocab_size) == (64, 8, 13)
+    f.write_text('[model]\nd_model = "wide"\n')
+    with pytest.raises(UserError, match="expected int"):
+        load_config("rrslm-addition", str(f))
+    f.write_text("[modle]\nd_model = 3\n")
+    with pytest.raises(UserError, match="unknown config section"):
+        load_config(None, str(f))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(mlp="gelu"),
+        dict(inject="sum"),
+        dict(d_model=30, n_head=4),
+        dict(n_head=4, n_kv_head=3),
+        dict(recur_mean=20),
+        dict(exit="foo:1"),
+        dict(exit="latent:x"),
+        dict(state_init="ones"),
+    ],
+)
+def test_invalid_values(bad):
+    with pytest.raises(UserError):
+        ModelConfig(**bad)

@@ -1,0 +1,150 @@
+import pytest
+import torch
+from helpers import tiny_config, tiny_model
+
+from recurlm.config import UserError
+from recurlm.model import build_model
+
+
+def logits(model, idx, r=3):
+    with torch.no_grad():
+        return model(idx, r)
+
+
+IDX = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def test_any_r_including_untrained_and_plain_gpt():
+    model = tiny_model()
+    for r in (1, 2, 5, 32):
+        out = logits(model, IDX, r)
+        assert out.shape == (2, 12, 37) and torch.isfinite(out).all()
+    assert not torch.allclose(logits(model, IDX, 1), logits(model, IDX, 4))
+    with pytest.raises(UserError, match="recurrences"):
+        model(IDX, 0)
+    plain = tiny_model(n_core=0, n_prelude=2)
+    assert torch.equal(logits(plain, IDX, 1), logits(plain, IDX, 7))  # R = 0: r does nothing
+
+
+def test_causal():
+    model = tiny_model()
+    a = logits(model, IDX)
+    b = IDX.clone()
+    b[:, 8:] = (b[:, 8:] + 1) % 37
+    assert torch.allclose(a[:, :8], logits(model, b)[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], logits(model, b)[:, 8:])
+
+
+def test_concat_linear_at_init_ignores_initial_state():
+    outs = {}
+    for init in ("prelude", "zero", "random"):
+        model = tiny_model(state_init=init, inject="concat_linear")
+        with torch.no_grad():  # W = [I | 0] again after the test noise
+            model.inject.weight.zero_()
+            model.inject.weight[:, :32] = torch.eye(32)
+        outs[init] = logits(model, IDX)
+    assert torch.allclose(outs["prelude"], outs["zero"], atol=1e-6)
+    assert torch.allclose(outs["prelude"], outs["random"], atol=1e-6)
+    with torch.no_grad():
+        model.inject.weight[:, 32:] = 0.1 * torch.randn(32, 32)  # once W reads the state, the init matters
+    assert not torch.allclose(logits(model, IDX), outs["prelude"], atol=1e-4)
+
+
+def test_gate_starts_near_open():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(gate=True))
+    s, u = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    g = torch.sigmoid(model.gate(torch.cat([s, u], -1)) + model.gate_bias)
+    assert g.min() > 0.95
+
+
+def test_lora_at_init_changes_nothing_then_does():
+    torch.manual_seed(0)
+    lora = build_model(tiny_config(recur_lora_rank=4, recur_lora_count=2))
+    base = tiny_model()
+    missing, unexpected = lora.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and missing and all("lora" in k for k in missing)
+    lora.eval()
+    assert torch.allclose(logits(lora, IDX, 4), logits(base, IDX, 4), atol=1e-6)
+    with torch.no_grad():
+        lora.core[0].mlp.c_fc.lora_b[1].normal_()  # adapter 1 serves iterations 1, 2, 3 (the last reused)
+    assert torch.allclose(logits(lora, IDX, 1), logits(base, IDX, 1), atol=1e-6)
+    assert not torch.allclose(logits(lora, IDX, 4), logits(base, IDX, 4), atol=1e-4)
+
+
+def saved_bytes(model, idx, r):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(idx, r).logsumexp(-1).mean()
+    return total, loss
+
+
+def test_truncated_bptt_memory_and_gradients():
+    model = tiny_model(bptt_k=2).train()
+    full = tiny_model(bptt_k=0).train()
+    b8k2, loss = saved_bytes(model, IDX, 8)
+    b2k2, _ = saved_bytes(model, IDX, 2)
+    b8full, _ = saved_bytes(full, IDX, 8)
+    assert b8k2 == b2k2  # the 6 gradient-free iterations saved nothing
+    assert b8full > 2.5 * b8k2
+    loss.backward()
+    assert model.wte.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prelude.parameters())
+    assert all(p.grad is not None for p in model.core.parameters())
+
+
+def test_low_rank_projection_counts():
+    full = build_model(tiny_config(proj_rank=0), "meta")
+    low = build_model(tiny_config(proj_rank=4), "meta")
+    q = low.core[0].attn.c_q
+    assert q.a.shape == (32, 4) and q.b.shape == (4, 32)
+    per_block_full = 4 * 32 * 32 + 2 * 32 * 128
+    per_block_low = 4 * 4 * (32 + 32) + 2 * 4 * (32 + 128)
+    blocks = 4
+    assert full.param_groups()["unique"] - low.param_groups()["unique"] == blocks * (per_block_full - per_block_low)
+
+
+def test_softcap_bounds_logits():
+    model = tiny_model(logit_softcap=2.0, noise=1.0)
+    assert logits(model, IDX).abs().max() <= 2.0
+    assert tiny_model(noise=1.0)(IDX, 3).abs().max() > 2.0
+
+
+def test_tied_embeddings():
+    model = tiny_model(tie_embeddings=True)
+    assert model.lm_head is None
+    untied = build_model(tiny_config(), "meta")
+    assert untied.param_groups()["unique"] - model.param_groups()["unique"] == 37 * 32
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(mlp="swiglu"),
+        dict(n_kv_head=2),
+        dict(inject="add"),
+        dict(gate=True),
+        dict(state_init="zero", inject="add"),
+        dict(rope_theta=100.0),
+        dict(recur_lora_rank=2),
+        dict(logit_softcap=1.0),
+    ],
+)
+def test_every_switch_changes_the_output(change):
+    assert not torch.allclose(logits(tiny_model(), IDX), logits(tiny_model(**change), IDX), atol=1e-4)
+
+
+def test_param_accounting():
+    model = tiny_model(recur_lora_rank=2, recur_lora_count=3, gate=True)
+    g = model.param_groups()
+    assert g["unique"] == sum(p.numel() for p in model.parameters())
+    assert model.params_per_token(3) - model.params_per_token(2) == g["core_per_iteration"]
+    lora_one = sum(m.lora_params_per_adapter() for m in model.core.modules() if hasattr(m, "lora_a"))
+    core_all = sum(p.numel() for p in model.core.parameters())
+    assert g["core_per_iteration"] == core_all - 3 * lora_one + lora_one + 2 * (2 * 32 * 32) + 32

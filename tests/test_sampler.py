@@ -1,0 +1,27 @@
+import numpy as np
+
+from recurlm.config import ModelConfig
+from recurlm.sampler import sample_recurrences
+
+
+def test_poisson_lognormal_mean_and_bounds():
+    cfg = ModelConfig(recur_mean=4, recur_sigma=0.5, recur_max=16)
+    r = sample_recurrences(cfg, seed=0, step=0, size=100_000)
+    assert abs(r.mean() - 4) / 4 < 0.02  # the reference's formula lands near 5
+    assert r.min() >= 1 and r.max() <= 16
+    assert r.std() > 1  # a real distribution, not a constant
+
+
+def test_same_draw_for_same_seed_and_step():
+    cfg = ModelConfig()
+    a = [sample_recurrences(cfg, 7, step) for step in range(200)]
+    b = [sample_recurrences(cfg, 7, step) for step in range(200)]
+    c = [sample_recurrences(cfg, 8, step) for step in range(200)]
+    assert a == b and a != c
+    assert len(set(a)) > 3
+
+
+def test_fixed_and_plain():
+    assert sample_recurrences(ModelConfig(train_recur="fixed", recur_mean=5, recur_max=5), 0, 3) == 5
+    assert sample_recurrences(ModelConfig(n_core=0), 0, 3) == 1
+    assert np.all(sample_recurrences(ModelConfig(recur_mean=1), 0, 0, size=100) == 1)
