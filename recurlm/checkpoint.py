@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from recurlm.config import SECTIONS, UserError, merge, to_dict
+from recurlm.config import UserError, build_configs, configs_to_dict, merge
 from recurlm.model import RecurrentGPT, build_model
 from recurlm.tokenizer import Tokenizer
 
@@ -40,7 +40,7 @@ def save_checkpoint(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "config.json").write_text(json.dumps({s: to_dict(c) for s, c in configs.items()}, indent=2))
+    (tmp / "config.json").write_text(json.dumps(configs_to_dict(configs), indent=2))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     tokenizer.save(tmp / "tokenizer.json")
     if optimizer_state is not None:
@@ -54,28 +54,39 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_configs(ckpt_dir: str | Path) -> dict:
-    path = Path(ckpt_dir) / "config.json"
-    if not Path(ckpt_dir).is_dir():
+def resolve(ckpt_dir: str | Path) -> Path:
+    """A checkpoint directory, or a run directory holding one in checkpoint/."""
+    path = Path(ckpt_dir)
+    if not path.is_dir():
         raise UserError(f"checkpoint directory not found: {ckpt_dir}")
+    if not (path / "config.json").exists() and (path / "checkpoint" / "config.json").exists():
+        return path / "checkpoint"
+    return path
+
+
+def read_configs(ckpt_dir: str | Path) -> dict:
+    ckpt_dir = resolve(ckpt_dir)
+    path = ckpt_dir / "config.json"
     if not path.is_file():
         raise UserError(f"not a recurlm checkpoint (no config.json): {ckpt_dir}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
-    values = merge({}, {s: v for s, v in raw.items() if s in SECTIONS}, str(path))
-    return {s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}
+    return build_configs(merge({}, raw, str(path)))
 
 
 def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, Tokenizer, dict]:
+    ckpt_dir = resolve(ckpt_dir)
     configs = read_configs(ckpt_dir)
-    weights = Path(ckpt_dir) / "model.safetensors"
+    weights = ckpt_dir / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"checkpoint has no model.safetensors: {ckpt_dir}")
     model = build_model(configs["model"], device)
+    if str(device) == "meta":  # config and tokenizer only
+        return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs
     try:
         model.load_state_dict(load_file(weights, device=str(device)))
     except RuntimeError as e:
         raise UserError(f"weights in {weights} do not fit its config.json: {str(e).splitlines()[0]}") from None
-    return model, Tokenizer.load(Path(ckpt_dir) / "tokenizer.json"), configs
+    return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs

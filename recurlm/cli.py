@@ -9,8 +9,11 @@ import torch
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import UserError, load_config, preset_names, read_preset
+from recurlm.data import task_from_configs
 from recurlm.engine import Engine
+from recurlm.evaluate import evaluate
 from recurlm.model import build_model
+from recurlm.tasks import get_task, read_jsonl, write_jsonl
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,6 +81,7 @@ def cmd_generate(args):
         exit=args.exit,
         min_steps=args.min_steps,
         use_cache=not args.no_cache,
+        digit_ids=tok.digit_ids,
     )
     prompt = tok.encode(args.prompt)
     if not prompt:
@@ -112,6 +116,93 @@ def cmd_generate(args):
             print("steps: " + " ".join(map(str, steps)), file=sys.stderr)
 
 
+def cmd_train(args):
+    from recurlm.train import train  # keeps torch.distributed out of the other commands' start-up
+
+    if not args.preset and not args.config:
+        raise UserError("train needs --preset NAME or --config FILE.toml")
+    configs = load_config(args.preset, args.config, args.set)
+    _, state = train(configs, args.out, resume=args.resume, stop_after=args.stop_after)
+    print(
+        f"done: {state['step']} steps, {state['tokens']:,} tokens, {state['elapsed']:.0f}s -> {args.out}",
+        file=sys.stderr,
+    )
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"recurrences must be integers >= 1, got {text!r}")
+    return values
+
+
+def eval_sets(args, configs) -> list[tuple[str, int | None, list, object]]:
+    """(task name, difficulty, examples, extract) for every set to score."""
+    if args.data:
+        examples = read_jsonl(args.data)[: args.limit]
+        names = {ex.task for ex in examples}
+        task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
+        return [(args.data, None, examples, task.extract if task else None)]
+    if not args.task:
+        raise UserError("eval needs --task NAME or --data FILE.jsonl")
+    sets = []
+    for name in args.task:
+        task = task_from_configs(name, configs)
+        for d in task.difficulties:
+            examples = task.generate(args.split, args.limit or 200, seed=args.seed, difficulty=d)
+            sets.append((name, d, examples, task.extract))
+    return sets
+
+
+def cmd_eval(args):
+    from recurlm.tasks import extract_answer
+
+    model, tok, configs = load_checkpoint(args.checkpoint)
+    recurrences = args.recurrences or [configs["model"].default_recurrences]
+    results = []
+    print(f"{'task':<24} {'diff':>4} {'r':>3} {'accuracy':>8} {'n':>5} {'steps':>6} {'max':>4} {'tok/s':>8}")
+    for r in recurrences:
+        for name, difficulty, examples, extract in eval_sets(args, configs):
+            res = evaluate(
+                model, tok, examples, r, extract or extract_answer, args.batch_size, args.exit, args.kv_budget
+            )
+            res.pop("examples")
+            results.append({"task": name, "difficulty": difficulty, "recurrences": r, **res})
+            print(
+                f"{name:<24} {difficulty if difficulty is not None else '-':>4} {r:>3} {res['accuracy']:>8.3f} "
+                f"{res['n']:>5} {res['mean_steps']:>6.2f} {res['max_steps']:>4} {res['tokens_per_s']:>8.0f}",
+                flush=True,
+            )
+    if len(recurrences) > 1:
+        print_scaling_table(results, recurrences)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "exit": args.exit, "results": results}, f, indent=2)
+
+
+def print_scaling_table(results: list[dict], recurrences: list[int]):
+    """Accuracy with tasks (and difficulties) as rows and r as columns: does thinking longer help?"""
+    rows: dict[str, dict[int, float]] = {}
+    for res in results:
+        key = res["task"] + (f" (difficulty {res['difficulty']})" if res["difficulty"] is not None else "")
+        rows.setdefault(key, {})[res["recurrences"]] = res["accuracy"]
+    print("\naccuracy by r\n" + f"{'':<30}" + "".join(f"{'r=' + str(r):>8}" for r in recurrences))
+    for key, by_r in rows.items():
+        print(f"{key:<30}" + "".join(f"{by_r[r]:>8.3f}" for r in recurrences))
+
+
+def cmd_data_export(args):
+    task = get_task(args.task)
+    examples = task.generate(args.split, args.n, seed=args.seed, difficulty=args.difficulty)
+    if not examples:
+        raise UserError(f"no {args.split} examples of {args.task} at difficulty {args.difficulty}")
+    write_jsonl(examples, args.out)
+    print(f"wrote {len(examples)} examples to {args.out}", file=sys.stderr)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="recurlm", description="recurrent-depth small language models")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -119,6 +210,41 @@ def build_parser() -> Parser:
     s = sub.add_parser("presets", help="list presets with parameter and FLOP counts")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("train", help="train a preset (or config file) into --out DIR")
+    s.add_argument("--preset")
+    s.add_argument("--config", help="TOML file overriding the preset")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--stop-after", type=positive_int, help="stop (with a checkpoint) after this many steps")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="score a checkpoint on tasks or a JSONL file at several recurrences")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--task", action="append", help="task name (repeatable)")
+    s.add_argument("--data", help="JSONL of {prompt, answer, ...} examples")
+    s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the training mean)")
+    s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the model's)")
+    s.add_argument("--kv-budget", type=positive_int)
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--limit", type=positive_int, help="examples per task and difficulty (default 200)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--json", help="write the results here")
+    s.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="task data").add_subparsers(
+        dest="data_command", required=True, parser_class=Parser
+    )
+    s = data.add_parser("export", help="write a task's examples as JSONL (DESIGN §3)")
+    s.add_argument("--task", required=True)
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--n", type=positive_int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", type=positive_int, help="only this difficulty (default: all, in turn)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_data_export)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, or from a random preset model")
     s.add_argument("--checkpoint")

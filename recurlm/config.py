@@ -31,6 +31,7 @@ class ModelConfig:
     logit_softcap: float = 0.0  # 0: off; else logits = c * tanh(logits / c)
     proj_rank: int = 0  # 0: full projections; k: every projection is W = A @ B of rank k (MiniAxion)
     rope_theta: float = 10000.0
+    abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
@@ -69,6 +70,7 @@ class ModelConfig:
             "recur_lora_rank",
             "recur_lora_count",
             "bptt_k",
+            "abacus",
         ):
             if getattr(self, name) < 0:
                 raise UserError(f"model.{name} must be >= 0, got {getattr(self, name)}")
@@ -121,8 +123,68 @@ class TokenizerConfig:
             raise UserError("tokenizer.alphabet must be set for a char tokenizer")
 
 
-# Sections of a config file / preset and the dataclass that holds each. Later stages (training) add theirs here.
-SECTIONS: dict[str, type] = {"model": ModelConfig, "tokenizer": TokenizerConfig}
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 32  # sequences per micro-step and rank
+    grad_accum: int = 1
+    optimizer: str = "adamw"  # 'adamw', or 'muon' (Muon for block matrices, AdamW for the rest, as nanochat)
+    lr: float = 3e-3  # AdamW (embeddings, head, scalars; everything with 'adamw')
+    matrix_lr: float = 0.02  # Muon
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    warmdown_frac: float = 0.3  # the last fraction of each stage decays the lr linearly to final_lr_frac
+    final_lr_frac: float = 0.05
+    grad_clip: float = 1.0  # 0: off
+    dtype: str = "auto"  # 'auto' (bf16 on CUDA and on CPUs with AMX), 'bf16' or 'fp32'
+    compile: bool = False  # torch.compile each block; the recurrence loop stays eager (no recompile per r)
+    log_every: int = 10
+    eval_every: int = 100  # steps; also where curriculum promotion is decided (0: only at the end)
+    eval_n: int = 100  # validation examples per difficulty
+    ckpt_every: int = 200
+
+    def __post_init__(self):
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise UserError(f"train.dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "eval_n"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class StageConfig:
+    """One training stage ([stage.NAME] in a preset): what data, how long, at what learning rate."""
+
+    steps: int = 100
+    lr_scale: float = 1.0
+    tasks: str = ""  # comma-separated task names, mixed uniformly
+    text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet) instead of tasks
+    loss: str = "completion"  # 'completion' (SFT: loss on the target only) or 'all' tokens
+    max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
+    reverse_answer: bool = False  # addition: write the sum least-significant digit first
+    curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
+    promote_at: float = 0.95
+    promote_every: int = 0  # steps per curriculum level with 'schedule'
+    review_frac: float = 0.2  # share of each batch drawn from the levels already passed, against forgetting
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise UserError(f"stage steps must be >= 1, got {self.steps}")
+        if self.loss not in ("completion", "all"):
+            raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
+        if self.curriculum not in ("none", "accuracy", "schedule"):
+            raise UserError(f"stage curriculum must be none, accuracy or schedule, got {self.curriculum!r}")
+        if self.curriculum == "schedule" and self.promote_every < 1:
+            raise UserError("stage curriculum 'schedule' needs promote_every >= 1")
+        if not self.tasks and not self.text:
+            raise UserError("a stage needs tasks or text")
+
+
+# Sections of a config file / preset and the dataclass that holds each; 'stage' holds one table per stage, in order.
+SECTIONS: dict[str, type] = {"model": ModelConfig, "tokenizer": TokenizerConfig, "train": TrainConfig}
+STAGE = "stage"
 
 
 def preset_names() -> list[str]:
@@ -169,29 +231,53 @@ def _check_value(key: str, value, typ: type):
     return value
 
 
+def _merge_table(out: dict, values: dict, cls: type, prefix: str, where: str):
+    types = {f.name: f.type for f in fields(cls)}
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: {prefix} must be a table")
+    for key, value in values.items():
+        if key not in types:
+            raise UserError(f"{where}: unknown config key {prefix}.{key}")
+        out[key] = _check_value(f"{prefix}.{key}", value, types[key])
+
+
 def merge(base: dict, update: dict, where: str) -> dict:
-    """Overlay `update` ({section: {key: value}}) on `base`, rejecting unknown sections, keys and wrong types."""
+    """Overlay `update` ({section: {key: value}}, and {'stage': {name: {key: value}}}) on `base`, rejecting unknown
+    sections, keys and wrong types."""
     out = {s: dict(base.get(s, {})) for s in SECTIONS}
+    out[STAGE] = {name: dict(v) for name, v in base.get(STAGE, {}).items()}
     for section, values in update.items():
         if section == "description":
             continue
-        if section not in SECTIONS or not isinstance(values, dict):
-            raise UserError(f"{where}: unknown config section {section!r} (known: {', '.join(SECTIONS)})")
-        types = _field_types(section)
-        for key, value in values.items():
-            if key not in types:
-                raise UserError(f"{where}: unknown config key {section}.{key}")
-            out[section][key] = _check_value(f"{section}.{key}", value, types[key])
+        if section == STAGE and isinstance(values, dict):
+            for name, table in values.items():
+                _merge_table(out[STAGE].setdefault(name, {}), table, StageConfig, f"stage.{name}", where)
+            continue
+        if section not in SECTIONS:
+            known = ", ".join([*SECTIONS, STAGE])
+            raise UserError(f"{where}: unknown config section {section!r} (known: {known})")
+        _merge_table(out[section], values, SECTIONS[section], section, where)
     return out
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`--set model.d_model=128` (or just `d_model=128` when the key is in one section only)."""
+def parse_overrides(pairs: list[str], stages: dict | None = None) -> dict:
+    """`--set model.d_model=128` (or just `d_model=128` when the key is in one section only),
+    `--set stage.NAME.steps=500` for a stage of the preset."""
     update: dict[str, dict] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
             raise UserError(f"--set expects key=value, got {pair!r}")
+        parts = key.strip().split(".")
+        if parts[0] == STAGE:
+            types = {f.name: f.type for f in fields(StageConfig)}
+            if len(parts) != 3 or parts[2] not in types:
+                raise UserError(f"unknown config key {key.strip()!r} (stages take stage.NAME.KEY)")
+            if stages is not None and parts[1] not in stages:
+                raise UserError(f"unknown stage {parts[1]!r}; this config has: {', '.join(stages) or 'none'}")
+            value = _parse_value(key, text.strip(), types[parts[2]])
+            update.setdefault(STAGE, {}).setdefault(parts[1], {})[parts[2]] = value
+            continue
         section, dot, name = key.strip().rpartition(".")
         if not dot:
             owners = [s for s in SECTIONS if name in _field_types(s)]
@@ -217,9 +303,18 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
         if not path.is_file():
             raise UserError(f"config file not found: {config_file}")
         values = merge(values, _read_toml(path.read_text(), config_file), config_file)
-    values = merge(values, parse_overrides(list(overrides)), "--set")
-    return {s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}
+    values = merge(values, parse_overrides(list(overrides), values.get(STAGE, {})), "--set")
+    return build_configs(values)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def build_configs(values: dict) -> dict:
+    """{section: dataclass} plus 'stage': {name: StageConfig}, in the order the stages were declared."""
+    configs = {s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}
+    configs[STAGE] = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
+    return configs
+
+
+def configs_to_dict(configs: dict) -> dict:
+    out = {s: dataclasses.asdict(configs[s]) for s in SECTIONS}
+    out[STAGE] = {name: dataclasses.asdict(c) for name, c in configs.get(STAGE, {}).items()}
+    return out

@@ -16,6 +16,7 @@ from recurlm.cache import KVCache
 from recurlm.config import UserError
 from recurlm.exits import parse_exit
 from recurlm.model import RecurrentGPT
+from recurlm.tokenizer import significance_ids
 
 
 @dataclass
@@ -49,8 +50,12 @@ class Engine:
         exit: str | None = None,
         min_steps: int | None = None,
         use_cache: bool = True,
+        digit_ids: set[int] | None = None,
     ):
         cfg = model.cfg
+        if cfg.abacus and not digit_ids:
+            raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
+        self.digit_ids = set(digit_ids or ())
         self.model, self.cfg, self.use_cache = model, cfg, use_cache
         self.kv_budget = cfg.kv_budget if kv_budget is None else kv_budget
         self.warm_start = cfg.warm_start if warm_start is None else warm_start
@@ -62,6 +67,7 @@ class Engine:
             raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
         self.cache: KVCache | None = None
         self.state: torch.Tensor | None = None  # each row's last final state, for warm start
+        self.run: torch.Tensor | None = None  # each row's count of generated digits in a row (abacus ids)
 
     def _recurrences(self, r: int | None) -> int:
         r = self.cfg.default_recurrences if r is None else r
@@ -69,30 +75,42 @@ class Engine:
             raise UserError(f"recurrences must be >= 1, got {r}")
         return r
 
+    def _left_pad(self, seqs: list[list[int]], n_prompt: list[int]):
+        """(B, L) ids, valid mask and digit-significance ids (None without abacus) of left-padded sequences."""
+        L = max(len(q) for q in seqs)
+        if L > self.cfg.seq_len:
+            raise UserError(f"prompt of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
+        device = self.model.wte.weight.device
+        idx = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
+        valid = torch.zeros(len(seqs), L, dtype=torch.bool, device=device)
+        digit_pos = torch.zeros(len(seqs), L, dtype=torch.long, device=device) if self.cfg.abacus else None
+        for b, (q, n) in enumerate(zip(seqs, n_prompt, strict=True)):
+            idx[b, L - len(q) :] = torch.tensor(q, dtype=torch.long)
+            valid[b, L - len(q) :] = True
+            if digit_pos is not None:
+                digit_pos[b, L - len(q) :] = torch.tensor(significance_ids(q, n, self.digit_ids))
+        return idx, valid, digit_pos
+
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], recurrences: int | None = None) -> torch.Tensor:
         """Run the left-padded prompts in parallel, filling a fresh cache; returns (B, V) last-position logits."""
         r = self._recurrences(recurrences)
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
-        L = max(len(p) for p in prompts)
-        if L > self.cfg.seq_len:
-            raise UserError(f"prompt of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
-        device = self.model.wte.weight.device
-        idx = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
-        cache = KVCache(self.cfg, len(prompts), self.cfg.seq_len, self.kv_budget, device, self.model.wte.weight.dtype)
-        for b, p in enumerate(prompts):
-            idx[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-            cache.valid[b, : L - len(p)] = False
-        cache.padded = bool((~cache.valid[:, :L]).any())
+        idx, valid, digit_pos = self._left_pad(prompts, [len(p) for p in prompts])
+        B, L = idx.shape
+        cache = KVCache(self.cfg, B, self.cfg.seq_len, self.kv_budget, idx.device, self.model.wte.weight.dtype)
+        cache.valid[:, :L] = valid
+        cache.padded = not bool(valid.all())
         self.cache = cache
         ctx = self.model.context(L, 0, cache)
-        e = self.model.embed(idx, ctx)
+        e = self.model.embed(idx, ctx, digit_pos)
         s = self.model.init_state(e)
         for i in range(r if self.model.core else 0):
             s = self.model.core_step(e, s, i, ctx)
         cache.pos = L
         self.state = s[:, -1:]
+        self.run = torch.zeros(B, dtype=torch.long, device=idx.device)
         return self.model.head(s, ctx)[:, -1]
 
     @torch.no_grad()
@@ -102,7 +120,12 @@ class Engine:
         assert cache is not None, "call prefill() first"
         B, pos = tokens.size(0), cache.pos
         ctx = model.context(1, pos, cache)
-        e = model.embed(tokens.view(B, 1), ctx)
+        digit_pos = None
+        if self.cfg.abacus:
+            is_digit = torch.isin(tokens, torch.tensor(sorted(self.digit_ids), device=tokens.device))
+            self.run = torch.where(is_digit, self.run + 1, 0)
+            digit_pos = self.run.view(B, 1)
+        e = model.embed(tokens.view(B, 1), ctx, digit_pos)
         s = self.state if self.warm_start else model.init_state(e)
         steps = torch.full((B,), r if model.core else 0, dtype=torch.long)
         if not model.core:
@@ -151,18 +174,10 @@ class Engine:
         return s, steps
 
     @torch.no_grad()
-    def _full_forward_logits(self, seqs: list[list[int]], r: int) -> torch.Tensor:
+    def _full_forward_logits(self, seqs: list[list[int]], n_prompt: list[int], r: int) -> torch.Tensor:
         """--no-cache: recompute the whole (left-padded) sequences, exactly the training-time computation."""
-        L = max(len(q) for q in seqs)
-        if L > self.cfg.seq_len:
-            raise UserError(f"sequence of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
-        device = self.model.wte.weight.device
-        idx = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
-        valid = torch.zeros(len(seqs), L, dtype=torch.bool, device=device)
-        for b, q in enumerate(seqs):
-            idx[b, L - len(q) :] = torch.tensor(q, dtype=torch.long)
-            valid[b, L - len(q) :] = True
-        return self.model(idx, r, valid=None if bool(valid.all()) else valid)[:, -1]
+        idx, valid, digit_pos = self._left_pad(seqs, n_prompt)
+        return self.model(idx, r, valid=None if bool(valid.all()) else valid, digit_pos=digit_pos)[:, -1]
 
     def stream(
         self,
@@ -187,7 +202,7 @@ class Engine:
         if self.use_cache:
             logits = self.prefill(prompts, r)
         else:
-            logits = self._full_forward_logits(seqs, r)
+            logits = self._full_forward_logits(seqs, [len(p) for p in prompts], r)
         steps = torch.full((len(prompts),), r if self.model.core else 0, dtype=torch.long)
         finished = torch.zeros(len(prompts), dtype=torch.bool)
         L = max(len(p) for p in prompts)
@@ -202,7 +217,7 @@ class Engine:
             else:
                 for q, t in zip(seqs, tokens.tolist(), strict=True):
                     q.append(t)
-                logits = self._full_forward_logits(seqs, r)
+                logits = self._full_forward_logits(seqs, [len(p) for p in prompts], r)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> Generation:
         out = Generation([[] for _ in prompts], [[] for _ in prompts])

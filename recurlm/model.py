@@ -136,6 +136,7 @@ class RecurrentGPT(nn.Module):
         d = cfg.d_model
         lora = (cfg.recur_lora_rank, cfg.lora_count) if cfg.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(cfg.vocab_size, d)
+        self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus else None  # id 0: not a digit
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
         self.core = nn.ModuleList(Block(cfg, lora) for _ in range(cfg.n_core))
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
@@ -166,6 +167,8 @@ class RecurrentGPT(nn.Module):
         # Tied weights also produce the logits, so they start small; an untied input table does not matter in
         # scale (it is normalised) and a nearly-zero head starts at the uniform distribution (nanochat).
         self.wte.weight.normal_(0.0, 0.02 if self.cfg.tie_embeddings else 1.0)
+        if self.abacus is not None:
+            self.abacus.weight.normal_(0.0, 1.0)
         if self.lm_head is not None:
             self.lm_head.weight.normal_(0.0, 0.001)
         if self.inject is not None:  # W [e; s] starts as e: the loop begins as a plain deep network
@@ -198,9 +201,13 @@ class RecurrentGPT(nn.Module):
     def _slot(self, ctx: Context, group: str, index: int, iteration: int = 0):
         return None if ctx.cache is None else ctx.cache.slot(group, index, iteration)
 
-    def embed(self, idx: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Token embedding and prelude: e, the input injected at every iteration."""
-        x = norm(self.wte(idx))
+    def embed(self, idx: torch.Tensor, ctx: Context, digit_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embedding (plus digit significance with `abacus`) and prelude: e, injected at every iteration."""
+        x = self.wte(idx)
+        if self.abacus is not None:
+            assert digit_pos is not None, "an abacus model needs digit_pos (see tokenizer.significance_ids)"
+            x = x + self.abacus(digit_pos.clamp(max=self.cfg.abacus))
+        x = norm(x)
         for i, block in enumerate(self.prelude):
             x = block(x, ctx, self._slot(ctx, "prelude", i))
         return x
@@ -232,7 +239,13 @@ class RecurrentGPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c) if c else logits
 
-    def forward(self, idx: torch.Tensor, recurrences: int | None = None, valid: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        recurrences: int | None = None,
+        valid: torch.Tensor | None = None,
+        digit_pos: torch.Tensor | None = None,
+    ):
         """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel.
 
         Under autograd only the last bptt_k iterations build a graph (truncated BPTT): the earlier ones run under
@@ -242,7 +255,7 @@ class RecurrentGPT(nn.Module):
         if r < 1:
             raise UserError(f"recurrences must be >= 1, got {r}")
         ctx = self.context(idx.size(1), valid=valid)
-        e = self.embed(idx, ctx)
+        e = self.embed(idx, ctx, digit_pos)
         s = self.init_state(e)
         if self.core:
             k = self.cfg.bptt_k

@@ -74,6 +74,12 @@ class Tokenizer:
         eos = self.token_id(EOS)
         return eos if eos is not None else self.token_id(PAD)
 
+    @property
+    def digit_ids(self) -> set[int]:
+        """Ids of the tokens that are one decimal digit (every digit of a char tokenizer)."""
+        vocab = self.hf.get_vocab()
+        return {vocab[d] for d in "0123456789" if d in vocab}
+
     def encode(self, text: str) -> list[int]:
         try:
             return self.hf.encode(text, add_special_tokens=False).ids
@@ -84,3 +90,26 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
+
+
+def significance_ids(ids: list[int], n_prompt: int, digit_ids: set[int]) -> list[int]:
+    """Abacus ids: for each digit token its significance in its number (1 = units), 0 for other tokens.
+
+    Prompt numbers are written most-significant digit first, so they count from their last digit; generated numbers
+    are written least-significant digit first (reversed answers), so they count from their first, which is known
+    at each step of generation. Digits of equal significance then share an embedding wherever they stand.
+    """
+    out = [0] * len(ids)
+    i = 0
+    while i < n_prompt:
+        j = i
+        while j < n_prompt and ids[j] in digit_ids:
+            j += 1
+        for k in range(i, j):
+            out[k] = j - k
+        i = j + 1 if j == i else j
+    run = 0
+    for k in range(n_prompt, len(ids)):
+        run = run + 1 if ids[k] in digit_ids else 0
+        out[k] = run
+    return out

@@ -155,3 +155,31 @@ def test_stop_tokens_streaming_and_context_limit():
         engine.prefill([IDX[0].tolist() * 4], 3)
     with pytest.raises(UserError, match="recurrences"):
         engine.generate([IDX[0].tolist()], 3, recurrences=0)
+
+
+def test_abacus_ids_and_cached_decoding():
+    from recurlm.tokenizer import Tokenizer, significance_ids
+
+    tok = Tokenizer.char("0123456789+=", "pad")
+    ids = tok.encode("123+45=") + tok.encode("861")
+    # prompt numbers count from their last digit, generated (reversed) numbers from their first
+    assert significance_ids(ids, 7, tok.digit_ids) == [3, 2, 1, 0, 2, 1, 0, 1, 2, 3]
+    model = tiny_model(vocab_size=13, abacus=4)
+    digits = tok.digit_ids
+    with pytest.raises(UserError, match="digit"):
+        Engine(model)
+    seq = torch.tensor([tok.encode("123+45=861+7")])
+    full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)]))
+    engine = Engine(model, kv_budget=3, warm_start=False, exit="none", digit_ids=digits)
+    got = cached_logits(engine, seq, 3, prefix=7)
+    assert (got - full[:, 6:]).abs().max() <= 1e-4
+    prompts = [tok.encode("123+45="), tok.encode("9+9=")]
+    cached = Engine(model, kv_budget=3, warm_start=False, exit="none", digit_ids=digits).generate(prompts, 5)
+    uncached = Engine(model, use_cache=False, digit_ids=digits).generate(prompts, 5)
+    assert cached.tokens == uncached.tokens
+    other = full.clone()
+    with torch.no_grad():
+        model.abacus.weight[1:].normal_()  # the ids matter
+    assert not torch.allclose(
+        model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)])), other, atol=1e-4
+    )

@@ -1,0 +1,91 @@
+"""From examples to training batches: token rows, loss masks, and the per-step task mixture with its curriculum.
+
+A batch is a pure function of (seed, step, rank, micro-step) and the curriculum level, so a resumed run sees
+exactly the batches the uninterrupted one would have, and data-parallel ranks see different data.
+"""
+
+import random
+
+import torch
+
+from recurlm.config import StageConfig
+from recurlm.tasks import Example, Task, get_task, split_of
+from recurlm.tokenizer import BOS, Tokenizer, significance_ids
+
+
+def prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    bos = tok.token_id(BOS)
+    return ([bos] if bos is not None else []) + tok.encode(prompt)
+
+
+def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus: bool = False):
+    """Token ids of prompt + target + end token, a mask of the positions the loss is taken on, and the digit
+    significance ids (None unless `abacus`)."""
+    p = prompt_ids(tok, ex.prompt)
+    c = tok.encode(ex.target) + [tok.eos_id]
+    mask = ([0] * len(p) if loss == "completion" else [0] + [1] * (len(p) - 1)) + [1] * len(c)
+    return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
+
+
+def collate(rows: list, pad_id: int):
+    """Right-padded inputs (B, T-1), next-token targets (B, T-1) with -1 where no loss is taken, and the inputs'
+    digit significance ids (None when the rows have none)."""
+    T = max(len(ids) for ids, _, _ in rows)
+    x = torch.full((len(rows), T - 1), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T - 1), -1, dtype=torch.long)
+    pos = torch.zeros((len(rows), T - 1), dtype=torch.long) if rows[0][2] is not None else None
+    for b, (ids, mask, digits) in enumerate(rows):
+        n = len(ids)
+        x[b, : n - 1] = torch.tensor(ids[:-1])
+        y[b, : n - 1] = torch.tensor([t if m else -1 for t, m in zip(ids[1:], mask[1:], strict=True)])
+        if pos is not None:
+            pos[b, : n - 1] = torch.tensor(digits[:-1])
+    return x, y, pos
+
+
+def stage_tasks(stage: StageConfig) -> list[Task]:
+    """The stage's tasks, built with the stage's task options."""
+    options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
+    return [get_task(name.strip(), **options.get(name.strip(), {})) for name in stage.tasks.split(",") if name.strip()]
+
+
+def task_from_configs(name: str, configs: dict) -> Task:
+    """A task as the run trained it (the options of the first stage that lists it), or with its defaults."""
+    for stage in configs.get("stage", {}).values():
+        for task in stage_tasks(stage):
+            if task.name == name:
+                return task
+    return get_task(name)
+
+
+class TaskMixture:
+    """Uniform mixture of a stage's tasks. With a curriculum, rows come from the current level, and a share
+    `review_frac` from the levels already passed."""
+
+    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: bool = False):
+        self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
+        self.tasks = stage_tasks(stage)
+        self.max_level = max(max(t.difficulties) for t in self.tasks)
+
+    def _difficulty(self, rng: random.Random, task: Task, level: int | None) -> int:
+        allowed = [d for d in task.difficulties if level is None or d <= level]
+        if level is None or level not in allowed or len(allowed) == 1:
+            return rng.choice(allowed)
+        if rng.random() < self.stage.review_frac:
+            return rng.choice([d for d in allowed if d < level])
+        return level
+
+    def examples(self, n: int, step: int, rank: int, micro: int, level: int | None) -> list[Example]:
+        rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}")
+        out = []
+        while len(out) < n:
+            task = rng.choice(self.tasks)
+            ex = task.sample(rng, self._difficulty(rng, task, level))
+            if split_of(ex.prompt) == "train":
+                out.append(ex)
+        return out
+
+    def batch(self, n: int, step: int, rank: int, micro: int, level: int | None):
+        examples = self.examples(n, step, rank, micro, level)
+        rows = [encode_example(self.tok, ex, self.stage.loss, self.abacus) for ex in examples]
+        return collate(rows, self.tok.eos_id)

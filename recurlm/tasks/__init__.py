@@ -1,0 +1,120 @@
+"""Tasks: seeded generators of examples (DESIGN §3) and how their answers are scored.
+
+An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?}. Train, validation and test sets are
+disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test prompt is ever
+trained on however many examples are drawn. Tune on 'val'; 'test' is for the final report.
+"""
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from recurlm.config import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Example:
+    prompt: str
+    answer: str
+    completion: str | None = None  # the full target text; defaults to the answer
+    task: str | None = None
+    difficulty: int | None = None
+
+    @property
+    def target(self) -> str:
+        return self.answer if self.completion is None else self.completion
+
+
+def split_of(prompt: str) -> str:
+    """80% train, 10% val, 10% test, by a stable hash of the prompt."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % 10
+    return "test" if h == 0 else "val" if h == 1 else "train"
+
+
+ANS = re.compile(r"<ANS>(.*?)</ANS>", re.S)
+
+
+def extract_answer(text: str) -> str:
+    """The scored part of a generation: between <ANS> and </ANS> for reasoning traces, else the stripped text."""
+    m = ANS.search(text)
+    return m.group(1).strip() if m else text.strip()
+
+
+class Task:
+    """A family of examples. Subclasses implement `sample` (one random example of a difficulty) and may override
+    `extract` (generated text -> answer) when their output is not the answer written plainly."""
+
+    name = "task"
+    difficulties: tuple[int, ...] = (1,)
+
+    def sample(self, rng: random.Random, difficulty: int) -> Example:
+        raise NotImplementedError
+
+    def extract(self, text: str) -> str:
+        return extract_answer(text)
+
+    def generate(self, split: str, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
+        """n examples of `split` (all difficulties in turn unless one is given). Evaluation splits hold distinct
+        prompts, so a small problem space yields fewer than n."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
+        levels = [difficulty] if difficulty is not None else list(self.difficulties)
+        out, seen, tries = [], set(), 0
+        while len(out) < n and tries < 50 * n + 1000:
+            tries += 1
+            ex = self.sample(rng, levels[tries % len(levels)])  # by tries: an exhausted level cannot block
+            if split_of(ex.prompt) != split or (split != "train" and ex.prompt in seen):
+                continue
+            seen.add(ex.prompt)
+            out.append(ex)
+        return out
+
+
+def registry() -> dict[str, type]:
+    from recurlm.tasks.addition import Addition
+    from recurlm.tasks.reasoning import SUITE
+    from recurlm.tasks.spelling import SpellingBee
+
+    return {"addition": Addition, **SUITE, "spelling_bee": SpellingBee}
+
+
+def get_task(name: str, **options) -> Task:
+    tasks = registry()
+    if name not in tasks:
+        raise UserError(f"unknown task {name!r}; available: {', '.join(sorted(tasks))}")
+    return tasks[name](**options)
+
+
+def write_jsonl(examples: list[Example], path: str | Path):
+    with open(path, "w") as f:
+        for ex in examples:
+            f.write(json.dumps({k: v for k, v in asdict(ex).items() if v is not None}) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            out.append(
+                Example(
+                    **{k: obj[k] for k in ("prompt", "answer")},
+                    **{k: obj[k] for k in ("completion", "task", "difficulty") if k in obj},
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path}:{i}: malformed example ({type(e).__name__}: {e})") from None
+    if not out:
+        raise UserError(f"data file is empty: {path}")
+    return out

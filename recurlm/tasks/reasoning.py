@@ -1,0 +1,211 @@
+"""The MiniAxion reasoning suite: short questions with correct step-by-step traces.
+
+Prompt `<INST>question</INST>`, completion `<THINK><STEP>…</STEP>…</THINK><ANS>answer</ANS>`. The answer is
+scored by exact match of the text between <ANS> and </ANS>; `format_ok` says whether a whole output follows the
+trace grammar (MiniAxion's 'CoT format' score, reported with every evaluation of these tasks).
+"""
+
+import random
+import re
+
+from recurlm.tasks import Example, Task
+
+TRACE = re.compile(r"<THINK>(<STEP>[^<]+</STEP>)+</THINK><ANS>[^<]+</ANS>")
+
+
+def format_ok(text: str) -> bool:
+    return TRACE.fullmatch(text.strip()) is not None
+
+
+def trace(steps: list[str], answer) -> str:
+    return "<THINK>" + "".join(f"<STEP>{s}</STEP>" for s in steps) + f"</THINK><ANS>{answer}</ANS>"
+
+
+class TraceTask(Task):
+    """A task whose examples are (question, steps, answer) triples; subclasses implement `problem`."""
+
+    difficulties = (1, 2)
+
+    def problem(self, rng: random.Random, difficulty: int) -> tuple[str, list[str], object]:
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random, difficulty: int) -> Example:
+        question, steps, answer = self.problem(rng, difficulty)
+        return Example(f"<INST>{question}</INST>", str(answer), trace(steps, answer), self.name, difficulty)
+
+
+class Arithmetic(TraceTask):
+    """'What is A + B?' / 'What is A - B?' (0-99; difficulty 1: 0-9), 'What is A * B?' (0-12)."""
+
+    name = "arithmetic"
+
+    def problem(self, rng, difficulty):
+        op = rng.choice("+-*")
+        hi = 12 if op == "*" else 9 if difficulty == 1 else 99
+        a, b = rng.randint(0, hi), rng.randint(0, hi)
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        return f"What is {a} {op} {b}?", [f"{a} {op} {b} = {value}"], value
+
+
+class TwoStep(TraceTask):
+    """'What is (A + B) - C?' and the other +/- orders (0-50; difficulty 1: 0-9)."""
+
+    name = "two_step"
+
+    def problem(self, rng, difficulty):
+        hi = 9 if difficulty == 1 else 50
+        a, b, c = (rng.randint(0, hi) for _ in range(3))
+        op1, op2 = rng.choice("+-"), rng.choice("+-")
+        x = a + b if op1 == "+" else a - b
+        y = x + c if op2 == "+" else x - c
+        return f"What is ({a} {op1} {b}) {op2} {c}?", [f"{a} {op1} {b} = {x}", f"{x} {op2} {c} = {y}"], y
+
+
+class EvenOdd(TraceTask):
+    """'Is N even or odd?' (0-999; difficulty = digits of N, up to 3)."""
+
+    name = "even_odd"
+    difficulties = (1, 2, 3)
+
+    def problem(self, rng, difficulty):
+        n = rng.randint(0 if difficulty == 1 else 10 ** (difficulty - 1), 10**difficulty - 1)
+        last = n % 10
+        parity = "even" if last % 2 == 0 else "odd"
+        return f"Is {n} even or odd?", [f"The last digit of {n} is {last}.", f"{last} is {parity}."], parity
+
+
+class Comparison(TraceTask):
+    """'Which is larger: A or B?' (0-999, A != B; difficulty = digits of the larger, up to 3)."""
+
+    name = "comparison"
+    difficulties = (1, 2, 3)
+
+    def problem(self, rng, difficulty):
+        lo = 0 if difficulty == 1 else 10 ** (difficulty - 1)
+        a = rng.randint(lo, 10**difficulty - 1)
+        b = rng.choice([v for v in (rng.randint(0, 10**difficulty - 1) for _ in range(4)) if v != a] or [a + 1])
+        big, small = max(a, b), min(a, b)
+        return f"Which is larger: {a} or {b}?", [f"{big} > {small}"], big
+
+
+class Pattern(TraceTask):
+    """'Complete the pattern: a, b, c, d, ?': arithmetic (start 0-60, step -9..9 except 0; difficulty 1) or
+    geometric (start 1-5, x2 or x3; difficulty 2)."""
+
+    name = "pattern"
+
+    def problem(self, rng, difficulty):
+        if difficulty == 1:
+            start, step = rng.randint(0, 60), rng.choice([s for s in range(-9, 10) if s])
+            terms = [start + i * step for i in range(5)]
+            rule = f"Each term adds {step}." if step > 0 else f"Each term subtracts {-step}."
+            work = f"{terms[3]} {'+' if step > 0 else '-'} {abs(step)} = {terms[4]}"
+        else:
+            start, factor = rng.randint(1, 5), rng.choice([2, 3])
+            terms = [start * factor**i for i in range(5)]
+            rule, work = f"Each term is multiplied by {factor}.", f"{terms[3]} * {factor} = {terms[4]}"
+        shown = ", ".join(map(str, terms[:4]))
+        return f"Complete the pattern: {shown}, ?", [rule, work], terms[4]
+
+
+NAMES = [
+    ("Alice", "she"),
+    ("Ben", "he"),
+    ("Chloe", "she"),
+    ("David", "he"),
+    ("Emma", "she"),
+    ("Felix", "he"),
+    ("Grace", "she"),
+    ("Hugo", "he"),
+    ("Isla", "she"),
+    ("Jack", "he"),
+    ("Kira", "she"),
+    ("Liam", "he"),
+    ("Maya", "she"),
+    ("Noah", "he"),
+    ("Olivia", "she"),
+    ("Omar", "he"),
+    ("Priya", "she"),
+    ("Ravi", "he"),
+    ("Sofia", "she"),
+    ("Tom", "he"),
+    ("Uma", "she"),
+    ("Victor", "he"),
+    ("Wendy", "she"),
+    ("Yusuf", "he"),
+    ("Zoe", "she"),
+    ("Sam", "they"),
+    ("Alex", "they"),
+    ("Lucia", "she"),
+    ("Mateo", "he"),
+    ("Hana", "she"),
+]
+THINGS = [
+    "apples",
+    "books",
+    "pencils",
+    "marbles",
+    "stickers",
+    "cookies",
+    "coins",
+    "stamps",
+    "balloons",
+    "cards",
+    "shells",
+    "buttons",
+    "candles",
+    "cups",
+    "eggs",
+    "flowers",
+    "keys",
+    "lemons",
+    "oranges",
+    "toys",
+    "rocks",
+    "socks",
+    "plates",
+    "crayons",
+    "beads",
+    "tickets",
+    "bottles",
+    "boxes",
+]
+
+
+class WordProblem(TraceTask):
+    """'NAME has A THINGS. PRONOUN gets B more. How many THINGS does PRONOUN have now?' and the 'gives away B'
+    variant (0-50, B <= A; difficulty 1: adding, 2: giving away)."""
+
+    name = "word_problem"
+
+    def problem(self, rng, difficulty):
+        (name, pronoun), things = rng.choice(NAMES), rng.choice(THINGS)
+        a = rng.randint(0, 50)
+        b = rng.randint(0, a) if difficulty == 2 else rng.randint(0, 50)
+        they = pronoun.capitalize()
+        has = "have" if pronoun == "they" else "has"
+        action = f"{they} gives away {b}." if difficulty == 2 else f"{they} gets {b} more."
+        if pronoun == "they":
+            action = action.replace("gives", "give").replace("gets", "get")
+        value = a - b if difficulty == 2 else a + b
+        op = "-" if difficulty == 2 else "+"
+        question = f"{name} {has} {a} {things}. {action} How many {things} does {pronoun} have now?"
+        if pronoun == "they":
+            question = question.replace("does they", "do they")
+        return question, [f"{a} {op} {b} = {value}"], value
+
+
+class Sorting(TraceTask):
+    """'Sort ascending: a, b, c, d' (3-6 numbers, 0-99; difficulty = count - 2)."""
+
+    name = "sorting"
+    difficulties = (1, 2, 3, 4)
+
+    def problem(self, rng, difficulty):
+        values = [rng.randint(0, 99) for _ in range(difficulty + 2)]
+        ordered = sorted(values)
+        steps = [f"The smallest left is {v}." for v in ordered]
+        return f"Sort ascending: {', '.join(map(str, values))}", steps, ", ".join(map(str, ordered))
+
+
+SUITE = {t.name: t for t in (Arithmetic, TwoStep, EvenOdd, Comparison, Pattern, WordProblem, Sorting)}
