@@ -163,7 +163,7 @@ def cmd_eval(args):
     model, tok, configs = load_checkpoint(args.checkpoint)
     recurrences = args.recurrences or [configs["model"].default_recurrences]
     results = []
-    print(f"{'task':<24} {'diff':>4} {'r':>3} {'accuracy':>8} {'n':>5} {'steps':>6} {'max':>4} {'tok/s':>8}")
+    print(f"{'task':<24} {'diff':>4} {'r':>3} {'accuracy':>8} {'n':>5} {'steps':>6} {'max':>4} {'tok/s':>8} format")
     for r in recurrences:
         for name, difficulty, examples, extract in eval_sets(args, configs):
             res = evaluate(
@@ -173,7 +173,8 @@ def cmd_eval(args):
             results.append({"task": name, "difficulty": difficulty, "recurrences": r, **res})
             print(
                 f"{name:<24} {difficulty if difficulty is not None else '-':>4} {r:>3} {res['accuracy']:>8.3f} "
-                f"{res['n']:>5} {res['mean_steps']:>6.2f} {res['max_steps']:>4} {res['tokens_per_s']:>8.0f}",
+                f"{res['n']:>5} {res['mean_steps']:>6.2f} {res['max_steps']:>4} {res['tokens_per_s']:>8.0f} "
+                + ("-" if res["format"] is None else f"{res['format']:.3f}"),
                 flush=True,
             )
     if len(recurrences) > 1:

@@ -160,7 +160,8 @@ class StageConfig:
     steps: int = 100
     lr_scale: float = 1.0
     tasks: str = ""  # comma-separated task names, mixed uniformly
-    text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet) instead of tasks
+    text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet, a directory) instead of tasks
+    seq_len: int = 0  # packed row length for text (0: model.seq_len)
     loss: str = "completion"  # 'completion' (SFT: loss on the target only) or 'all' tokens
     max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
@@ -178,8 +179,8 @@ class StageConfig:
             raise UserError(f"stage curriculum must be none, accuracy or schedule, got {self.curriculum!r}")
         if self.curriculum == "schedule" and self.promote_every < 1:
             raise UserError("stage curriculum 'schedule' needs promote_every >= 1")
-        if not self.tasks and not self.text:
-            raise UserError("a stage needs tasks or text")
+        if self.tasks and self.text:
+            raise UserError("a stage trains on tasks or on text, not both: make two stages")
 
 
 # Sections of a config file / preset and the dataclass that holds each; 'stage' holds one table per stage, in order.

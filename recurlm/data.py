@@ -65,7 +65,7 @@ class TaskMixture:
     def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: bool = False):
         self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
         self.tasks = stage_tasks(stage)
-        self.max_level = max(max(t.difficulties) for t in self.tasks)
+        self.max_level = max((max(t.difficulties) for t in self.tasks), default=1)
 
     def _difficulty(self, rng: random.Random, task: Task, level: int | None) -> int:
         allowed = [d for d in task.difficulties if level is None or d <= level]

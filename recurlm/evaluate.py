@@ -8,6 +8,7 @@ from recurlm.data import prompt_ids
 from recurlm.engine import Engine
 from recurlm.model import RecurrentGPT
 from recurlm.tasks import Example, extract_answer
+from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
 
 
@@ -21,11 +22,13 @@ def evaluate(
     exit: str | None = None,
     kv_budget: int | None = None,
 ) -> dict:
-    """Accuracy and recurrence steps per generated token over `examples` (generated greedily, in batches)."""
+    """Accuracy and recurrence steps per generated token over `examples` (generated greedily, in batches), and for
+    reasoning-trace tasks the share of outputs that follow the trace grammar exactly ('format')."""
     was_training = model.training
     model.eval()
     engine = Engine(model, exit=exit, kv_budget=kv_budget, digit_ids=tok.digit_ids)
-    correct, steps, n_tokens, t0 = 0, [], 0, time.perf_counter()
+    correct, well_formed, steps, n_tokens, t0 = 0, 0, [], 0, time.perf_counter()
+    traces = any(ex.target.startswith("<THINK>") for ex in examples)
     per_example = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
@@ -33,8 +36,10 @@ def evaluate(
         max_new = max(len(tok.encode(ex.target)) for ex in chunk) + 1
         out = engine.generate(prompts, max_new, recurrences=recurrences, stop_tokens=[tok.eos_id])
         for ex, ids, used in zip(chunk, out.tokens, out.steps, strict=True):
-            ok = extract(tok.decode(ids)) == ex.answer
+            text = tok.decode(ids)
+            ok = extract(text) == ex.answer
             correct += ok
+            well_formed += traces and format_ok(text)
             steps.extend(used)
             n_tokens += len(ids) + 1
             per_example.append(
@@ -48,6 +53,7 @@ def evaluate(
         "mean_steps": sum(steps) / max(len(steps), 1),
         "max_steps": max(steps, default=0),
         "tokens_per_s": n_tokens / dt,
+        "format": well_formed / max(len(examples), 1) if traces else None,
         "examples": per_example,
     }
 

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
 from recurlm.config import STAGE, UserError, configs_to_dict
+from recurlm.corpus import TextStream, sample_texts
 from recurlm.data import TaskMixture, stage_tasks
 from recurlm.evaluate import evaluate, loss_on
 from recurlm.model import build_model
@@ -127,6 +128,9 @@ def train(configs: dict, out_dir: str, resume: bool = False, stop_after: int | N
     mcfg, tcfg, stages = configs["model"], configs["train"], list(configs[STAGE].items())
     if not stages:
         raise UserError("the config has no [stage.NAME] table: nothing to train on")
+    for name, stage in stages:
+        if not stage.tasks and not stage.text:
+            raise UserError(f"stage {name} has no data: --set stage.{name}.text=CORPUS or stage.{name}.tasks=NAMES")
     out = Path(out_dir)
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if ddp:
@@ -153,7 +157,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed)
     if state is None:
-        tok = build_tokenizer(configs)
+        tok = build_tokenizer(configs, tokenizer_texts(stages, tcfg.seed))
         model = build_model(mcfg, device)
         state = {"stage": 0, "stage_step": 0, "step": 0, "level": None, "tokens": 0, "elapsed": 0.0}
         if master:
@@ -194,6 +198,9 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
         while state["stage"] < len(stages):
             name, stage = stages[state["stage"]]
             mixture = TaskMixture(stage, tok, tcfg.seed * 1000 + state["stage"], abacus=mcfg.abacus > 0)
+            if stage.text:
+                stream = TextStream(stage.text, tok, stage.seq_len or mcfg.seq_len, rank, world)
+                stream.skip(state["stage_step"] * tcfg.grad_accum * tcfg.batch_size)
             if state["level"] is None:
                 state["level"] = 1 if stage.curriculum != "none" else None
             level = state["level"]
@@ -212,7 +219,10 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                 t0 = time.perf_counter()
                 loss_sum, n_tok = 0.0, 0
                 for micro in range(tcfg.grad_accum):
-                    x, y, digit_pos = mixture.batch(tcfg.batch_size, step, rank, micro, level)
+                    if stage.text:
+                        (x, y), digit_pos = stream.batch(tcfg.batch_size), None
+                    else:
+                        x, y, digit_pos = mixture.batch(tcfg.batch_size, step, rank, micro, level)
                     x, y = x.to(device), y.to(device)
                     digit_pos = digit_pos.to(device) if digit_pos is not None else None
                     sync = nullcontext() if not ddp or micro == tcfg.grad_accum - 1 else net.no_sync()
@@ -272,6 +282,17 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
     return model, state
 
 
+def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
+    """What a BPE tokenizer is trained on: training-split examples of every stage's tasks (and text corpora)."""
+    texts = []
+    for _, stage in stages:
+        if stage.text:
+            texts += sample_texts(stage.text)
+        for task in stage_tasks(stage):
+            texts += [ex.prompt + ex.target for ex in task.generate("train", n_per_task, seed=seed)]
+    return texts
+
+
 def periodic_eval(model, tok, configs, stage, name, level, state, progress) -> int | None:
     """Validation accuracy per task and difficulty at the model's default r, logged; and the curriculum level.
 
@@ -280,6 +301,8 @@ def periodic_eval(model, tok, configs, stage, name, level, state, progress) -> i
     the columns of longer sums), so requiring held-out accuracy there would stall the curriculum.
     """
     tcfg, r = configs["train"], configs["model"].default_recurrences
+    if not stage.tasks:
+        return level
     record = {"step": state["step"], "stage": name, "eval": {}}
     mastered = True
     for task in stage_tasks(stage):

@@ -1,0 +1,138 @@
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recurlm.chat import parse_reply, render_conversation, render_prompt
+from recurlm.config import UserError
+from recurlm.tasks import extract_answer, get_task, read_jsonl, registry, split_of, write_jsonl
+from recurlm.tasks.reasoning import NAMES, THINGS, format_ok
+from recurlm.tokenizer import SPECIALS, Tokenizer
+
+SUITE = ["arithmetic", "two_step", "even_odd", "comparison", "pattern", "word_problem", "sorting", "spelling_bee"]
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_generators_are_deterministic_and_split_disjoint(name):
+    task = get_task(name)
+    a, b = task.generate("train", 50, seed=1), task.generate("train", 50, seed=1)
+    assert a == b and a != task.generate("train", 50, seed=2)
+    test = task.generate("test", 50, seed=1)
+    assert test and all(split_of(ex.prompt) == "test" for ex in test)
+    assert not {ex.prompt for ex in test} & {ex.prompt for ex in task.generate("train", 2000, seed=0)}
+    assert len({ex.prompt for ex in test}) == len(test)
+    levels = {ex.difficulty for ex in task.generate("val", 200)}
+    assert levels <= set(task.difficulties) and len(levels) >= min(2, len(task.difficulties))
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_traces_are_well_formed_and_answers_extract(name):
+    for ex in get_task(name).generate("train", 200, seed=3):
+        assert ex.prompt.startswith("<INST>") and ex.prompt.endswith("</INST>")
+        assert format_ok(ex.completion), ex.completion
+        assert extract_answer(ex.completion) == ex.answer
+
+
+def _eval(expr: str) -> int:
+    assert re.fullmatch(r"[\d\s+\-*()]+", expr)
+    return eval(expr)  # noqa: S307 -- digits and operators only, checked above
+
+
+def test_answers_are_correct():
+    for ex in get_task("arithmetic").generate("train", 300):
+        assert int(ex.answer) == _eval(re.search(r"What is (.*)\?", ex.prompt).group(1))
+    for ex in get_task("two_step").generate("train", 300):
+        assert int(ex.answer) == _eval(re.search(r"What is (.*)\?", ex.prompt).group(1))
+    for ex in get_task("comparison").generate("train", 300):
+        a, b = map(int, re.findall(r"\d+", ex.prompt))
+        assert a != b and int(ex.answer) == max(a, b)
+    for ex in get_task("even_odd").generate("train", 300):
+        n = int(re.search(r"\d+", ex.prompt).group())
+        assert ex.answer == ("even" if n % 2 == 0 else "odd") and n <= 999
+    for ex in get_task("sorting").generate("train", 300):
+        values = list(map(int, ex.prompt.removesuffix("</INST>").split(": ")[1].split(", ")))
+        assert 3 <= len(values) <= 6 and ex.answer == ", ".join(map(str, sorted(values)))
+    for ex in get_task("pattern").generate("train", 300):
+        t = list(map(int, re.findall(r"-?\d+", ex.prompt)))
+        d, q = t[1] - t[0], (t[1] / t[0] if t[0] else None)
+        assert int(ex.answer) == (t[3] + d if t[2] - t[1] == d else t[3] * q)
+    for ex in get_task("word_problem").generate("train", 300):
+        a, b = map(int, re.findall(r"\d+", ex.prompt))
+        assert int(ex.answer) == (a - b if "away" in ex.prompt else a + b) and int(ex.answer) >= 0
+    for ex in get_task("spelling_bee").generate("train", 300):
+        letter, word = re.search(r"How many (\w) are in (\w+)\?", ex.prompt).groups()
+        assert int(ex.answer) == word.count(letter.lower())
+    assert len(NAMES) >= 20 and len(THINGS) >= 20
+
+
+def test_addition_reverse_and_scoring():
+    plain, rev = get_task("addition"), get_task("addition", reverse=True, max_digits=5)
+    ex = rev.generate("test", 5, difficulty=5)[0]
+    a, b = map(int, ex.prompt[:-1].split("+"))
+    assert ex.answer == str(a + b) and ex.completion == str(a + b)[::-1] and rev.extract(ex.completion) == ex.answer
+    assert plain.extract(" 579 ") == "579"
+    assert all(len(x.prompt.split("+")[0]) == 3 for x in plain.generate("train", 20, difficulty=3))
+
+
+def test_jsonl_round_trip(tmp_path):
+    examples = get_task("sorting").generate("test", 20)
+    write_jsonl(examples, tmp_path / "x.jsonl")
+    assert read_jsonl(tmp_path / "x.jsonl") == examples
+    with pytest.raises(UserError, match="not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match="unknown task"):
+        get_task("nope")
+
+
+def test_char_tokenizer(tmp_path):
+    tok = Tokenizer.char("0123456789+=", "pad")
+    assert tok.vocab_size == 13 and tok.eos_id == tok.token_id("<|pad|>")
+    ids = tok.encode("12+345=<|pad|>")
+    assert len(ids) == 8 and tok.decode(ids) == "12+345=<|pad|>"
+    tok.save(tmp_path / "t.json")
+    assert Tokenizer.load(tmp_path / "t.json").encode("9+9=") == tok.encode("9+9=")
+    with pytest.raises(UserError, match="outside the tokenizer's alphabet"):
+        tok.encode("1+a")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    texts = [ex.prompt + ex.completion for name in SUITE for ex in get_task(name).generate("train", 300)]
+    return Tokenizer.bpe(texts, 2048)
+
+
+def test_bpe_specials_are_single_tokens(bpe, tmp_path):
+    assert 300 < bpe.vocab_size <= 2048
+    for special in SPECIALS["all"]:
+        assert len(bpe.encode(special)) == 1
+    ex = get_task("arithmetic").generate("train", 1)[0]
+    ids = bpe.encode(ex.prompt + ex.completion)
+    assert len(ids) < len(ex.prompt + ex.completion) / 2  # merges learnt from the training text
+    bpe.save(tmp_path / "b.json")
+    assert Tokenizer.load(tmp_path / "b.json").encode("What is 2 + 2?") == bpe.encode("What is 2 + 2?")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_bpe_round_trips_any_unicode(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_chat_mask(bpe):
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    ids, mask = render_conversation(bpe, conv)
+    assert len(ids) == len(mask)
+    trained = bpe.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "Hello!<|end|>4<|end|>"
+    prompt = render_prompt(bpe, conv[:2])
+    assert bpe.decode(prompt).endswith("Hi<|end|><|assistant|>")
+    assert parse_reply(bpe, bpe.encode("Hello!<|end|>junk")) == "Hello!"
+    with pytest.raises(UserError, match="no <|bos|>"):
+        render_conversation(Tokenizer.char("0123456789+=", "pad"), conv)
