@@ -140,12 +140,12 @@ def parse_int_list(text: str) -> list[int]:
 
 
 def eval_sets(args, configs) -> list[tuple[str, int | None, list, object]]:
-    """(task name, difficulty, examples, extract) for every set to score."""
+    """(task name, difficulty, examples, score) for every set to score."""
     if args.data:
         examples = read_jsonl(args.data)[: args.limit]
         names = {ex.task for ex in examples}
         task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
-        return [(args.data, None, examples, task.extract if task else None)]
+        return [(args.data, None, examples, task.score if task else None)]
     if not args.task:
         raise UserError("eval needs --task NAME or --data FILE.jsonl")
     sets = []
@@ -153,22 +153,19 @@ def eval_sets(args, configs) -> list[tuple[str, int | None, list, object]]:
         task = task_from_configs(name, configs)
         for d in task.difficulties:
             examples = task.generate(args.split, args.limit or 200, seed=args.seed, difficulty=d)
-            sets.append((name, d, examples, task.extract))
+            sets.append((name, d, examples, task.score))
     return sets
 
 
 def cmd_eval(args):
-    from recurlm.tasks import extract_answer
-
     model, tok, configs = load_checkpoint(args.checkpoint)
+    sets = eval_sets(args, configs)
     recurrences = args.recurrences or [configs["model"].default_recurrences]
     results = []
     print(f"{'task':<24} {'diff':>4} {'r':>3} {'accuracy':>8} {'n':>5} {'steps':>6} {'max':>4} {'tok/s':>8} format")
     for r in recurrences:
-        for name, difficulty, examples, extract in eval_sets(args, configs):
-            res = evaluate(
-                model, tok, examples, r, extract or extract_answer, args.batch_size, args.exit, args.kv_budget
-            )
+        for name, difficulty, examples, score in sets:
+            res = evaluate(model, tok, examples, r, score, args.batch_size, args.exit, args.kv_budget)
             res.pop("examples")
             results.append({"task": name, "difficulty": difficulty, "recurrences": r, **res})
             print(

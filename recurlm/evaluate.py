@@ -17,7 +17,7 @@ def evaluate(
     tok: Tokenizer,
     examples: list[Example],
     recurrences: int,
-    extract=extract_answer,
+    score=None,
     batch_size: int = 128,
     exit: str | None = None,
     kv_budget: int | None = None,
@@ -37,7 +37,7 @@ def evaluate(
         out = engine.generate(prompts, max_new, recurrences=recurrences, stop_tokens=[tok.eos_id])
         for ex, ids, used in zip(chunk, out.tokens, out.steps, strict=True):
             text = tok.decode(ids)
-            ok = extract(text) == ex.answer
+            ok = score(ex, text) if score else float(extract_answer(text) == ex.answer)
             correct += ok
             well_formed += traces and format_ok(text)
             steps.extend(used)

@@ -309,11 +309,11 @@ def periodic_eval(model, tok, configs, stage, name, level, state, progress) -> i
         for d in task.difficulties:
             if level is not None and d > level:
                 continue
-            res = evaluate(model, tok, task.generate("val", tcfg.eval_n, seed=0, difficulty=d), r, task.extract)
+            res = evaluate(model, tok, task.generate("val", tcfg.eval_n, seed=0, difficulty=d), r, task.score)
             record["eval"][f"{task.name}/{d}"] = res["accuracy"]
             if d == level and stage.curriculum == "accuracy":
                 fresh = task.generate("train", tcfg.eval_n, seed=state["step"], difficulty=d)
-                record["train_accuracy_at_level"] = acc = evaluate(model, tok, fresh, r, task.extract)["accuracy"]
+                record["train_accuracy_at_level"] = acc = evaluate(model, tok, fresh, r, task.score)["accuracy"]
                 mastered &= acc >= stage.promote_at
     line = "eval (val) " + " ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
     progress.log(record, line)

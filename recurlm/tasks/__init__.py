@@ -58,6 +58,10 @@ class Task:
     def extract(self, text: str) -> str:
         return extract_answer(text)
 
+    def score(self, ex: Example, text: str) -> float:
+        """1.0 for a correct generation, else 0.0 (or partial credit, for tasks that give it)."""
+        return float(self.extract(text) == ex.answer)
+
     def generate(self, split: str, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
         """n examples of `split` (all difficulties in turn unless one is given). Evaluation splits hold distinct
         prompts, so a small problem space yields fewer than n."""
@@ -78,17 +82,31 @@ class Task:
 
 def registry() -> dict[str, type]:
     from recurlm.tasks.addition import Addition
+    from recurlm.tasks.benchmarks import GSM8K, MMLU, ARCChallenge, ARCEasy, HumanEval
+    from recurlm.tasks.gym import ReasoningGym
     from recurlm.tasks.reasoning import SUITE
     from recurlm.tasks.spelling import SpellingBee
 
-    return {"addition": Addition, **SUITE, "spelling_bee": SpellingBee}
+    return {
+        "addition": Addition,
+        **SUITE,
+        "spelling_bee": SpellingBee,
+        "arc_easy": ARCEasy,
+        "arc_challenge": ARCChallenge,
+        "mmlu": MMLU,
+        "gsm8k": GSM8K,
+        "humaneval": HumanEval,
+        "reasoning_gym": ReasoningGym,
+    }
 
 
 def get_task(name: str, **options) -> Task:
+    """A task by name; 'NAME:ARG' passes ARG on (a benchmark's file, a reasoning_gym dataset and its config)."""
     tasks = registry()
-    if name not in tasks:
+    base, sep, arg = name.partition(":")
+    if base not in tasks:
         raise UserError(f"unknown task {name!r}; available: {', '.join(sorted(tasks))}")
-    return tasks[name](**options)
+    return tasks[base](arg, **options) if sep else tasks[base](**options)
 
 
 def write_jsonl(examples: list[Example], path: str | Path):
