@@ -50,48 +50,17 @@ def test_presets_json(capsys):
     assert rows["recursive-nanochat-d20"]["flops_per_token"] > rows["recursive-nanochat-d20"]["params_per_token"] * 2
 
 
+GENERATE = ["generate", "--preset", "rrslm-addition", "--seed", "1", "--prompt", "12+34=", "--max-new-tokens", "6"]
+
+
 def test_generate_from_random_preset(capsys):
-    main(
-        [
-            "generate",
-            "--preset",
-            "rrslm-addition",
-            "--seed",
-            "1",
-            "--prompt",
-            "12+34=",
-            "--max-new-tokens",
-            "6",
-            "--show-steps",
-            "--exit",
-            "latent:1e9",
-            "--recurrences",
-            "5",
-        ]
-    )
+    main([*GENERATE, "--show-steps", "--exit", "latent:1e9", "--recurrences", "5"])
     out = capsys.readouterr()
     text = out.out.strip()
     assert 1 <= len(text) <= 6 and set(text) <= set("0123456789+=<|pad>")
     steps = out.err.split("steps: ")[1].split()
     assert steps[0] == "5" and set(steps[1:]) <= {"1"}
-    main(["generate", "--preset", "rrslm-addition", "--seed", "1", "--prompt", "12+34=", "--max-new-tokens", "6"])
+    main([*GENERATE, "--exit", "none", "--kv-budget", "5"])
     again = capsys.readouterr().out
-    main(
-        [
-            "generate",
-            "--preset",
-            "rrslm-addition",
-            "--seed",
-            "1",
-            "--prompt",
-            "12+34=",
-            "--max-new-tokens",
-            "6",
-            "--no-cache",
-            "--exit",
-            "none",
-            "--kv-budget",
-            "5",
-        ]
-    )
+    main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])
     assert capsys.readouterr().out == again  # warm start is off in this preset: kv-budget r equals no cache
