@@ -26,8 +26,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class Linear(nn.Module):
     """y = W x without bias. W is full, or A @ B of rank `rank` (MiniAxion's factorised projections); with
-    `lora_count` adapters, iteration i adds B_i A_i x (Relaxed Recursive Transformers), B_i zero-initialised so that
-    the adapters change nothing at init; iterations past the last adapter reuse it."""
+    `lora_count` adapters, adapter i adds B_i A_i x (Relaxed Recursive Transformers; the model passes
+    i = min(iteration, count - 1)), B_i zero-initialised so that the adapters change nothing at init."""
 
     def __init__(self, d_in, d_out, rank=0, lora_rank=0, lora_count=0, zero_init=False):
         super().__init__()
@@ -55,11 +55,10 @@ class Linear(nn.Module):
             self.lora_a.uniform_(-bound, bound)
             self.lora_b.zero_()
 
-    def forward(self, x, iteration: int | None = None):
+    def forward(self, x, adapter: int | None = None):
         y = F.linear(F.linear(x, self.b), self.a) if self.rank else F.linear(x, self.weight)
-        if self.lora_a is not None and iteration is not None:
-            i = min(iteration, self.lora_a.size(0) - 1)
-            y = y + F.linear(F.linear(x, self.lora_a[i]), self.lora_b[i])
+        if self.lora_a is not None and adapter is not None:
+            y = y + F.linear(F.linear(x, self.lora_a[adapter]), self.lora_b[adapter])
         return y
 
     def lora_params_per_adapter(self) -> int:
@@ -88,11 +87,11 @@ class Attention(nn.Module):
         self.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
         self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=True)
 
-    def forward(self, x, ctx: Context, slot: int | None, iteration: int | None):
+    def forward(self, x, ctx: Context, slot: int | None, adapter: int | None):
         B, T, _ = x.shape
-        q = self.c_q(x, iteration).view(B, T, self.n_head, self.hd)
-        k = self.c_k(x, iteration).view(B, T, self.n_kv, self.hd)
-        v = self.c_v(x, iteration).view(B, T, self.n_kv, self.hd)
+        q = self.c_q(x, adapter).view(B, T, self.n_head, self.hd)
+        k = self.c_k(x, adapter).view(B, T, self.n_kv, self.hd)
+        v = self.c_v(x, adapter).view(B, T, self.n_kv, self.hd)
         q, k = norm(apply_rotary(q, ctx.cos, ctx.sin)), norm(apply_rotary(k, ctx.cos, ctx.sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
@@ -100,7 +99,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=self.n_kv != self.n_head
         )
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), iteration)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
 
 
 class MLP(nn.Module):
@@ -112,10 +111,10 @@ class MLP(nn.Module):
         self.c_gate = Linear(d, h, r, *lora) if self.swiglu else None
         self.c_proj = Linear(h, d, r, *lora, zero_init=True)
 
-    def forward(self, x, iteration):
-        h = self.c_fc(x, iteration)
-        h = F.silu(self.c_gate(x, iteration)) * h if self.swiglu else F.relu(h).square()
-        return self.c_proj(h, iteration)
+    def forward(self, x, adapter):
+        h = self.c_fc(x, adapter)
+        h = F.silu(self.c_gate(x, adapter)) * h if self.swiglu else F.relu(h).square()
+        return self.c_proj(h, adapter)
 
 
 class Block(nn.Module):
@@ -124,9 +123,9 @@ class Block(nn.Module):
         self.attn = Attention(cfg, lora)
         self.mlp = MLP(cfg, lora)
 
-    def forward(self, x, ctx: Context, slot: int | None = None, iteration: int | None = None):
-        x = x + self.attn(norm(x), ctx, slot, iteration)
-        return x + self.mlp(norm(x), iteration)
+    def forward(self, x, ctx: Context, slot: int | None = None, adapter: int | None = None):
+        x = x + self.attn(norm(x), ctx, slot, adapter)
+        return x + self.mlp(norm(x), adapter)
 
 
 class RecurrentGPT(nn.Module):
@@ -222,9 +221,12 @@ class RecurrentGPT(nn.Module):
 
     def core_step(self, e: torch.Tensor, s: torch.Tensor, iteration: int, ctx: Context) -> torch.Tensor:
         """One recurrence: inject the prelude output into the state, run the core blocks, optionally gate."""
+        # The LoRA adapter index, clamped, and None without LoRA: a compiled block then sees at most lora_count
+        # distinct values instead of one per iteration, and does not recompile for every new r.
+        adapter = min(iteration, self.cfg.lora_count - 1) if self.cfg.recur_lora_rank else None
         u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
         for j, block in enumerate(self.core):
-            u = block(u, ctx, self._slot(ctx, "core", j, iteration), iteration)
+            u = block(u, ctx, self._slot(ctx, "core", j, iteration), adapter)
         if self.gate is None:
             return u
         g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
