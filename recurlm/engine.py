@@ -56,6 +56,7 @@ class Engine:
         if cfg.abacus and not digit_ids:
             raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
         self.digit_ids = set(digit_ids or ())
+        self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long)
         self.model, self.cfg, self.use_cache = model, cfg, use_cache
         self.kv_budget = cfg.kv_budget if kv_budget is None else kv_budget
         self.warm_start = cfg.warm_start if warm_start is None else warm_start
@@ -122,29 +123,29 @@ class Engine:
         ctx = model.context(1, pos, cache)
         digit_pos = None
         if self.cfg.abacus:
-            is_digit = torch.isin(tokens, torch.tensor(sorted(self.digit_ids), device=tokens.device))
+            is_digit = torch.isin(tokens, self.digit_tensor.to(tokens.device))
             self.run = torch.where(is_digit, self.run + 1, 0)
             digit_pos = self.run.view(B, 1)
         e = model.embed(tokens.view(B, 1), ctx, digit_pos)
         s = self.state if self.warm_start else model.init_state(e)
         steps = torch.full((B,), r if model.core else 0, dtype=torch.long)
-        if not model.core:
-            pass
-        elif self.criterion is None:
+        if model.core and self.criterion is not None:
+            s, steps = self._adaptive_loop(e, s, r, ctx)
+        elif model.core:
             for i in range(r):
                 s = model.core_step(e, s, i, ctx)
-        else:
-            s, steps = self._adaptive_loop(e, s, r, ctx)
         cache.pos = pos + 1
         self.state = s
         return model.head(s, ctx)[:, -1], steps
+
+    def _core_slots(self, iteration: int) -> list[int]:
+        return [self.cache.slot("core", j, iteration) for j in range(len(self.model.core))]
 
     def _adaptive_loop(self, e, s, r, ctx):
         model, cache, crit, pos = self.model, self.cache, self.criterion, ctx.pos
         B = s.size(0)
         done = torch.zeros(B, dtype=torch.bool, device=s.device)
         steps = torch.full((B,), r, dtype=torch.long)
-        core_slots = lambda i: [cache.slot("core", j, i) for j in range(len(model.core))]  # noqa: E731
         snap_k = snap_v = None  # each row's K/V of its latest iteration, per core block
 
         def watch(state):
@@ -155,7 +156,7 @@ class Engine:
         prev, i = watch(s), 0
         for i in range(r):
             s = torch.where(done[:, None, None], s, model.core_step(e, s, i, ctx))
-            slots = core_slots(i)
+            slots = self._core_slots(i)
             if snap_k is not None and done.any():  # stopped rows: undo this iteration's K/V write
                 cache.k[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_k, cache.k[slots, :, :, pos])
                 cache.v[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_v, cache.v[slots, :, :, pos])
@@ -169,7 +170,7 @@ class Engine:
             if bool(done.all()):
                 break
         for i2 in range(i + 1, min(r, i + 1 + cache.budget)):  # slots of the skipped iterations
-            slots = core_slots(i2)
+            slots = self._core_slots(i2)
             cache.k[slots, :, :, pos], cache.v[slots, :, :, pos] = snap_k, snap_v
         return s, steps
 

@@ -266,7 +266,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                     )
                 at_end = state["stage_step"] == stage.steps
                 if (tcfg.eval_every and state["step"] % tcfg.eval_every == 0) or at_end:
-                    level = state["level"] = periodic_eval(model, tok, configs, stage, name, level, state, progress)
+                    level = state["level"] = periodic_eval(model, tok, configs, mixture, name, level, state, progress)
                 if state["step"] % tcfg.ckpt_every == 0:
                     save()
             state["stage"] += 1
@@ -293,19 +293,19 @@ def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
     return texts
 
 
-def periodic_eval(model, tok, configs, stage, name, level, state, progress) -> int | None:
+def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state, progress) -> int | None:
     """Validation accuracy per task and difficulty at the model's default r, logged; and the curriculum level.
 
     Promotion asks whether the current level is mastered on fresh *training-split* problems: a level can be too
     small to generalise from on its own (1-digit addition has 100 problems; the 20 held out are only learnt through
     the columns of longer sums), so requiring held-out accuracy there would stall the curriculum.
     """
-    tcfg, r = configs["train"], configs["model"].default_recurrences
-    if not stage.tasks:
+    tcfg, r, stage = configs["train"], configs["model"].default_recurrences, mixture.stage
+    if not mixture.tasks:
         return level
     record = {"step": state["step"], "stage": name, "eval": {}}
     mastered = True
-    for task in stage_tasks(stage):
+    for task in mixture.tasks:
         for d in task.difficulties:
             if level is not None and d > level:
                 continue
@@ -317,7 +317,6 @@ def periodic_eval(model, tok, configs, stage, name, level, state, progress) -> i
                 mastered &= acc >= stage.promote_at
     line = "eval (val) " + " ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
     progress.log(record, line)
-    top = max(max(t.difficulties) for t in stage_tasks(stage))
-    if stage.curriculum == "accuracy" and level is not None and mastered and level < top:
+    if stage.curriculum == "accuracy" and level is not None and mastered and level < mixture.max_level:
         return level + 1
     return level
