@@ -95,7 +95,7 @@ class Progress:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
             self.bar.set_postfix_str(line, refresh=False)
-            self.bar.update(record.get("advance", 0))
+            self.bar.update(record["step"] - self.bar.n)  # the bar's position is the step: nothing to track
         else:
             print(line, flush=True)
 
@@ -255,7 +255,6 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                         "tokens": state["tokens"],
                         "level": level,
                         "elapsed": state["elapsed"],
-                        "advance": tcfg.log_every,
                     }
                     progress.log(
                         record,
