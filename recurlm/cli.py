@@ -4,16 +4,16 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import UserError, load_config, preset_names, read_preset
-from recurlm.data import task_from_configs
 from recurlm.engine import Engine
-from recurlm.evaluate import evaluate
+from recurlm.evaluate import file_set, sweep, task_sets
 from recurlm.model import build_model
-from recurlm.tasks import get_task, read_jsonl, write_jsonl
+from recurlm.tasks import get_task, write_jsonl
 
 
 class Parser(argparse.ArgumentParser):
@@ -139,57 +139,59 @@ def parse_int_list(text: str) -> list[int]:
     return values
 
 
-def eval_sets(args, configs) -> list[tuple[str, int | None, list, object]]:
-    """(task name, difficulty, examples, score) for every set to score."""
-    if args.data:
-        examples = read_jsonl(args.data)[: args.limit]
-        names = {ex.task for ex in examples}
-        task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
-        return [(args.data, None, examples, task.score if task else None)]
-    if not args.task:
-        raise UserError("eval needs --task NAME or --data FILE.jsonl")
-    sets = []
-    for name in args.task:
-        task = task_from_configs(name, configs)
-        for d in task.difficulties:
-            examples = task.generate(args.split, args.limit or 200, seed=args.seed, difficulty=d)
-            sets.append((name, d, examples, task.score))
-    return sets
-
-
 def cmd_eval(args):
+    from recurlm.report import by_r, scaling_table
+
     model, tok, configs = load_checkpoint(args.checkpoint)
-    sets = eval_sets(args, configs)
+    if args.data:
+        sets = [file_set(args.data, configs, args.limit)]
+    elif args.task:
+        sets = task_sets(args.task, configs, args.split, args.limit or 200, args.seed)
+    else:
+        raise UserError("eval needs --task NAME or --data FILE.jsonl")
+    exits = args.exit or [None]
+    if args.max_steps and all((e or model.cfg.exit) == "none" for e in exits):
+        raise UserError("--max-steps caps adaptive exit: add --exit latent:EPS or kl:EPS")
     recurrences = args.recurrences or [configs["model"].default_recurrences]
+    print(
+        f"{'task':<24} {'diff':>4} {'r':>3} {'exit':<12} {'decode':<6} {'accuracy':>8} {'n':>5} {'steps':>6} "
+        f"{'max':>4} {'tok/s':>8} format"
+    )
     results = []
-    print(f"{'task':<24} {'diff':>4} {'r':>3} {'accuracy':>8} {'n':>5} {'steps':>6} {'max':>4} {'tok/s':>8} format")
-    for r in recurrences:
-        for name, difficulty, examples, score in sets:
-            res = evaluate(model, tok, examples, r, score, args.batch_size, args.exit, args.kv_budget)
-            res.pop("examples")
-            results.append({"task": name, "difficulty": difficulty, "recurrences": r, **res})
-            print(
-                f"{name:<24} {difficulty if difficulty is not None else '-':>4} {r:>3} {res['accuracy']:>8.3f} "
-                f"{res['n']:>5} {res['mean_steps']:>6.2f} {res['max_steps']:>4} {res['tokens_per_s']:>8.0f} "
-                + ("-" if res["format"] is None else f"{res['format']:.3f}"),
-                flush=True,
-            )
-    if len(recurrences) > 1:
-        print_scaling_table(results, recurrences)
+    for row in sweep(model, tok, sets, recurrences, exits, args.beam, args.batch_size, args.kv_budget, args.max_steps):
+        results.append(row)
+        diff = row["difficulty"] if row["difficulty"] is not None else "-"
+        fmt = "-" if row["format"] is None else f"{row['format']:.3f}"
+        print(
+            f"{row['task']:<24} {diff:>4} {row['recurrences']:>3} {row['exit']:<12} {row['decode']:<6} "
+            f"{row['accuracy']:>8.3f} {row['n']:>5} {row['mean_steps']:>6.2f} {row['max_steps']:>4} "
+            f"{row['tokens_per_s']:>8.0f} {fmt}",
+            flush=True,
+        )
+    settings: dict[tuple, list[dict]] = {}
+    for row in results:
+        settings.setdefault((row["exit"], row["decode"]), []).append(row)
+    for (spec, decode), rows in settings.items():
+        print(f"\naccuracy by r ({decode}, exit {spec})\n" + scaling_table(by_r(rows)))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "exit": args.exit, "results": results}, f, indent=2)
+            json.dump({"checkpoint": args.checkpoint, "results": results}, f, indent=1)
 
 
-def print_scaling_table(results: list[dict], recurrences: list[int]):
-    """Accuracy with tasks (and difficulties) as rows and r as columns: does thinking longer help?"""
-    rows: dict[str, dict[int, float]] = {}
-    for res in results:
-        key = res["task"] + (f" (difficulty {res['difficulty']})" if res["difficulty"] is not None else "")
-        rows.setdefault(key, {})[res["recurrences"]] = res["accuracy"]
-    print("\naccuracy by r\n" + f"{'':<30}" + "".join(f"{'r=' + str(r):>8}" for r in recurrences))
-    for key, by_r in rows.items():
-        print(f"{key:<30}" + "".join(f"{by_r[r]:>8.3f}" for r in recurrences))
+def cmd_report(args):
+    from recurlm.report import DEFAULT_EXITS, write_report
+
+    out = write_report(args.runs, args.out, args.recurrences, args.exit or DEFAULT_EXITS, args.limit)
+    print(f"wrote {out / 'report.md'} and its plots", file=sys.stderr)
+
+
+def cmd_compare(args):
+    from recurlm.compare import compare
+
+    table = compare(args.run, args.baseline, args.task, args.recurrences, args.limit, args.batch_size)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
 
 
 def cmd_data_export(args):
@@ -223,7 +225,11 @@ def build_parser() -> Parser:
     s.add_argument("--task", action="append", help="task name (repeatable)")
     s.add_argument("--data", help="JSONL of {prompt, answer, ...} examples")
     s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the training mean)")
-    s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the model's)")
+    s.add_argument(
+        "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the model's)"
+    )
+    s.add_argument("--max-steps", type=positive_int, help="cap on adaptive exit's steps per token (default: r)")
+    s.add_argument("--beam", type=positive_int, default=1, help="also decode by beam search of this width")
     s.add_argument("--kv-budget", type=positive_int)
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--limit", type=positive_int, help="examples per task and difficulty (default 200)")
@@ -231,6 +237,24 @@ def build_parser() -> Parser:
     s.add_argument("--batch-size", type=positive_int, default=128)
     s.add_argument("--json", help="write the results here")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("report", help="report.md and PNG plots of runs (accuracy vs r, adaptive exit, costs)")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", help="directory for report.md and the plots (default: RUN_DIR/report)")
+    s.add_argument("--recurrences", type=parse_int_list, default=[1, 2, 4, 8, 16], help="for runs not evaluated yet")
+    s.add_argument("--exit", action="append", help="exit thresholds to sweep, for runs not evaluated yet")
+    s.add_argument("--limit", type=positive_int, default=100, help="examples per task and difficulty, likewise")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("compare", help="a recursive run against plain GPTs of equal parameters and equal FLOPs")
+    s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("--baseline", action="append", default=[], help="a trained plain run (default: train both)")
+    s.add_argument("--task", action="append", help="task name (default: the run's training tasks)")
+    s.add_argument("--recurrences", type=parse_int_list, default=[2, 4, 8, 16])
+    s.add_argument("--limit", type=positive_int, default=200, help="examples per task and difficulty")
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--out", help="also write the tables here (markdown)")
+    s.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="task data").add_subparsers(
         dest="data_command", required=True, parser_class=Parser

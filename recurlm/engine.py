@@ -22,7 +22,8 @@ from recurlm.tokenizer import significance_ids
 @dataclass
 class Generation:
     tokens: list[list[int]] = field(default_factory=list)  # generated ids per row, stop token excluded
-    steps: list[list[int]] = field(default_factory=list)  # recurrences that produced each of those tokens
+    # recurrences of the forward pass that produced each of those tokens, and the stop token (it costs a pass too)
+    steps: list[list[int]] = field(default_factory=list)
 
 
 def sample(logits: torch.Tensor, temperature=0.0, top_k=0, top_p=1.0, generator=None) -> torch.Tensor:
@@ -51,6 +52,7 @@ class Engine:
         min_steps: int | None = None,
         use_cache: bool = True,
         digit_ids: set[int] | None = None,
+        max_steps: int | None = None,
     ):
         cfg = model.cfg
         if cfg.abacus and not digit_ids:
@@ -62,10 +64,13 @@ class Engine:
         self.warm_start = cfg.warm_start if warm_start is None else warm_start
         self.criterion = parse_exit(cfg.exit if exit is None else exit)
         self.min_steps = cfg.exit_min_steps if min_steps is None else min_steps
+        self.max_steps = max_steps  # adaptive exit's cap for generated tokens (default: r; the prompt runs r)
         if self.kv_budget < 1:
             raise UserError(f"kv budget must be >= 1, got {self.kv_budget}")
         if not use_cache and self.criterion is not None:
             raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
+        if max_steps is not None and (self.criterion is None or max_steps < 1):
+            raise UserError("max steps caps adaptive exit: it needs an exit criterion and must be >= 1")
         self.cache: KVCache | None = None
         self.state: torch.Tensor | None = None  # each row's last final state, for warm start
         self.run: torch.Tensor | None = None  # each row's count of generated digits in a row (abacus ids)
@@ -130,13 +135,19 @@ class Engine:
         s = self.state if self.warm_start else model.init_state(e)
         steps = torch.full((B,), r if model.core else 0, dtype=torch.long)
         if model.core and self.criterion is not None:
-            s, steps = self._adaptive_loop(e, s, r, ctx)
+            s, steps = self._adaptive_loop(e, s, self.max_steps or r, ctx)
         elif model.core:
             for i in range(r):
                 s = model.core_step(e, s, i, ctx)
         cache.pos = pos + 1
         self.state = s
         return model.head(s, ctx)[:, -1], steps
+
+    def reorder(self, rows: torch.Tensor):
+        """Make row b continue from row rows[b] (beam search): cache, state and digit counters follow."""
+        cache = self.cache
+        cache.k, cache.v, cache.valid = cache.k[:, rows], cache.v[:, rows], cache.valid[rows]
+        self.state, self.run = self.state[rows], self.run[rows]
 
     def _core_slots(self, iteration: int) -> list[int]:
         return [self.cache.slot("core", j, iteration) for j in range(len(self.model.core))]
@@ -220,6 +231,52 @@ class Engine:
                     q.append(t)
                 logits = self._full_forward_logits(seqs, [len(p) for p in prompts], r)
 
+    @torch.no_grad()
+    def beam_search(
+        self, prompts: list[list[int]], max_new_tokens: int, beams: int, recurrences: int | None = None, stop_tokens=()
+    ) -> Generation:
+        """Per prompt, the most probable continuation (total log-probability) among `beams` hypotheses kept at each
+        step. A finished hypothesis can only be extended by a stop token, at no cost, so finished and open ones
+        compete on the same score; beams=1 is greedy decoding."""
+        if not self.use_cache:
+            raise UserError("beam search needs the KV cache (drop --no-cache)")
+        r, B, W = self._recurrences(recurrences), len(prompts), beams
+        stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
+        logits = self.prefill(prompts, r)
+        device, V = logits.device, logits.size(-1)
+        rows = torch.arange(B, device=device).repeat_interleave(W)
+        self.reorder(rows)
+        logits, steps = logits[rows], torch.full((B * W,), r if self.model.core else 0, dtype=torch.long)
+        score = torch.full((B, W), float("-inf"), device=device)
+        score[:, 0] = 0.0  # the W copies are identical: start from one so the first step does not pick duplicates
+        hist = torch.zeros(B * W, 0, dtype=torch.long, device=device)
+        used = torch.zeros(B * W, 0, dtype=torch.long)
+        done = torch.zeros(B * W, dtype=torch.bool, device=device)
+        L = max(len(p) for p in prompts)
+        for n in range(max_new_tokens):
+            logp = F.log_softmax(logits.float(), dim=-1)
+            if stop.numel():
+                logp[done] = float("-inf")
+                logp[done, stop[0]] = 0.0
+            score, flat = (score.view(-1, 1) + logp).view(B, W * V).topk(W, dim=-1)
+            rows = (torch.arange(B, device=device)[:, None] * W + flat // V).view(-1)
+            tokens = (flat % V).view(-1)
+            hist = torch.cat([hist[rows], tokens[:, None]], dim=1)
+            used = torch.cat([used[rows.cpu()], steps[rows.cpu(), None]], dim=1)
+            done = done[rows] | torch.isin(tokens, stop.to(device))
+            if bool(done.all()) or n + 1 == max_new_tokens or L + n + 1 > self.cfg.seq_len:
+                break
+            self.reorder(rows)
+            logits, steps = self.decode(tokens, r)
+        best = torch.arange(B, device=device) * W + score.argmax(dim=-1)
+        out = Generation()
+        for b in best.tolist():
+            ids = hist[b].tolist()
+            n = next((i for i, t in enumerate(ids) if t in set(stop.tolist())), len(ids))
+            out.tokens.append(ids[:n])
+            out.steps.append(used[b, : n + 1].tolist())  # the stop token's pass too, if there was one
+        return out
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> Generation:
         out = Generation([[] for _ in prompts], [[] for _ in prompts])
         stop = set(kwargs.get("stop_tokens", ()))
@@ -228,9 +285,9 @@ class Engine:
             for b, (t, k) in enumerate(zip(tokens.tolist(), steps.tolist(), strict=True)):
                 if finished[b]:
                     continue
+                out.steps[b].append(k)
                 if t in stop:
                     finished[b] = True
                     continue
                 out.tokens[b].append(t)
-                out.steps[b].append(k)
         return out

@@ -1,15 +1,35 @@
-"""Scoring a model on examples: greedy generation through the KV-cache engine, answer extraction, exact match."""
+"""Scoring a model on examples: greedy (or beam) generation through the KV-cache engine and exact match of the
+extracted answer; multiple-choice examples compare their choice letters' logits after the prompt in one forward."""
 
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
-from recurlm.data import prompt_ids
+from recurlm.data import prompt_ids, task_from_configs
 from recurlm.engine import Engine
 from recurlm.model import RecurrentGPT
-from recurlm.tasks import Example, extract_answer
+from recurlm.tasks import Example, extract_answer, read_jsonl
 from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
+
+# ChatCORE (nanochat): the mean over these tasks of (accuracy - baseline) / (1 - baseline), chance being 0.25 for
+# the 4-way multiple-choice tasks and 0 for the generative ones.
+CHATCORE_BASELINES = {
+    "arc_easy": 0.25,
+    "arc_challenge": 0.25,
+    "mmlu": 0.25,
+    "gsm8k": 0.0,
+    "humaneval": 0.0,
+    "spelling_bee": 0.0,
+}
+
+
+def chatcore(accuracy: dict[str, float]) -> float | None:
+    """Centred mean accuracy over whichever ChatCORE tasks are in `accuracy` (task -> accuracy); None if none."""
+    centred = [(a - b) / (1 - b) for t, a in accuracy.items() if (b := CHATCORE_BASELINES.get(t)) is not None]
+    return sum(centred) / len(centred) if centred else None
 
 
 def evaluate(
@@ -21,41 +41,148 @@ def evaluate(
     batch_size: int = 128,
     exit: str | None = None,
     kv_budget: int | None = None,
+    max_steps: int | None = None,
+    beams: int = 1,
 ) -> dict:
-    """Accuracy and recurrence steps per generated token over `examples` (generated greedily, in batches), and for
-    reasoning-trace tasks the share of outputs that follow the trace grammar exactly ('format')."""
+    """Accuracy and recurrence steps per generated token over `examples` (in batches), and for reasoning-trace tasks
+    the share of outputs that follow the trace grammar exactly ('format'). `score(example, text)` replaces exact
+    match of the extracted answer; beams > 1 decodes by beam search instead of greedily."""
     was_training = model.training
     model.eval()
-    engine = Engine(model, exit=exit, kv_budget=kv_budget, digit_ids=tok.digit_ids)
-    correct, well_formed, steps, n_tokens, t0 = 0, 0, [], 0, time.perf_counter()
-    traces = any(ex.target.startswith("<THINK>") for ex in examples)
-    per_example = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
+    engine = Engine(model, exit=exit, kv_budget=kv_budget, digit_ids=tok.digit_ids, max_steps=max_steps)
+    steps, n_tokens, t0 = [], 0, time.perf_counter()
+    per_example: list[dict | None] = [None] * len(examples)
+    for max_new, indices in batches(tok, examples, batch_size):
+        chunk = [examples[i] for i in indices]
         prompts = [prompt_ids(tok, ex.prompt) for ex in chunk]
-        max_new = max(len(tok.encode(ex.target)) for ex in chunk) + 1
-        out = engine.generate(prompts, max_new, recurrences=recurrences, stop_tokens=[tok.eos_id])
-        for ex, ids, used in zip(chunk, out.tokens, out.steps, strict=True):
-            text = tok.decode(ids)
-            ok = score(ex, text) if score else float(extract_answer(text) == ex.answer)
-            correct += ok
-            well_formed += traces and format_ok(text)
-            steps.extend(used)
-            n_tokens += len(ids) + 1
-            per_example.append(
-                {"difficulty": ex.difficulty, "correct": ok, "steps": sum(used) / len(used) if used else 0.0}
-            )
+        multiple_choice = max_new == 0
+        if multiple_choice:
+            texts = choose(engine, tok, chunk, prompts, recurrences)
+            used = [[recurrences if model.core else 0]] * len(chunk)
+        else:
+            if beams > 1:
+                out = engine.beam_search(prompts, max_new, beams, recurrences, stop_tokens=[tok.eos_id])
+            else:
+                out = engine.generate(prompts, max_new, recurrences=recurrences, stop_tokens=[tok.eos_id])
+            texts, used = [tok.decode(ids) for ids in out.tokens], out.steps
+        for i, ex, text, k in zip(indices, chunk, texts, used, strict=True):
+            if multiple_choice or not score:
+                ok = float((text if multiple_choice else extract_answer(text)) == ex.answer)
+            else:
+                ok = score(ex, text)
+            n_tokens += len(k)
+            k = k[1:] or k  # the first token comes from the prompt pass, which always runs r: count decoded ones
+            steps.extend(k)
+            per_example[i] = {
+                "difficulty": ex.difficulty,
+                "correct": ok,
+                "steps": sum(k) / len(k) if k else 0.0,
+                "output": text,
+                "well_formed": format_ok(text) if ex.target.startswith("<THINK>") else None,
+            }
     model.train(was_training)
     dt = time.perf_counter() - t0
+    n = max(len(examples), 1)
+    formats = [e["well_formed"] for e in per_example if e["well_formed"] is not None]
     return {
-        "accuracy": correct / max(len(examples), 1),
+        "accuracy": sum(e["correct"] for e in per_example) / n,
         "n": len(examples),
         "mean_steps": sum(steps) / max(len(steps), 1),
         "max_steps": max(steps, default=0),
         "tokens_per_s": n_tokens / dt,
-        "format": well_formed / max(len(examples), 1) if traces else None,
+        "format": sum(formats) / len(formats) if formats else None,
         "examples": per_example,
     }
+
+
+def batches(tok: Tokenizer, examples: list[Example], batch_size: int) -> Iterator[tuple[int, list[int]]]:
+    """(max new tokens, example indices) per batch. A batch shares its token budget (target length + 1; 0 for
+    multiple choice), so each example decodes exactly as it would alone, whatever the batch size."""
+    groups: dict[int, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(0 if ex.choices else len(tok.encode(ex.target)) + 1, []).append(i)
+    for budget, indices in groups.items():
+        for start in range(0, len(indices), batch_size):
+            yield budget, indices[start : start + batch_size]
+
+
+@torch.no_grad()
+def choose(engine: Engine, tok: Tokenizer, chunk: list[Example], prompts: list[list[int]], r: int) -> list[str]:
+    """Each example's choice whose letter's first token has the highest logit right after the prompt."""
+    logits = engine.prefill(prompts, r).float()
+    picks = []
+    for ex, row in zip(chunk, logits, strict=True):
+        ids = [tok.encode(c)[0] for c in ex.choices]
+        picks.append(ex.choices[int(row[ids].argmax())])
+    return picks
+
+
+@dataclass
+class EvalSet:
+    task: str
+    difficulty: int | None
+    examples: list[Example]
+    score: Callable | None = None  # (example, text) -> credit; None: exact match of the extracted answer
+
+
+def task_sets(names: list[str], configs: dict, split: str, limit: int, seed: int = 0) -> list[EvalSet]:
+    """Each task's `split` examples, one set per difficulty, generated as the run trained the task."""
+    sets = []
+    for name in names:
+        task = task_from_configs(name, configs)
+        for d in task.difficulties:
+            sets.append(EvalSet(name, d, task.generate(split, limit, seed=seed, difficulty=d), task.score))
+    return sets
+
+
+def file_set(path: str, configs: dict, limit: int | None = None) -> EvalSet:
+    """A JSONL file of examples; scored by their task when they all name the same one."""
+    examples = read_jsonl(path)[:limit]
+    names = {ex.task for ex in examples}
+    task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
+    return EvalSet(path, None, examples, task.score if task else None)
+
+
+def sweep(
+    model: RecurrentGPT,
+    tok: Tokenizer,
+    sets: list[EvalSet],
+    recurrences: list[int],
+    exits: list[str | None] = (None,),
+    beams: int = 1,
+    batch_size: int = 128,
+    kv_budget: int | None = None,
+    max_steps: int | None = None,
+) -> Iterator[dict]:
+    """One result row per (r, exit, decoding, set): greedy always, and beam search too when beams > 1. An exit of
+    None is the model's own; max_steps caps the adaptive rows' generated tokens (default: r)."""
+    for r in recurrences:
+        for exit in exits:
+            spec = model.cfg.exit if exit is None else exit
+            for width in [1] + ([beams] if beams > 1 else []):
+                for s in sets:
+                    cap = max_steps if spec != "none" else None
+                    res = evaluate(model, tok, s.examples, r, s.score, batch_size, exit, kv_budget, cap, width)
+                    examples = res.pop("examples")
+                    yield {
+                        "task": s.task,
+                        "difficulty": s.difficulty,
+                        "recurrences": r,
+                        "exit": spec,
+                        "decode": "greedy" if width == 1 else f"beam{width}",
+                        **res,
+                        "steps_by_example": [e["steps"] for e in examples],
+                    }
+
+
+def aggregate(rows: list[dict]) -> dict[str, float]:
+    """Task -> accuracy over its difficulties (weighted by n), for rows of one setting."""
+    n: dict[str, int] = {}
+    correct: dict[str, float] = {}
+    for row in rows:
+        n[row["task"]] = n.get(row["task"], 0) + row["n"]
+        correct[row["task"]] = correct.get(row["task"], 0.0) + row["accuracy"] * row["n"]
+    return {t: correct[t] / n[t] for t in n if n[t]}
 
 
 def loss_on(model: RecurrentGPT, x, y, recurrences: int, digit_pos=None) -> torch.Tensor:

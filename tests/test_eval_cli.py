@@ -1,19 +1,9 @@
 import json
 
 import pytest
-from test_train import TINY
 
 from recurlm.cli import main
-from recurlm.config import load_config
 from recurlm.tasks import get_task, read_jsonl, split_of
-from recurlm.train import train
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    train(load_config("rrslm-addition", overrides=[*TINY, "stage.curriculum.steps=10"]), out)
-    return out
 
 
 def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
@@ -68,3 +58,18 @@ def test_bad_data_files(run_dir, tmp_path, capsys, content, message):
         main(["eval", "--checkpoint", str(run_dir), "--data", str(path)])
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_eval_exits_beam_and_max_steps(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(run_dir), "--task", "addition", "--recurrences", "3", "--limit", "4"]
+    main([*args, "--exit", "none", "--exit", "latent:0", "--max-steps", "2", "--beam", "2", "--json", str(out)])
+    res = json.loads(out.read_text())["results"]
+    settings = {(r["exit"], r["decode"]) for r in res}
+    assert settings == {(e, d) for e in ("none", "latent:0") for d in ("greedy", "beam2")}
+    assert {r["max_steps"] for r in res if r["exit"] == "latent:0"} == {2}  # capped: threshold 0 never fires
+    assert {r["max_steps"] for r in res if r["exit"] == "none"} == {3}
+    assert "accuracy by r (beam2, exit latent:0)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--exit", "none", "--max-steps", "2"])
+    assert "--max-steps caps adaptive exit" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Tasks: seeded generators of examples (DESIGN §3) and how their answers are scored.
 
-An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?}. Train, validation and test sets are
-disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test prompt is ever
-trained on however many examples are drawn. Tune on 'val'; 'test' is for the final report.
+An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?, "choices"?}. Train, validation and test
+sets are disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test prompt is
+ever trained on however many examples are drawn. Tune on 'val'; 'test' is for the final report.
 """
 
 import hashlib
@@ -24,6 +24,7 @@ class Example:
     completion: str | None = None  # the full target text; defaults to the answer
     task: str | None = None
     difficulty: int | None = None
+    choices: list[str] | None = None  # multiple choice: the answer letters, scored by their logits in one forward
 
     @property
     def target(self) -> str:
@@ -128,7 +129,7 @@ def read_jsonl(path: str | Path) -> list[Example]:
             out.append(
                 Example(
                     **{k: obj[k] for k in ("prompt", "answer")},
-                    **{k: obj[k] for k in ("completion", "task", "difficulty") if k in obj},
+                    **{k: obj[k] for k in ("completion", "task", "difficulty", "choices") if k in obj},
                 )
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:

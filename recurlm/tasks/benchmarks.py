@@ -4,7 +4,8 @@ package (which ships the problems). Nothing is downloaded.
 - ARC-Easy / ARC-Challenge: the AI2 jsonl ({"question": {"stem", "choices": [{"label", "text"}]}, "answerKey"}).
 - MMLU: Hendrycks' csv files (question, A, B, C, D, answer letter; no header), a file or a directory of them.
 - GSM8K: jsonl of {"question", "answer"} with the final answer after '####'.
-Multiple-choice prompts list the choices and end in 'Answer:'; the answer is the letter.
+Multiple-choice prompts list the choices and end in 'Answer:'; the answer is the letter, and evaluation compares
+the choice letters' logits after the prompt (one forward, as nanochat does).
 """
 
 import csv
@@ -68,7 +69,7 @@ class ARC(FileTask):
                     raise KeyError("answerKey")
             except (KeyError, TypeError) as e:
                 raise UserError(f"{self.path}:{i}: not an ARC example (missing {e})") from None
-            out.append(Example(prompt, row["answerKey"], None, self.name, 1))
+            out.append(Example(prompt, row["answerKey"], None, self.name, 1, labels))
         return out
 
     def extract(self, text: str) -> str:
@@ -96,7 +97,8 @@ class MMLU(FileTask):
                 for i, row in enumerate(csv.reader(fh), 1):
                     if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
                         raise UserError(f"{f}:{i}: expected question, A, B, C, D, answer letter")
-                    out.append(Example(multiple_choice(row[0], row[1:5]), row[5].strip(), None, self.name, 1))
+                    ex = Example(multiple_choice(row[0], row[1:5]), row[5].strip(), None, self.name, 1, list("ABCD"))
+                    out.append(ex)
         return out
 
 

@@ -1,0 +1,248 @@
+"""`recurlm report`: what a run's evaluations say, as report.md and PNG plots.
+
+Does thinking longer help (accuracy against r), how many steps adaptive exit spends by difficulty, what the exit
+thresholds buy against their compute, what each setting costs (parameters and FLOPs per token), and how training
+went (metrics.jsonl). Evaluation results come from the run's `eval*.json` files (written by `recurlm eval --json`);
+a run without any is evaluated here once, on its own training tasks, and the result saved as its eval.json.
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from recurlm.checkpoint import load_checkpoint  # noqa: E402
+from recurlm.config import UserError  # noqa: E402
+from recurlm.data import stage_tasks  # noqa: E402
+from recurlm.evaluate import aggregate, chatcore, sweep, task_sets  # noqa: E402
+
+DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def row_label(row: dict) -> str:
+    return row["task"] + (f" (difficulty {row['difficulty']})" if row["difficulty"] is not None else "")
+
+
+def scaling_table(columns: dict[str, list[dict]]) -> str:
+    """Accuracy with tasks (and difficulties) as rows and one column per setting (e.g. 'r=4': its result rows),
+    plus the aggregate: ChatCORE when ChatCORE tasks were evaluated, else the mean task accuracy."""
+    labels = list(dict.fromkeys(row_label(r) for rows in columns.values() for r in rows))
+    cells = {name: {row_label(r): r["accuracy"] for r in rows} for name, rows in columns.items()}
+    table = [[label] + [cells[name].get(label) for name in columns] for label in labels]
+    core = {name: chatcore(aggregate(rows)) for name, rows in columns.items()}
+    if any(v is not None for v in core.values()):
+        table.append(["ChatCORE"] + list(core.values()))
+    else:
+        means = [list(aggregate(rows).values()) for rows in columns.values()]
+        table.append(["mean over tasks"] + [sum(m) / len(m) if m else None for m in means])
+    return markdown_table(["task"] + list(columns), table)
+
+
+def by_r(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["recurrences"]):
+        out.setdefault(f"r={row['recurrences']}", []).append(row)
+    return out
+
+
+class Run:
+    """A run directory: its configs, model (on 'meta': counting only), training metrics and evaluation rows."""
+
+    def __init__(self, path: str):
+        self.path, self.name = Path(path), Path(path).resolve().name
+        self.model, _, self.configs = load_checkpoint(path, device="meta")
+        metrics = self.path / "metrics.jsonl"
+        self.metrics = [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
+        self.results: list[dict] = []
+
+    def fixed(self) -> list[dict]:
+        """Greedy rows without adaptive exit: the test-time-scaling curve."""
+        return [r for r in self.results if r.get("exit", "none") == "none" and r.get("decode", "greedy") == "greedy"]
+
+    def adaptive(self) -> list[dict]:
+        return [r for r in self.results if r.get("exit", "none") != "none" and r.get("decode", "greedy") == "greedy"]
+
+
+def load_results(run_dir: Path) -> list[dict]:
+    rows = []
+    for f in sorted(run_dir.glob("eval*.json")):
+        try:
+            rows += json.loads(f.read_text())["results"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{f} is not a `recurlm eval --json` file") from None
+    return rows
+
+
+def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit: int) -> list[dict]:
+    """The run's own training tasks on the test split: every r without exit, and each exit threshold capped at the
+    largest r."""
+    model, tok, configs = load_checkpoint(run_dir)
+    names = list(dict.fromkeys(t.name for s in configs["stage"].values() for t in stage_tasks(s)))
+    if not names:
+        raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
+    sets = task_sets(names, configs, "test", limit)
+    rows = list(sweep(model, tok, sets, recurrences, ["none"]))
+    if model.core:
+        rows += sweep(model, tok, sets, [max(recurrences)], exits)
+    (run_dir / "eval.json").write_text(json.dumps({"checkpoint": str(run_dir), "results": rows}, indent=1))
+    return rows
+
+
+def plot_accuracy_vs_r(runs: list[Run], path: Path):
+    tasks = list(dict.fromkeys(row_label(r) for run in runs for r in run.fixed()))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for run in runs:
+            pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=run.name)
+        ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", xscale="log", ylim=(-0.02, 1.02))
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def plot_steps_vs_difficulty(runs: list[Run], path: Path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        series: dict[tuple, list] = {}
+        for r in run.adaptive():
+            if r["difficulty"] is not None:
+                series.setdefault((r["task"], r["exit"], r["recurrences"]), []).append(r)
+        for (task, spec, cap), rows in series.items():
+            rows.sort(key=lambda r: r["difficulty"])
+            x = [r["difficulty"] for r in rows]
+            lo = [r["mean_steps"] - percentile(r.get("steps_by_example"), 0.1, r["mean_steps"]) for r in rows]
+            hi = [percentile(r.get("steps_by_example"), 0.9, r["mean_steps"]) - r["mean_steps"] for r in rows]
+            label = f"{run.name}: {task}, {spec} (max {cap})"
+            ax.errorbar(x, [r["mean_steps"] for r in rows], yerr=[lo, hi], marker="o", capsize=3, label=label)
+    ax.set(xlabel="difficulty", ylabel="recurrences per token (mean, 10-90%)", title="adaptive exit: steps used")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def percentile(values, q: float, default: float) -> float:
+    if not values:
+        return default
+    values = sorted(values)
+    return values[min(int(q * len(values)), len(values) - 1)]
+
+
+def plot_exit_tradeoff(runs: list[Run], path: Path):
+    """Accuracy against mean recurrences per token: fixed r as a line, each exit threshold as a labelled point."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        fixed = sorted((mean_steps(rows), mean_acc(rows)) for rows in by_r(run.fixed()).values())
+        if fixed:
+            ax.plot(*zip(*fixed, strict=True), marker="o", label=f"{run.name}: fixed r")
+        settings: dict[tuple, list] = {}
+        for r in run.adaptive():
+            settings.setdefault((r["exit"], r["recurrences"]), []).append(r)
+        for (spec, cap), rows in settings.items():
+            ax.scatter([mean_steps(rows)], [mean_acc(rows)], marker="x", label=f"{run.name}: {spec}, r ≤ {cap}")
+    ax.set(xlabel="recurrences per token (mean)", ylabel="accuracy (all tasks)", title="accuracy / compute")
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def mean_acc(rows):
+    return sum(r["accuracy"] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
+
+
+def mean_steps(rows):
+    return sum(r["mean_steps"] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
+
+
+def plot_training(runs: list[Run], path: Path):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        steps = [m for m in run.metrics if "loss" in m]
+        if steps:
+            loss_ax.plot([m["tokens"] for m in steps], [m["loss"] for m in steps], label=run.name)
+        evals = [m for m in run.metrics if "eval" in m]
+        for key in dict.fromkeys(k for m in evals for k in m["eval"]):
+            pts = [(m["step"], m["eval"][key]) for m in evals if key in m["eval"]]
+            acc_ax.plot(*zip(*pts, strict=True), marker=".", label=f"{run.name}: {key}")
+    loss_ax.set(xlabel="tokens", ylabel="training loss", yscale="log", title="training loss")
+    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02), title="periodic evaluation (val split)")
+    for ax in (loss_ax, acc_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def save(fig, path: Path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cost_table(runs: list[Run]) -> str:
+    rows = []
+    for run in runs:
+        m = run.model
+        for r in sorted({row["recurrences"] for row in run.results}) or [m.cfg.default_recurrences]:
+            r = r if m.core else 1
+            row = [run.name, m.param_groups()["unique"], r, m.effective_depth(r)]
+            rows.append(row + [m.params_per_token(r), m.flops_per_token(r)])
+    rows = [list(r) for r in dict.fromkeys(tuple(r) for r in rows)]  # a plain GPT has one cost for every r
+    return markdown_table(["run", "unique params", "r", "depth", "params/token", "FLOPs/token"], rows)
+
+
+def write_report(
+    run_dirs: list[str],
+    out: str | None = None,
+    recurrences: list[int] = (1, 2, 4, 8, 16),
+    exits: list[str] = DEFAULT_EXITS,
+    limit: int = 100,
+) -> Path:
+    runs = [Run(d) for d in run_dirs]
+    for run in runs:
+        run.results = load_results(run.path) or evaluate_run(run.path, list(recurrences), list(exits), limit)
+    out_dir = Path(out) if out else runs[0].path / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = [f"# recurlm report: {', '.join(r.name for r in runs)}", ""]
+    plots = {}
+    if any(run.fixed() for run in runs):
+        md += ["## Does thinking longer help?", "", "Accuracy on held-out problems (greedy, no adaptive exit).", ""]
+        md += [f"### {run.name}\n\n{scaling_table(by_r(run.fixed()))}\n" for run in runs if run.fixed()]
+        plots["accuracy_vs_r.png"] = plot_accuracy_vs_r
+    if any(run.adaptive() for run in runs):
+        md += ["## Adaptive exit", "", "Steps are recurrences per generated token; 'max r' is the cap.", ""]
+        header = ["task", "exit", "max r", "accuracy", "steps", "max", "n"]
+        for run in runs:
+            rows = [[row_label(r)] + [r[k] for k in EXIT_KEYS] for r in run.adaptive()]
+            md += [f"### {run.name}\n\n{markdown_table(header, rows)}\n"]
+        plots["steps_vs_difficulty.png"] = plot_steps_vs_difficulty
+        plots["exit_tradeoff.png"] = plot_exit_tradeoff
+    for run in runs:
+        beams = [r for r in run.results if r.get("exit", "none") == "none" and r.get("decode", "greedy") != "greedy"]
+        if beams:
+            columns: dict[str, list[dict]] = {}
+            for r in run.fixed() + beams:
+                columns.setdefault(f"r={r['recurrences']} {r['decode']}", []).append(r)
+            md += [f"## Beam search against greedy: {run.name}\n\n{scaling_table(columns)}\n"]
+    md += ["## Cost", "", "Parameters per token count a shared block once per use; FLOPs/token are forward, at the"]
+    md += ["model's full context.", "", cost_table(runs), ""]
+    if any(run.metrics for run in runs):
+        plots["training.png"] = plot_training
+    md += ["## Plots", ""]
+    for name, plot in plots.items():
+        plot(runs, out_dir / name)
+        md += [f"![{name[:-4]}]({name})", ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+    return out_dir
+
+
+EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")

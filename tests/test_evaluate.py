@@ -1,0 +1,90 @@
+import itertools
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from recurlm.config import UserError
+from recurlm.data import prompt_ids
+from recurlm.engine import Engine
+from recurlm.evaluate import chatcore, evaluate
+from recurlm.tasks import Example, get_task
+from recurlm.tokenizer import Tokenizer
+
+TOK = Tokenizer.char("0123456789+=ABCD?", specials="all")
+
+
+def model_for(tok=TOK, **overrides):
+    return tiny_model(vocab_size=tok.vocab_size, **overrides)
+
+
+def test_chatcore_centres_on_chance():
+    assert chatcore({"arc_easy": 0.25, "mmlu": 1.0, "gsm8k": 0.1}) == pytest.approx((0 + 1 + 0.1) / 3)
+    assert chatcore({"addition": 0.9, "spelling_bee": 0.5}) == pytest.approx(0.5)  # non-ChatCORE tasks ignored
+    assert chatcore({"addition": 0.9}) is None
+
+
+def test_multiple_choice_scores_the_letter_logits_in_one_forward():
+    model = model_for()
+    examples = [Example(f"{a}+{b}=?", "ABCD"[(a + b) % 4], choices=list("ABCD")) for a in range(3) for b in range(3)]
+    res = evaluate(model, TOK, examples, recurrences=3, batch_size=4)
+    letters = [TOK.encode(c)[0] for c in "ABCD"]
+    for ex, out in zip(examples, res["examples"], strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids(TOK, ex.prompt)]), 3)[0, -1]
+        assert out["output"] == "ABCD"[int(logits[letters].argmax())]
+        assert out["correct"] == float(out["output"] == ex.answer)
+    assert res["mean_steps"] == 3 and res["accuracy"] == sum(e["correct"] for e in res["examples"]) / len(examples)
+
+
+@pytest.mark.parametrize("exit", [None, "kl:0.01", "latent:0.3"])
+def test_batch_size_does_not_change_results(exit):
+    """Left-padded batches (prompts of different lengths, rows exiting at different steps) decode exactly as one
+    prompt at a time."""
+    tok = Tokenizer.char("0123456789+=", specials="all")
+    model = model_for(tok)
+    examples = get_task("addition", max_digits=3).generate("val", 12, seed=1)
+    one = evaluate(model, tok, examples, 4, batch_size=1, exit=exit)
+    many = evaluate(model, tok, examples, 4, batch_size=5, exit=exit)
+    assert [e["output"] for e in one["examples"]] == [e["output"] for e in many["examples"]]
+    assert [e["steps"] for e in one["examples"]] == [e["steps"] for e in many["examples"]]
+    assert one["accuracy"] == many["accuracy"] and one["mean_steps"] == many["mean_steps"]
+
+
+def sequence_logprob(model, prompt: list[int], continuation: list[int], r: int) -> float:
+    ids = torch.tensor([prompt + continuation])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids, r)[0].float(), dim=-1)
+    return sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(continuation))
+
+
+def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
+    model = model_for()
+    V, r = TOK.vocab_size, 3
+    prompts = [[1, 2, 3], [4, 5]]
+    beam = Engine(model, kv_budget=r).beam_search(prompts, 2, beams=V, recurrences=r)
+    for prompt, got in zip(prompts, beam.tokens, strict=True):
+        best = max(itertools.product(range(V), repeat=2), key=lambda c: sequence_logprob(model, prompt, list(c), r))
+        assert got == list(best)
+    greedy = Engine(model, kv_budget=r).generate(prompts, 5, recurrences=r)
+    assert Engine(model, kv_budget=r).beam_search(prompts, 5, beams=1, recurrences=r).tokens == greedy.tokens
+
+
+def test_beam_search_stops_and_counts_the_stop_pass():
+    model = model_for()
+    stop = TOK.eos_id
+    with torch.no_grad():  # make the stop token likely after a few tokens
+        model.lm_head.weight[stop] += 0.5 * model.lm_head.weight.mean(0)
+    out = Engine(model).beam_search([[1, 2], [3]], 12, beams=3, recurrences=2, stop_tokens=[stop])
+    for tokens, steps in zip(out.tokens, out.steps, strict=True):
+        assert stop not in tokens
+        assert len(steps) in (len(tokens), len(tokens) + 1) and set(steps) == {2}
+
+
+def test_max_steps_caps_adaptive_exit_of_generated_tokens():
+    model = model_for()
+    engine = Engine(model, exit="latent:0", max_steps=3)  # threshold 0 never fires: every token runs to the cap
+    out = engine.generate([[1, 2, 3]], 5, recurrences=6)
+    assert out.steps[0] == [6, 3, 3, 3, 3]  # the prompt pass runs r, decoded tokens the cap
+    with pytest.raises(UserError, match="exit criterion"):
+        Engine(model, max_steps=3)

@@ -1,0 +1,81 @@
+import json
+
+import matplotlib.image
+import pytest
+
+from recurlm.checkpoint import load_checkpoint
+from recurlm.cli import main
+from recurlm.compare import baseline_layers, compare, plain_configs
+from recurlm.config import load_config
+from recurlm.model import build_model
+from recurlm.report import scaling_table, write_report
+
+
+def assert_real_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_report_evaluates_once_then_plots(run_dir, tmp_path):
+    out = write_report([str(run_dir)], tmp_path / "report", recurrences=[1, 2], exits=["kl:0.01"], limit=6)
+    saved = json.loads((run_dir / "eval.json").read_text())["results"]
+    assert {(r["recurrences"], r["exit"]) for r in saved} == {(1, "none"), (2, "none"), (2, "kl:0.01")}
+    md = (out / "report.md").read_text()
+    params = load_checkpoint(run_dir, "meta")[0].param_groups()["unique"]
+    for section in ("Does thinking longer help?", "Adaptive exit", "## Cost", "| r=1 | r=2 |", f"| {params:,} |"):
+        assert section in md, section
+    pngs = ["accuracy_vs_r.png", "steps_vs_difficulty.png", "exit_tradeoff.png", "training.png"]
+    for name in pngs:
+        assert f"]({name})" in md
+        assert_real_png(out / name)
+    # a second report reads the saved results instead of evaluating again
+    (run_dir / "eval.json").write_text(json.dumps({"results": [dict(saved[0], accuracy=0.123)]}))
+    assert "0.123" in (write_report([str(run_dir)], tmp_path / "again").joinpath("report.md").read_text())
+    (run_dir / "eval.json").unlink()
+
+
+def test_report_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing")])
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_baselines_match_parameters_and_flops():
+    configs = load_config("recursive-nanochat-d20")
+    layers = baseline_layers(configs["model"])
+    assert sorted(layers.values()) == [8, 20]  # P + R + C and P + R * mean r + C
+    rec = build_model(configs["model"], "meta")
+    for n in layers.values():
+        plain = build_model(plain_configs(configs, n)["model"], "meta")
+        assert plain.cfg.n_core == 0 and plain.effective_depth(1) == n
+    iso_flops = build_model(plain_configs(configs, 20)["model"], "meta")
+    # within the concat_linear adapter the recursive model runs once per iteration (2.4% at d20)
+    assert iso_flops.flops_per_token(1) == pytest.approx(rec.flops_per_token(4), rel=0.03)
+    iso_params = build_model(plain_configs(configs, 8)["model"], "meta")
+    assert iso_params.param_groups()["unique"] == pytest.approx(rec.param_groups()["unique"], rel=0.02)
+
+
+def test_compare_trains_both_baselines_on_the_same_tokens(run_dir):
+    table = compare(str(run_dir), recurrences=[1, 2], limit=4)
+    header = table.splitlines()[0]
+    assert "plain 3L (iso-params)" in header and "plain 7L (iso-FLOPs)" in header and "| r=2 |" in header
+    assert "mean over tasks" in table
+    tokens = {
+        json.loads((run_dir / "baselines" / d / "checkpoint" / "trainer_state.json").read_text())["tokens"]
+        for d in ("plain-3L", "plain-7L")
+    }
+    assert tokens == {json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["tokens"]}
+
+
+def test_scaling_table_aggregates_chatcore_tasks():
+    rows = {
+        "r=2": [
+            {"task": "arc_easy", "difficulty": 1, "accuracy": 0.5, "n": 10},
+            {"task": "gsm8k", "difficulty": 1, "accuracy": 0.1, "n": 10},
+        ],
+        "r=4": [{"task": "arc_easy", "difficulty": 1, "accuracy": 0.25, "n": 10}],
+    }
+    last = scaling_table(rows).splitlines()[-1]
+    assert last == f"| ChatCORE | {((0.5 - 0.25) / 0.75 + 0.1) / 2:.3f} | 0.000 |"
