@@ -11,7 +11,7 @@ import torch
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import UserError, load_config, preset_names, read_preset
 from recurlm.engine import Engine
-from recurlm.evaluate import file_set, sweep, task_sets
+from recurlm.evaluate import aggregate, chatcore, file_set, sweep, task_sets
 from recurlm.model import build_model
 from recurlm.tasks import get_task, write_jsonl
 
@@ -170,12 +170,18 @@ def cmd_eval(args):
         )
     settings: dict[tuple, list[dict]] = {}
     for row in results:
-        settings.setdefault((row["exit"], row["decode"]), []).append(row)
-    for (spec, decode), rows in settings.items():
+        settings.setdefault((row["recurrences"], row["exit"], row["decode"]), []).append(row)
+    for spec, decode in dict.fromkeys((s[1], s[2]) for s in settings):
+        rows = [r for r in results if (r["exit"], r["decode"]) == (spec, decode)]
         print(f"\naccuracy by r ({decode}, exit {spec})\n" + scaling_table(by_r(rows)))
+    core = [
+        {"recurrences": r, "exit": e, "decode": d, "chatcore": v}
+        for (r, e, d), rows in settings.items()
+        if (v := chatcore(aggregate(rows))) is not None
+    ]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "results": results}, f, indent=1)
+            json.dump({"checkpoint": args.checkpoint, "results": results, "chatcore": core}, f, indent=1)
 
 
 def cmd_report(args):

@@ -28,7 +28,8 @@ CHATCORE_BASELINES = {
 
 def chatcore(accuracy: dict[str, float]) -> float | None:
     """Centred mean accuracy over whichever ChatCORE tasks are in `accuracy` (task -> accuracy); None if none."""
-    centred = [(a - b) / (1 - b) for t, a in accuracy.items() if (b := CHATCORE_BASELINES.get(t)) is not None]
+    base = {t: CHATCORE_BASELINES.get(t.partition(":")[0]) for t in accuracy}  # 'mmlu:FILE' is MMLU
+    centred = [(a - base[t]) / (1 - base[t]) for t, a in accuracy.items() if base[t] is not None]
     return sum(centred) / len(centred) if centred else None
 
 

@@ -73,3 +73,28 @@ def test_eval_exits_beam_and_max_steps(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--exit", "none", "--max-steps", "2"])
     assert "--max-steps caps adaptive exit" in capsys.readouterr().err
+
+
+def test_chatcore_over_benchmark_tasks(tmp_path, capsys):
+    """A BPE model scored on MMLU (letter logits) and SpellingBee (generated): ChatCORE in the table and the JSON."""
+    from recurlm.config import load_config
+    from recurlm.train import train
+
+    tiny = ["d_model=32", "n_head=2", "mlp_hidden=64", "batch_size=4", "eval_n=1", "stage.sft.steps=2"]
+    run = tmp_path / "bpe"
+    train(load_config("miniaxion-0.9m", overrides=[*tiny, "stage.sft.tasks=spelling_bee"]), run)
+    (tmp_path / "mmlu.csv").write_text('"2+2=?",3,4,5,6,B\n"1+1=?",2,3,4,5,A\n"3+3=?",5,6,7,8,B\n')
+    out = tmp_path / "eval.json"
+    main(
+        ["eval", "--checkpoint", str(run), "--task", f"mmlu:{tmp_path / 'mmlu.csv'}", "--task", "spelling_bee"]
+        + ["--recurrences", "1,2", "--limit", "3", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    acc = {(r["task"], r["recurrences"]): r["accuracy"] for r in report["results"] if r["difficulty"] == 1}
+    for entry in report["chatcore"]:
+        r = entry["recurrences"]
+        spelling = [x for x in report["results"] if x["task"] == "spelling_bee" and x["recurrences"] == r]
+        spelling_acc = sum(x["accuracy"] * x["n"] for x in spelling) / sum(x["n"] for x in spelling)
+        expected = ((acc[(f"mmlu:{tmp_path / 'mmlu.csv'}", r)] - 0.25) / 0.75 + spelling_acc) / 2
+        assert entry["chatcore"] == pytest.approx(expected)
+    assert len(report["chatcore"]) == 2 and "| ChatCORE |" in capsys.readouterr().out
