@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,9 +108,11 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path):
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=run.name)
-        ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", xscale="log", ylim=(-0.02, 1.02))
+        ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.set_xscale("log", base=2)
-        ax.legend(fontsize=8)
+        rs = sorted({r["recurrences"] for run in runs for r in run.fixed()})
+        ax.set_xticks(rs, [str(r) for r in rs])
+        ax.legend(fontsize=8, loc="lower right")
     save(fig, path)
 
 
@@ -122,21 +125,15 @@ def plot_steps_vs_difficulty(runs: list[Run], path: Path):
                 series.setdefault((r["task"], r["exit"], r["recurrences"]), []).append(r)
         for (task, spec, cap), rows in series.items():
             rows.sort(key=lambda r: r["difficulty"])
-            x = [r["difficulty"] for r in rows]
-            lo = [r["mean_steps"] - percentile(r.get("steps_by_example"), 0.1, r["mean_steps"]) for r in rows]
-            hi = [percentile(r.get("steps_by_example"), 0.9, r["mean_steps"]) - r["mean_steps"] for r in rows]
+            # per problem: its mean recurrences per decoded token; the median and the 10-90% band over problems
+            bands = [np.percentile(r.get("steps_by_example") or [r["mean_steps"]], [10, 50, 90]) for r in rows]
+            p10, p50, p90 = np.array(bands).T
             label = f"{run.name}: {task}, {spec} (max {cap})"
-            ax.errorbar(x, [r["mean_steps"] for r in rows], yerr=[lo, hi], marker="o", capsize=3, label=label)
-    ax.set(xlabel="difficulty", ylabel="recurrences per token (mean, 10-90%)", title="adaptive exit: steps used")
+            x = [r["difficulty"] for r in rows]
+            ax.errorbar(x, p50, yerr=[p50 - p10, p90 - p50], marker="o", capsize=3, label=label)
+    ax.set(xlabel="difficulty", ylabel="steps per token (median problem, 10-90%)", title="adaptive exit: steps used")
     ax.legend(fontsize=7)
     save(fig, path)
-
-
-def percentile(values, q: float, default: float) -> float:
-    if not values:
-        return default
-    values = sorted(values)
-    return values[min(int(q * len(values)), len(values) - 1)]
 
 
 def plot_exit_tradeoff(runs: list[Run], path: Path):
