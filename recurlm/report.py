@@ -93,7 +93,7 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     if not names:
         raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
     sets = task_sets(names, configs, "test", limit)
-    rows = list(sweep(model, tok, sets, recurrences, ["none"]))
+    rows = list(sweep(model, tok, sets, recurrences if model.core else [1], ["none"]))
     if model.core:
         rows += sweep(model, tok, sets, [max(recurrences)], exits)
     (run_dir / "eval.json").write_text(json.dumps({"checkpoint": str(run_dir), "results": rows}, indent=1))
@@ -106,7 +106,9 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path):
     for ax, task in zip(axes[0], tasks, strict=True):
         for run in runs:
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
-            if pts:
+            if pts and not run.model.core:  # a plain GPT has one depth: a reference line across the r axis
+                ax.axhline(pts[0][1], linestyle="--", color="gray", label=f"{run.name} (plain)")
+            elif pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=run.name)
         ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.set_xscale("log", base=2)

@@ -57,7 +57,7 @@ def test_baselines_match_parameters_and_flops():
     assert iso_params.param_groups()["unique"] == pytest.approx(rec.param_groups()["unique"], rel=0.02)
 
 
-def test_compare_trains_both_baselines_on_the_same_tokens(run_dir):
+def test_compare_trains_both_baselines_on_the_same_tokens(run_dir, tmp_path):
     table = compare(str(run_dir), recurrences=[1, 2], limit=4)
     header = table.splitlines()[0]
     assert "plain 3L (iso-params)" in header and "plain 7L (iso-FLOPs)" in header and "| r=2 |" in header
@@ -67,6 +67,14 @@ def test_compare_trains_both_baselines_on_the_same_tokens(run_dir):
         for d in ("plain-3L", "plain-7L")
     }
     assert tokens == {json.loads((run_dir / "checkpoint" / "trainer_state.json").read_text())["tokens"]}
+
+    # a report over several runs: the plain baseline is evaluated at its one depth and drawn as a reference line
+    plain = run_dir / "baselines" / "plain-3L"
+    out = write_report([str(run_dir), str(plain)], tmp_path, recurrences=[1, 2], exits=["kl:0.01"], limit=4)
+    assert {r["recurrences"] for r in json.loads((plain / "eval.json").read_text())["results"]} == {1}
+    md = (out / "report.md").read_text()
+    assert "### tiny" in md and "### plain-3L" in md and "| plain-3L | " in md
+    assert_real_png(out / "accuracy_vs_r.png")
 
 
 def test_scaling_table_aggregates_chatcore_tasks():
