@@ -13,7 +13,7 @@ from pathlib import Path
 
 from recurlm.checkpoint import load_checkpoint, resolve
 from recurlm.config import UserError
-from recurlm.data import stage_tasks
+from recurlm.data import trained_task_names
 from recurlm.evaluate import sweep, task_sets
 from recurlm.report import markdown_table, scaling_table
 
@@ -71,7 +71,7 @@ def compare(
     model, tok, configs = load_checkpoint(run_dir)
     if not model.core:
         raise UserError(f"{run_dir} is a plain GPT: compare a recursive run against baselines")
-    names = tasks or list(dict.fromkeys(t.name for s in configs["stage"].values() for t in stage_tasks(s)))
+    names = tasks or trained_task_names(configs)
     if not names:
         raise UserError(f"{run_dir} trained on text only: name the tasks to compare on with --task")
     sets = task_sets(names, configs, "test", limit)

@@ -58,6 +58,11 @@ def task_from_configs(name: str, configs: dict) -> Task:
     return get_task(name)
 
 
+def trained_task_names(configs: dict) -> list[str]:
+    """The tasks the run's stages trained on, in order, once each."""
+    return list(dict.fromkeys(t.name for s in configs.get("stage", {}).values() for t in stage_tasks(s)))
+
+
 class TaskMixture:
     """Uniform mixture of a stage's tasks. With a curriculum, rows come from the current level, and a share
     `review_frac` from the levels already passed."""

@@ -9,16 +9,13 @@ a run without any is evaluated here once, on its own training tasks, and the res
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state and no display backend, files only
 
-matplotlib.use("Agg")  # headless: files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-
-from recurlm.checkpoint import load_checkpoint  # noqa: E402
-from recurlm.config import UserError  # noqa: E402
-from recurlm.data import stage_tasks  # noqa: E402
-from recurlm.evaluate import aggregate, chatcore, sweep, task_sets  # noqa: E402
+from recurlm.checkpoint import load_checkpoint
+from recurlm.config import UserError
+from recurlm.data import trained_task_names
+from recurlm.evaluate import aggregate, chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
 
@@ -69,17 +66,20 @@ class Run:
 
     def fixed(self) -> list[dict]:
         """Greedy rows without adaptive exit: the test-time-scaling curve."""
-        return [r for r in self.results if r.get("exit", "none") == "none" and r.get("decode", "greedy") == "greedy"]
+        return [r for r in self.results if r["exit"] == "none" and r["decode"] == "greedy"]
 
     def adaptive(self) -> list[dict]:
-        return [r for r in self.results if r.get("exit", "none") != "none" and r.get("decode", "greedy") == "greedy"]
+        return [r for r in self.results if r["exit"] != "none" and r["decode"] == "greedy"]
 
 
 def load_results(run_dir: Path) -> list[dict]:
+    """The rows of the run's eval*.json files; the keys DESIGN §4 leaves out get their `recurlm eval` defaults."""
     rows = []
     for f in sorted(run_dir.glob("eval*.json")):
         try:
-            rows += json.loads(f.read_text())["results"]
+            for row in json.loads(f.read_text())["results"]:
+                rows.append({"difficulty": None, "exit": "none", "decode": "greedy", **row})
+                rows[-1]["max_steps"] = rows[-1].get("max_steps", rows[-1]["mean_steps"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{f} is not a `recurlm eval --json` file") from None
     return rows
@@ -89,7 +89,7 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     """The run's own training tasks on the test split: every r without exit, and each exit threshold capped at the
     largest r."""
     model, tok, configs = load_checkpoint(run_dir)
-    names = list(dict.fromkeys(t.name for s in configs["stage"].values() for t in stage_tasks(s)))
+    names = trained_task_names(configs)
     if not names:
         raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
     sets = task_sets(names, configs, "test", limit)
@@ -102,7 +102,8 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
 
 def plot_accuracy_vs_r(runs: list[Run], path: Path):
     tasks = list(dict.fromkeys(row_label(r) for run in runs for r in run.fixed()))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.5), squeeze=False)
+    fig = Figure(figsize=(4 * len(tasks), 3.5))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for run in runs:
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
@@ -119,7 +120,8 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path):
 
 
 def plot_steps_vs_difficulty(runs: list[Run], path: Path):
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for run in runs:
         series: dict[tuple, list] = {}
         for r in run.adaptive():
@@ -140,7 +142,8 @@ def plot_steps_vs_difficulty(runs: list[Run], path: Path):
 
 def plot_exit_tradeoff(runs: list[Run], path: Path):
     """Accuracy against mean recurrences per token: fixed r as a line, each exit threshold as a labelled point."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for run in runs:
         fixed = sorted((mean_steps(rows), mean_acc(rows)) for rows in by_r(run.fixed()).values())
         if fixed:
@@ -164,7 +167,8 @@ def mean_steps(rows):
 
 
 def plot_training(runs: list[Run], path: Path):
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for run in runs:
         steps = [m for m in run.metrics if "loss" in m]
         if steps:
@@ -181,10 +185,9 @@ def plot_training(runs: list[Run], path: Path):
     save(fig, path)
 
 
-def save(fig, path: Path):
+def save(fig: Figure, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def cost_table(runs: list[Run]) -> str:
@@ -226,7 +229,7 @@ def write_report(
         plots["steps_vs_difficulty.png"] = plot_steps_vs_difficulty
         plots["exit_tradeoff.png"] = plot_exit_tradeoff
     for run in runs:
-        beams = [r for r in run.results if r.get("exit", "none") == "none" and r.get("decode", "greedy") != "greedy"]
+        beams = [r for r in run.results if r["exit"] == "none" and r["decode"] != "greedy"]
         if beams:
             columns: dict[str, list[dict]] = {}
             for r in run.fixed() + beams:
