@@ -160,9 +160,9 @@ def sweep(
     for r in recurrences:
         for exit in exits:
             spec = model.cfg.exit if exit is None else exit
+            cap = max_steps if spec != "none" else None
             for width in [1] + ([beams] if beams > 1 else []):
                 for s in sets:
-                    cap = max_steps if spec != "none" else None
                     res = evaluate(model, tok, s.examples, r, s.score, batch_size, exit, kv_budget, cap, width)
                     examples = res.pop("examples")
                     yield {
