@@ -226,7 +226,8 @@ def write_report(
         for run in runs:
             rows = [[row_label(r)] + [r[k] for k in EXIT_KEYS] for r in run.adaptive()]
             md += [f"### {run.name}\n\n{markdown_table(header, rows)}\n"]
-        plots["steps_vs_difficulty.png"] = plot_steps_vs_difficulty
+        if any(r["difficulty"] is not None for run in runs for r in run.adaptive()):  # a --data file has none
+            plots["steps_vs_difficulty.png"] = plot_steps_vs_difficulty
         plots["exit_tradeoff.png"] = plot_exit_tradeoff
     for run in runs:
         beams = [r for r in run.results if r["exit"] == "none" and r["decode"] != "greedy"]
