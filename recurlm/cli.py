@@ -170,15 +170,13 @@ def cmd_eval(args):
         )
     settings: dict[tuple, list[dict]] = {}
     for row in results:
-        settings.setdefault((row["recurrences"], row["exit"], row["decode"]), []).append(row)
-    for spec, decode in dict.fromkeys((s[1], s[2]) for s in settings):
-        rows = [r for r in results if (r["exit"], r["decode"]) == (spec, decode)]
+        settings.setdefault((row["exit"], row["decode"]), []).append(row)
+    core = []
+    for (spec, decode), rows in settings.items():
         print(f"\naccuracy by r ({decode}, exit {spec})\n" + scaling_table(by_r(rows)))
-    core = [
-        {"recurrences": r, "exit": e, "decode": d, "chatcore": v}
-        for (r, e, d), rows in settings.items()
-        if (v := chatcore(aggregate(rows))) is not None
-    ]
+        for at_r in by_r(rows).values():
+            if (value := chatcore(aggregate(at_r))) is not None:
+                core.append({"recurrences": at_r[0]["recurrences"], "exit": spec, "decode": decode, "chatcore": value})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "results": results, "chatcore": core}, f, indent=1)

@@ -18,6 +18,7 @@ from recurlm.data import trained_task_names
 from recurlm.evaluate import aggregate, chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
+EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -145,25 +146,23 @@ def plot_exit_tradeoff(runs: list[Run], path: Path):
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for run in runs:
-        fixed = sorted((mean_steps(rows), mean_acc(rows)) for rows in by_r(run.fixed()).values())
+        fixed = sorted((pooled(rows, "mean_steps"), pooled(rows, "accuracy")) for rows in by_r(run.fixed()).values())
         if fixed:
             ax.plot(*zip(*fixed, strict=True), marker="o", label=f"{run.name}: fixed r")
         settings: dict[tuple, list] = {}
         for r in run.adaptive():
             settings.setdefault((r["exit"], r["recurrences"]), []).append(r)
         for (spec, cap), rows in settings.items():
-            ax.scatter([mean_steps(rows)], [mean_acc(rows)], marker="x", label=f"{run.name}: {spec}, r ≤ {cap}")
+            point = [pooled(rows, "mean_steps")], [pooled(rows, "accuracy")]
+            ax.scatter(*point, marker="x", label=f"{run.name}: {spec}, r ≤ {cap}")
     ax.set(xlabel="recurrences per token (mean)", ylabel="accuracy (all tasks)", title="accuracy / compute")
     ax.legend(fontsize=8)
     save(fig, path)
 
 
-def mean_acc(rows):
-    return sum(r["accuracy"] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
-
-
-def mean_steps(rows):
-    return sum(r["mean_steps"] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
+def pooled(rows: list[dict], key: str) -> float:
+    """`key` averaged over every example of the rows (each row weighted by its n)."""
+    return sum(r[key] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
 
 
 def plot_training(runs: list[Run], path: Path):
@@ -194,11 +193,10 @@ def cost_table(runs: list[Run]) -> str:
     rows = []
     for run in runs:
         m = run.model
-        for r in sorted({row["recurrences"] for row in run.results}) or [m.cfg.default_recurrences]:
-            r = r if m.core else 1
+        evaluated = sorted({row["recurrences"] for row in run.results}) or [m.cfg.default_recurrences]
+        for r in evaluated if m.core else [1]:  # a plain GPT has one depth whatever r says
             row = [run.name, m.param_groups()["unique"], r, m.effective_depth(r)]
             rows.append(row + [m.params_per_token(r), m.flops_per_token(r)])
-    rows = [list(r) for r in dict.fromkeys(tuple(r) for r in rows)]  # a plain GPT has one cost for every r
     return markdown_table(["run", "unique params", "r", "depth", "params/token", "FLOPs/token"], rows)
 
 
@@ -246,6 +244,3 @@ def write_report(
         md += [f"![{name[:-4]}]({name})", ""]
     (out_dir / "report.md").write_text("\n".join(md))
     return out_dir
-
-
-EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")
