@@ -4,6 +4,9 @@ One slot per prelude block, `budget` slots per core block, one per coda block. I
 writes core slot i mod budget, so a past token exposes in slot j its latest iteration congruent to j:
 budget = r reproduces the uncached forward exactly; budget = 1 (recursive nanochat) makes every iteration of a new
 token attend to the past tokens' final iteration and keeps core memory independent of r.
+
+Each row fills its own positions: a row's length lives in the decoding state, not here, and attention masks keys
+past each query's position, so rows of one batch may hold sequences of any lengths.
 """
 
 import torch
@@ -19,9 +22,6 @@ class KVCache:
         shape = (n_slots, batch, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)  # False on left padding
-        self.padded = False
-        self.pos = 0  # tokens written so far (the same for every row: prompts are left-padded)
 
     def slot(self, group: str, index: int, iteration: int = 0) -> int:
         cfg = self.cfg
@@ -31,12 +31,72 @@ class KVCache:
             return cfg.n_prelude + index * self.budget + iteration % self.budget
         return cfg.n_prelude + cfg.n_core * self.budget + index
 
-    def update(self, slot: int, k: torch.Tensor, v: torch.Tensor, pos: int):
-        """Write (B, H, T, D) keys/values at positions pos..pos+T-1; return all keys/values up to there."""
-        end = pos + k.size(2)
-        self.k[slot, :, :, pos:end] = k
-        self.v[slot, :, :, pos:end] = v
-        return self.k[slot, :, :, :end], self.v[slot, :, :, :end]
+    def core_slot(self, index: int, iteration: int) -> tuple[int, int | None]:
+        """Core block `index` at `iteration`: the slot it writes, and the slot holding the iteration before."""
+        hold = self.slot("core", index, iteration - 1) if iteration else None
+        return self.slot("core", index, iteration), hold
+
+    def _at(self, slot: int, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, H, T, D) keys and values at the new tokens' positions."""
+        if ctx.positions is None:
+            end = ctx.start + ctx.cos.size(1)
+            return self.k[slot, :, :, ctx.start : end], self.v[slot, :, :, ctx.start : end]
+        rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
+        return self.k[slot][rows, :, ctx.positions].transpose(1, 2), self.v[slot][rows, :, ctx.positions].transpose(
+            1, 2
+        )
+
+    def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, ctx):
+        if ctx.positions is None:
+            end = ctx.start + k.size(2)
+            self.k[slot, :, :, ctx.start : end] = k
+            self.v[slot, :, :, ctx.start : end] = v
+            return
+        rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
+        self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v.dtype)
+
+    def update(self, slot: tuple[int, int | None], k: torch.Tensor, v: torch.Tensor, ctx):
+        """Write the new tokens' (B, H, T, D) keys/values; return every row's keys/values up to ctx.keys.
+
+        Under adaptive exit a token that has stopped does not write what this iteration computed from its frozen
+        state: below its row's cap it copies its previous iteration's K/V (its final one) into this iteration's
+        slot, at or above the cap it leaves the slot as it is."""
+        write, hold = slot
+        if ctx.active is not None and hold is not None:
+            cur_k, cur_v = self._at(write, ctx)
+            prev_k, prev_v = self._at(hold, ctx)
+            active, skipping = ctx.active[:, None, :, None], ctx.skipping[:, None, :, None]
+            k = torch.where(active, k, torch.where(skipping, prev_k, cur_k))
+            v = torch.where(active, v, torch.where(skipping, prev_v, cur_v))
+        self._put(write, k, v, ctx)
+        return self.k[write, :, :, : ctx.keys], self.v[write, :, :, : ctx.keys]
+
+    def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):
+        """Every token stopped before iteration `first`: give the slots of iterations first .. r-1 that are below
+        its row's cap its final K/V (one pass over the budget suffices: later iterations reuse those slots)."""
+        for it in range(first, min(r, first + self.budget)):
+            below = (it < caps)[:, None, None, None]
+            for j in range(self.cfg.n_core):
+                write, hold = self.core_slot(j, it)
+                cur_k, cur_v = self._at(write, ctx)
+                prev_k, prev_v = self._at(hold, ctx)
+                self._put(write, torch.where(below, prev_k, cur_k), torch.where(below, prev_v, cur_v), ctx)
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """A cache of the given rows (in that order; repeats allowed: beam search)."""
+        out = KVCache.__new__(KVCache)
+        out.cfg, out.budget, out.max_len = self.cfg, self.budget, self.max_len
+        out.k, out.v = self.k[:, rows], self.v[:, rows]
+        return out
+
+    @staticmethod
+    def cat(parts: list["KVCache"]) -> "KVCache":
+        out = KVCache.__new__(KVCache)
+        first = parts[0]
+        out.cfg, out.budget, out.max_len = first.cfg, first.budget, first.max_len
+        out.k, out.v = torch.cat([p.k for p in parts], dim=1), torch.cat([p.v for p in parts], dim=1)
+        return out
 
     def core_bytes(self) -> int:
         """Memory held by the core blocks' slots: depends on the budget, never on r."""

@@ -4,7 +4,7 @@
 <|bos|> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ...
 """
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 from recurlm.tokenizer import BOS, Tokenizer
 
 ROLES = ("system", "user", "assistant")

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from recurlm.config import UserError, build_configs, configs_to_dict, merge
+from recurlm.config import build_configs, configs_to_dict, merge, migrate
+from recurlm.errors import UserError
 from recurlm.model import RecurrentGPT, build_model
 from recurlm.tokenizer import Tokenizer
 
@@ -73,7 +74,7 @@ def read_configs(ckpt_dir: str | Path) -> dict:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
-    return build_configs(merge({}, raw, str(path)))
+    return build_configs(merge({}, migrate(raw), str(path)))
 
 
 def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, Tokenizer, dict]:

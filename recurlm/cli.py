@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
-from recurlm.config import UserError, load_config, preset_names, read_preset
+from recurlm.config import load_config, preset_names, read_preset
+from recurlm.data import prompt_ids, task_from_configs, trained_task_names
 from recurlm.engine import Engine
+from recurlm.errors import UserError
 from recurlm.evaluate import aggregate, chatcore, file_set, sweep, task_sets
 from recurlm.model import build_model
 from recurlm.tasks import get_task, write_jsonl
@@ -34,9 +36,10 @@ def positive_int(text: str) -> int:
 def cmd_presets(args):
     rows = []
     for name in preset_names():
-        cfg = load_config(name)["model"]
+        configs = load_config(name)
+        cfg = configs["model"]
         model = build_model(cfg, "meta")  # no memory, no init: counting only
-        r = cfg.default_recurrences
+        r = configs["inference"].recurrences
         rows.append(
             {
                 "preset": name,
@@ -44,7 +47,8 @@ def cmd_presets(args):
                 "P": cfg.n_prelude,
                 "R": cfg.n_core,
                 "C": cfg.n_coda,
-                "train_mean_r": cfg.recur_mean if cfg.n_core else 1,
+                "train_mean_r": configs["recurrence"].mean if cfg.n_core else 1,
+                "recurrences": r,
                 "effective_depth": model.effective_depth(r),
                 "params_per_token": model.params_per_token(r),
                 "flops_per_token": model.flops_per_token(r),
@@ -61,7 +65,28 @@ def cmd_presets(args):
             f"{row['preset']:<24} {row['unique_params']:>13,} {prc:>8} {row['train_mean_r']:>6g} "
             f"{row['effective_depth']:>5} {row['params_per_token']:>13,} {row['flops_per_token']:>14,}"
         )
-    print("FLOPs/tok: forward, at the training mean r and the preset's full context (DESIGN §1).")
+    print("FLOPs/tok: forward, at the inference r and the preset's full context (DESIGN §1).")
+
+
+def add_policy_flags(s: argparse.ArgumentParser, sampling: bool = True):
+    """The inference policy's fields as flags; each one given overrides the checkpoint's (or preset's) value."""
+    s.add_argument("--min-steps", type=positive_int, help="adaptive exit fires after at least this many steps")
+    s.add_argument(
+        "--max-steps", type=positive_int, help="cap on adaptive exit's steps per generated token (default: r)"
+    )
+    s.add_argument("--kv-budget", type=positive_int, help="core KV slots per block (r: exact; 1: memory flat in r)")
+    s.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
+    if sampling:
+        s.add_argument("--temperature", type=float, help="0 = greedy")
+        s.add_argument("--top-k", type=int)
+        s.add_argument("--top-p", type=float)
+
+
+def policy_from(args, base):
+    """The run's policy with the flags given on the command line replacing its fields."""
+    values = {k: getattr(args, k, None) for k in ("min_steps", "max_steps", "kv_budget", "warm_start")}
+    values |= {k: getattr(args, k, None) for k in ("temperature", "top_k", "top_p")}
+    return base.override(**values)
 
 
 def cmd_generate(args):
@@ -74,41 +99,40 @@ def cmd_generate(args):
     else:
         raise UserError("generate needs --checkpoint DIR or --preset NAME")
     model.eval()
-    engine = Engine(
-        model,
-        kv_budget=args.kv_budget,
-        warm_start=args.warm_start,
-        exit=args.exit,
-        min_steps=args.min_steps,
-        use_cache=not args.no_cache,
-        digit_ids=tok.digit_ids,
-    )
-    prompt = tok.encode(args.prompt)
-    if not prompt:
+    policy = policy_from(args, configs["inference"]).override(recurrences=args.recurrences, exit=args.exit)
+    if args.no_cache:
+        if args.exit not in (None, "none"):
+            raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
+        policy = policy.override(exit="none")  # the run's default exit is a default, not a request
+    if not args.prompt:
         raise UserError("the prompt is empty")
+    # A prompt of a task the run trained on is answered in that task's normal form (addition models write sums
+    # least-significant digit first); --raw prints the tokens as generated.
+    tasks = [] if args.raw else [task_from_configs(n, configs) for n in trained_task_names(configs)]
+    task = next((t for t in tasks if t.recognises(args.prompt)), None)
     ids, steps, shown, t0 = [], [], "", time.perf_counter()
-    for tokens, used in engine.stream(
-        [prompt],
+    stream = Engine(model, tok.digit_ids).stream(
+        [prompt_ids(tok, args.prompt)],
         args.max_new_tokens,
-        recurrences=args.recurrences,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        policy,
         stop_tokens=[tok.eos_id],
-        seed=args.seed,
-    ):
-        if tokens[0].item() == tok.eos_id:
+        seeds=[args.seed],
+        use_cache=not args.no_cache,
+    )
+    for _, tokens, used in stream:
+        steps.append(used[0])
+        if tokens[0] == tok.eos_id:
             break
-        ids.append(tokens[0].item())
-        steps.append(used[0].item())
-        text = tok.decode(ids)
-        print(text[len(shown) :], end="", flush=True)  # print the difference: a byte-level char may span tokens
-        shown = text
+        ids.append(tokens[0])
+        if task is None:
+            text = tok.decode(ids)
+            print(text[len(shown) :], end="", flush=True)  # print the difference: a byte-level char may span tokens
+            shown = text
     dt = time.perf_counter() - t0
-    print()
+    print(task.extract(tok.decode(ids)) if task is not None else "")
     if steps:
         print(
-            f"[{len(ids)} tokens, {len(ids) / dt:.1f} tok/s, recurrences per token: mean "
+            f"[{len(ids)} tokens, {len(steps) / dt:.1f} tok/s, recurrences per token: mean "
             f"{sum(steps) / len(steps):.2f}, max {max(steps)}]",
             file=sys.stderr,
         )
@@ -144,21 +168,22 @@ def cmd_eval(args):
 
     model, tok, configs = load_checkpoint(args.checkpoint)
     if args.data:
-        sets = [file_set(args.data, configs, args.limit)]
+        sets = [file_set(args.data, configs, args.limit, args.max_new_tokens)]
     elif args.task:
-        sets = task_sets(args.task, configs, args.split, args.limit or 200, args.seed)
+        sets = task_sets(args.task, configs, args.split, args.limit or 200, args.seed, args.max_new_tokens)
     else:
         raise UserError("eval needs --task NAME or --data FILE.jsonl")
+    policy = policy_from(args, configs["inference"])
     exits = args.exit or [None]
-    if args.max_steps and all((e or model.cfg.exit) == "none" for e in exits):
+    if args.max_steps and all((e or policy.exit) == "none" for e in exits):
         raise UserError("--max-steps caps adaptive exit: add --exit latent:EPS or kl:EPS")
-    recurrences = args.recurrences or [configs["model"].default_recurrences]
+    recurrences = args.recurrences or [policy.recurrences]
     print(
         f"{'task':<24} {'diff':>4} {'r':>3} {'exit':<12} {'decode':<6} {'accuracy':>8} {'n':>5} {'steps':>6} "
         f"{'max':>4} {'tok/s':>8} format"
     )
     results = []
-    for row in sweep(model, tok, sets, recurrences, exits, args.beam, args.batch_size, args.kv_budget, args.max_steps):
+    for row in sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size):
         results.append(row)
         diff = row["difficulty"] if row["difficulty"] is not None else "-"
         fmt = "-" if row["format"] is None else f"{row['format']:.3f}"
@@ -228,13 +253,13 @@ def build_parser() -> Parser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--task", action="append", help="task name (repeatable)")
     s.add_argument("--data", help="JSONL of {prompt, answer, ...} examples")
-    s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the training mean)")
+    s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the run's)")
     s.add_argument(
-        "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the model's)"
+        "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the run's)"
     )
-    s.add_argument("--max-steps", type=positive_int, help="cap on adaptive exit's steps per token (default: r)")
     s.add_argument("--beam", type=positive_int, default=1, help="also decode by beam search of this width")
-    s.add_argument("--kv-budget", type=positive_int)
+    s.add_argument("--max-new-tokens", type=positive_int, help="generation budget (default: each task's own)")
+    add_policy_flags(s, sampling=False)  # evaluation decodes greedily
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--limit", type=positive_int, help="examples per task and difficulty (default 200)")
     s.add_argument("--seed", type=int, default=0)
@@ -280,15 +305,11 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", required=True)
     s.add_argument("--max-new-tokens", type=positive_int, default=64)
-    s.add_argument("--recurrences", type=int, help="r (the max steps with --exit); default: the training mean")
-    s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the model's)")
-    s.add_argument("--min-steps", type=positive_int)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--kv-budget", type=positive_int, help="core KV slots per block (default: the model's)")
-    s.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
+    s.add_argument("--recurrences", type=int, help="r (the max steps with --exit); default: the run's")
+    s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the run's)")
+    add_policy_flags(s)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence for every token")
+    s.add_argument("--raw", action="store_true", help="print the tokens as generated, not the task's answer form")
     s.add_argument("--show-steps", action="store_true", help="print the recurrences used by each token")
     s.set_defaults(func=cmd_generate)
     return p

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from recurlm.checkpoint import load_checkpoint, resolve
-from recurlm.config import UserError
+from recurlm.config import RecurrenceConfig
 from recurlm.data import trained_task_names
+from recurlm.errors import UserError
 from recurlm.evaluate import sweep, task_sets
 from recurlm.report import markdown_table, scaling_table
 
@@ -22,22 +23,17 @@ def plain_configs(configs: dict, layers: int) -> dict:
     """The run's configs with its model replaced by a plain GPT of `layers` blocks of the same width."""
     out = copy.deepcopy(configs)
     out["model"] = dataclasses.replace(
-        configs["model"],
-        n_prelude=layers,
-        n_core=0,
-        n_coda=0,
-        train_recur="fixed",
-        recur_mean=1.0,
-        exit="none",
-        recur_lora_rank=0,
-        gate=False,
+        configs["model"], n_prelude=layers, n_core=0, n_coda=0, recur_lora_rank=0, recur_lora_count=0, gate=False
     )
+    out["recurrence"] = RecurrenceConfig(schedule="fixed", mean=1.0)
+    out["inference"] = dataclasses.replace(configs["inference"], recurrences=1, exit="none")
     return out
 
 
-def baseline_layers(cfg) -> dict[str, int]:
+def baseline_layers(configs: dict) -> dict[str, int]:
+    cfg, mean = configs["model"], configs["recurrence"].mean
     iso_params = cfg.n_prelude + cfg.n_core + cfg.n_coda
-    iso_flops = cfg.n_prelude + round(cfg.n_core * cfg.recur_mean) + cfg.n_coda
+    iso_flops = cfg.n_prelude + round(cfg.n_core * mean) + cfg.n_coda
     return {f"plain {iso_params}L (iso-params)": iso_params, f"plain {iso_flops}L (iso-FLOPs)": iso_flops}
 
 
@@ -45,7 +41,7 @@ def train_baselines(run_dir: Path, configs: dict) -> dict[str, Path]:
     from recurlm.train import train
 
     out = {}
-    for label, layers in baseline_layers(configs["model"]).items():
+    for label, layers in baseline_layers(configs).items():
         path = run_dir / "baselines" / f"plain-{layers}L"
         if path not in out.values():
             train(plain_configs(configs, layers), path, resume=True)  # resumes, or returns at once when done
@@ -75,6 +71,7 @@ def compare(
     if not names:
         raise UserError(f"{run_dir} trained on text only: name the tasks to compare on with --task")
     sets = task_sets(names, configs, "test", limit)
+    plain = configs["inference"].override(exit="none")
     if baselines:
         others = {f"{Path(b).name} (baseline)": Path(b) for b in baselines}
     else:
@@ -84,9 +81,9 @@ def compare(
         base, base_tok, _ = load_checkpoint(path)
         if base_tok.vocab_size != tok.vocab_size:
             raise UserError(f"{path} has another tokenizer than {run_dir}: baselines must share the run's data")
-        columns[label] = list(sweep(base, base_tok, sets, [1], ["none"], batch_size=batch_size))
+        columns[label] = list(sweep(base, base_tok, sets, plain, [1], batch_size=batch_size))
         costs.append([label, *cost(base, 1), trained_tokens(path)])
-    for row in sweep(model, tok, sets, list(recurrences), ["none"], batch_size=batch_size):
+    for row in sweep(model, tok, sets, plain, list(recurrences), batch_size=batch_size):
         columns.setdefault(f"r={row['recurrences']}", []).append(row)
     for r in recurrences:
         costs.append([f"r={r}", *cost(model, r), trained_tokens(run_dir)])

@@ -1,4 +1,9 @@
-"""Configuration: the model dataclass, presets (TOML files shipped in the package) and `--set` overrides.
+"""Configuration: what the weights mean, how they were trained, how to run them; presets and `--set` overrides.
+
+A config is one dataclass per section of a preset's TOML: `[model]` the architecture (all that decides whether a
+checkpoint's weights fit: resume, import and compare check it alone), `[recurrence]` the training-depth schedule,
+`[inference]` the default inference policy (a checkpoint records it; CLI flags and API request fields override it
+field by field), `[tokenizer]`, `[train]` and one `[stage.NAME]` per training stage.
 
 Defaults live here and only here; a preset overrides some of them, `--config FILE.toml` and `--set key=value`
 override the preset. Every field is read by the code (see tests/test_config.py and the model tests).
@@ -10,13 +15,25 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
+from recurlm.errors import UserError
+from recurlm.exits import parse_exit
 
-class UserError(Exception):
-    """Bad input from the user: the CLI prints it as one line on stderr and exits non-zero."""
+
+def _at_least(section: str, obj, minimum: int, names: tuple[str, ...]):
+    for name in names:
+        if getattr(obj, name) < minimum:
+            raise UserError(f"{section}.{name} must be >= {minimum}, got {getattr(obj, name)}")
+
+
+def _one_of(section: str, obj, name: str, allowed: tuple[str, ...]):
+    if getattr(obj, name) not in allowed:
+        raise UserError(f"{section}.{name} must be one of {', '.join(allowed)}, got {getattr(obj, name)!r}")
 
 
 @dataclass
 class ModelConfig:
+    """The architecture: everything that decides the parameters and what the network computes with them."""
+
     vocab_size: int = 256
     seq_len: int = 256  # context length: RoPE tables and the KV cache are sized for it
     d_model: int = 256
@@ -36,55 +53,23 @@ class ModelConfig:
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
     recur_lora_rank: int = 0  # per-iteration LoRA on every core projection (0: off)
-    recur_lora_count: int = 0  # number of adapters; iterations past the last reuse it (0: recur_max)
-    train_recur: str = "poisson_lognormal"  # 'fixed' (r = recur_mean) or 'poisson_lognormal'
-    recur_mean: float = 4.0
-    recur_sigma: float = 0.5
-    recur_max: int = 16
-    bptt_k: int = 4  # gradients flow through the last k iterations only (0: all)
-    kv_budget: int = 1  # core KV slots per block at inference (DESIGN §2); 1 = recursive nanochat
-    warm_start: bool = True  # a decoded token's state starts from the previous token's final state
-    exit: str = "none"  # adaptive exit at inference: 'none', 'latent:EPS' or 'kl:EPS'
-    exit_min_steps: int = 1
+    recur_lora_count: int = 0  # adapters; iterations past the last reuse it (0: one per iteration up to recurrence.max)
 
     def __post_init__(self):
-        choices = {
-            "mlp": ("relu2", "swiglu"),
-            "inject": ("add", "concat_linear"),
-            "state_init": ("prelude", "zero", "random"),
-            "train_recur": ("fixed", "poisson_lognormal"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("vocab_size", "seq_len", "d_model", "n_head", "recur_max", "kv_budget", "exit_min_steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "n_kv_head",
-            "n_prelude",
-            "n_core",
-            "n_coda",
-            "mlp_hidden",
-            "proj_rank",
-            "recur_lora_rank",
-            "recur_lora_count",
-            "bptt_k",
-            "abacus",
-        ):
-            if getattr(self, name) < 0:
-                raise UserError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        _one_of("model", self, "mlp", ("relu2", "swiglu"))
+        _one_of("model", self, "inject", ("add", "concat_linear"))
+        _one_of("model", self, "state_init", ("prelude", "zero", "random"))
+        _at_least("model", self, 1, ("vocab_size", "seq_len", "d_model", "n_head"))
+        names = ("n_kv_head", "n_prelude", "n_core", "n_coda", "mlp_hidden", "proj_rank", "abacus")
+        _at_least("model", self, 0, (*names, "recur_lora_rank", "recur_lora_count"))
         if self.d_model % self.n_head or self.head_dim % 2:
             raise UserError(f"model.d_model ({self.d_model}) must be n_head ({self.n_head}) times an even head dim")
         if self.n_head % self.kv_heads:
             raise UserError(f"model.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if not 1 <= self.recur_mean <= self.recur_max:
-            raise UserError(f"model.recur_mean must be in [1, recur_max={self.recur_max}], got {self.recur_mean}")
         if self.n_prelude + self.n_core + self.n_coda == 0:
             raise UserError("the model needs at least one block (n_prelude + n_core + n_coda >= 1)")
-        from recurlm.exits import parse_exit  # late import: exits imports nothing from here but UserError
-
-        parse_exit(self.exit)
+        if self.recur_lora_rank and not self.recur_lora_count:
+            raise UserError("model.recur_lora_rank needs model.recur_lora_count (the number of adapters)")
 
     @property
     def head_dim(self) -> int:
@@ -98,14 +83,57 @@ class ModelConfig:
     def hidden(self) -> int:
         return self.mlp_hidden or 4 * self.d_model
 
-    @property
-    def lora_count(self) -> int:
-        return self.recur_lora_count or self.recur_max
+
+@dataclass
+class RecurrenceConfig:
+    """How many recurrences a training step runs (DESIGN §1) and how far back gradients flow."""
+
+    schedule: str = "poisson_lognormal"  # 'fixed' (r = mean) or 'poisson_lognormal'
+    mean: float = 4.0
+    sigma: float = 0.5
+    max: int = 16
+    bptt_k: int = 4  # gradients flow through the last k iterations only (0: all)
+
+    def __post_init__(self):
+        _one_of("recurrence", self, "schedule", ("fixed", "poisson_lognormal"))
+        _at_least("recurrence", self, 1, ("max",))
+        _at_least("recurrence", self, 0, ("bptt_k",))
+        if not 1 <= self.mean <= self.max:
+            raise UserError(f"recurrence.mean must be in [1, recurrence.max={self.max}], got {self.mean}")
+
+
+@dataclass
+class InferencePolicy:
+    """How to run the weights: depth, adaptive exit, cache and sampling. A preset sets it, a checkpoint records it,
+    and `override` (CLI flags, API request fields) replaces it field by field."""
+
+    recurrences: int = 0  # r; 0: the training mean (1 for a plain GPT), resolved when the config is built
+    exit: str = "none"  # adaptive exit of generated tokens: 'none', 'latent:EPS' or 'kl:EPS'
+    min_steps: int = 1  # an exit may fire after this many recurrences
+    max_steps: int = 0  # a generated token runs at most this many with an exit (0: r); the prompt runs r
+    kv_budget: int = 1  # core KV slots per block (DESIGN §2): r reproduces the uncached forward, 1 = recursive nanochat
+    warm_start: bool = True  # a generated token's state starts from the previous token's final state
+    temperature: float = 0.0  # sampling defaults (0: greedy)
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        _at_least("inference", self, 0, ("recurrences", "max_steps", "top_k"))
+        _at_least("inference", self, 1, ("min_steps", "kv_budget"))
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError(
+                f"inference: temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
+        parse_exit(self.exit)
+
+    def override(self, **values) -> "InferencePolicy":
+        """A copy with every value that is not None replaced (and checked)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
     @property
-    def default_recurrences(self) -> int:
-        """The r used at inference unless asked otherwise: the training mean (1 for a plain GPT)."""
-        return round(self.recur_mean) if self.n_core else 1
+    def steps_cap(self) -> int:
+        """The most recurrences a generated token may run: max_steps with an exit, else r."""
+        return (self.max_steps or self.recurrences) if self.exit != "none" else self.recurrences
 
 
 @dataclass
@@ -184,8 +212,27 @@ class StageConfig:
 
 
 # Sections of a config file / preset and the dataclass that holds each; 'stage' holds one table per stage, in order.
-SECTIONS: dict[str, type] = {"model": ModelConfig, "tokenizer": TokenizerConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "recurrence": RecurrenceConfig,
+    "inference": InferencePolicy,
+    "tokenizer": TokenizerConfig,
+    "train": TrainConfig,
+}
 STAGE = "stage"
+# Keys that lived in [model] before the architecture, the training depth and the inference policy were separated:
+# checkpoints written then are read through this map; config files and --set get a hint instead.
+MOVED = {
+    "train_recur": ("recurrence", "schedule"),
+    "recur_mean": ("recurrence", "mean"),
+    "recur_sigma": ("recurrence", "sigma"),
+    "recur_max": ("recurrence", "max"),
+    "bptt_k": ("recurrence", "bptt_k"),
+    "kv_budget": ("inference", "kv_budget"),
+    "warm_start": ("inference", "warm_start"),
+    "exit": ("inference", "exit"),
+    "exit_min_steps": ("inference", "min_steps"),
+}
 
 
 def preset_names() -> list[str]:
@@ -238,7 +285,8 @@ def _merge_table(out: dict, values: dict, cls: type, prefix: str, where: str):
         raise UserError(f"{where}: {prefix} must be a table")
     for key, value in values.items():
         if key not in types:
-            raise UserError(f"{where}: unknown config key {prefix}.{key}")
+            hint = f" (now {'.'.join(MOVED[key])})" if prefix == "model" and key in MOVED else ""
+            raise UserError(f"{where}: unknown config key {prefix}.{key}{hint}")
         out[key] = _check_value(f"{prefix}.{key}", value, types[key])
 
 
@@ -283,13 +331,15 @@ def parse_overrides(pairs: list[str], stages: dict | None = None) -> dict:
         if not dot:
             owners = [s for s in SECTIONS if name in _field_types(s)]
             if not owners:
-                raise UserError(f"unknown config key {name!r}")
+                hint = f" (now {'.'.join(MOVED[name])})" if name in MOVED else ""
+                raise UserError(f"unknown config key {name!r}{hint}")
             if len(owners) > 1:
                 choices = ", ".join(f"{o}.{name}" for o in owners)
                 raise UserError(f"ambiguous config key {name!r}: write one of {choices}")
             section = owners[0]
         if section not in SECTIONS or name not in _field_types(section):
-            raise UserError(f"unknown config key {key.strip()!r}")
+            hint = f" (now {'.'.join(MOVED[name])})" if section in ("", "model") and name in MOVED else ""
+            raise UserError(f"unknown config key {key.strip()!r}{hint}")
         update.setdefault(section, {})[name] = _parse_value(key, text.strip(), _field_types(section)[name])
     return update
 
@@ -309,10 +359,36 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
 
 
 def build_configs(values: dict) -> dict:
-    """{section: dataclass} plus 'stage': {name: StageConfig}, in the order the stages were declared."""
-    configs = {s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS}
+    """{section: dataclass} plus 'stage': {name: StageConfig}, in the order the stages were declared. Defaults that
+    depend on another section are resolved here, so a checkpoint records the values it ran with."""
+    recurrence = RecurrenceConfig(**values.get("recurrence", {}))
+    model = dict(values.get("model", {}))
+    if model.get("recur_lora_rank") and not model.get("recur_lora_count"):
+        model["recur_lora_count"] = recurrence.max
+    configs = {"model": ModelConfig(**model), "recurrence": recurrence}
+    inference = InferencePolicy(**values.get("inference", {}))
+    if not inference.recurrences:
+        r = round(recurrence.mean) if configs["model"].n_core else 1
+        inference = inference.override(recurrences=r)
+    configs["inference"] = inference
+    configs.update({s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS if s not in configs})
     configs[STAGE] = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
     return configs
+
+
+def migrate(raw: dict) -> dict:
+    """A checkpoint's config.json in today's layout: keys that used to live in [model] move to their section."""
+    model = dict(raw.get("model", {}))
+    if not any(k in model for k in MOVED):
+        return raw
+    out = {**raw, "model": model}
+    for key, (section, name) in MOVED.items():
+        if key in model:
+            out.setdefault(section, {})
+            out[section] = {**out[section], name: model.pop(key)}
+    if model.get("recur_lora_rank") and not model.get("recur_lora_count"):
+        model["recur_lora_count"] = out["recurrence"].get("max", RecurrenceConfig.max)
+    return out
 
 
 def configs_to_dict(configs: dict) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 from recurlm.tokenizer import BOS, Tokenizer
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")

@@ -1,9 +1,11 @@
-"""Generation: prefill the prompt in parallel, then decode token by token through the KV cache (DESIGN §2).
+"""Generation through the KV cache (DESIGN §2): prefill prompts in parallel, then extend each sequence token by
+token (or k tokens at once), with each row of a batch at its own position and under its own inference policy.
 
-Per decoded token the engine runs the recurrence itself, so it can warm-start the state from the previous token's
-final state and stop each row of the batch early once its exit criterion fires. A row that stops keeps its state
-and writes its final K/V into the slots of the iterations it skipped, so later tokens find, at every depth, the
-deepest state that token reached.
+Everything about the sequences being decoded lives in a `DecodeState` that the engine takes and returns, so one
+engine serves any number of independent batches; rows can join a batch (`DecodeState.cat`), leave it
+(`select`), and drop their last tokens (`rollback`). The recurrence itself is the model's one loop
+(`RecurrentGPT.recur`), which here warm-starts a token from the previous token's final state and stops each token
+once its row's exit criterion fires.
 """
 
 from collections.abc import Iterator
@@ -13,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from recurlm.cache import KVCache
-from recurlm.config import UserError
-from recurlm.exits import parse_exit
-from recurlm.model import RecurrentGPT
+from recurlm.config import InferencePolicy
+from recurlm.errors import UserError
+from recurlm.exits import Halting
+from recurlm.model import Context, RecurrentGPT
 from recurlm.tokenizer import significance_ids
 
 
@@ -24,6 +27,65 @@ class Generation:
     tokens: list[list[int]] = field(default_factory=list)  # generated ids per row, stop token excluded
     # recurrences of the forward pass that produced each of those tokens, and the stop token (it costs a pass too)
     steps: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class DecodeState:
+    """B sequences being decoded. The engine updates the tensors in place as it extends them and returns the
+    state; positions past a row's length hold nothing it will read."""
+
+    cache: KVCache
+    lengths: list[int]  # tokens each row holds
+    final: torch.Tensor  # (B, max_len, d): each position's final recurrent state (warm start reads the last one)
+    runs: torch.Tensor | None  # (B, max_len): digit-run counters of generated tokens (abacus models)
+    policies: list[InferencePolicy]
+    seeds: list[int]  # per sequence: its random initial states ('random' state_init) do not depend on its batch
+    halt: Halting  # per row: recurrence cap and exit of generated tokens
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def max_len(self) -> int:
+        return self.final.size(1)
+
+    def select(self, rows: list[int]) -> "DecodeState":
+        """The given rows, in that order (repeats allowed: beam search). A new state: this one is unchanged."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.final.device)
+        return DecodeState(
+            self.cache.select(index),
+            [self.lengths[b] for b in rows],
+            self.final[index],
+            None if self.runs is None else self.runs[index],
+            [self.policies[b] for b in rows],
+            [self.seeds[b] for b in rows],
+            self.halt.select(rows),
+        )
+
+    @staticmethod
+    def cat(states: list["DecodeState"]) -> "DecodeState":
+        """One batch of all the states' rows (a sequence joins a running batch)."""
+        if len({s.cache.budget for s in states}) > 1:
+            raise UserError("sequences with different kv budgets cannot share a batch")
+        if len({s.max_len for s in states}) > 1:
+            raise UserError("sequences with different cache lengths cannot share a batch")
+        return DecodeState(
+            KVCache.cat([s.cache for s in states]),
+            [n for s in states for n in s.lengths],
+            torch.cat([s.final for s in states]),
+            None if states[0].runs is None else torch.cat([s.runs for s in states]),
+            [p for s in states for p in s.policies],
+            [x for s in states for x in s.seeds],
+            Halting.cat([s.halt for s in states]),
+        )
+
+    def rollback(self, n: int | list[int]) -> "DecodeState":
+        """Forget the last n tokens of every row (or n[b] of row b): the next extend continues from there."""
+        drops = [n] * len(self) if isinstance(n, int) else list(n)
+        if any(d < 0 or d >= length for d, length in zip(drops, self.lengths, strict=True)):
+            raise UserError(f"cannot roll back {drops} tokens of sequences of {self.lengths}: one must remain")
+        self.lengths = [length - d for length, d in zip(self.lengths, drops, strict=True)]
+        return self
 
 
 def sample(logits: torch.Tensor, temperature=0.0, top_k=0, top_p=1.0, generator=None) -> torch.Tensor:
@@ -42,217 +104,274 @@ def sample(logits: torch.Tensor, temperature=0.0, top_k=0, top_p=1.0, generator=
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def _rows_at(buf: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """buf (B, L, ...) at the new tokens' positions: (B, T, ...)."""
+    if ctx.positions is None:
+        return buf[:, ctx.start : ctx.start + ctx.cos.size(1)]
+    return buf[torch.arange(buf.size(0), device=buf.device)[:, None], ctx.positions]
+
+
+def _put_rows(buf: torch.Tensor, ctx: Context, value: torch.Tensor):
+    if ctx.positions is None:
+        buf[:, ctx.start : ctx.start + value.size(1)] = value
+    else:
+        buf[torch.arange(buf.size(0), device=buf.device)[:, None], ctx.positions] = value.to(buf.dtype)
+
+
 class Engine:
-    def __init__(
-        self,
-        model: RecurrentGPT,
-        kv_budget: int | None = None,
-        warm_start: bool | None = None,
-        exit: str | None = None,
-        min_steps: int | None = None,
-        use_cache: bool = True,
-        digit_ids: set[int] | None = None,
-        max_steps: int | None = None,
-    ):
+    def __init__(self, model: RecurrentGPT, digit_ids: set[int] | None = None):
         cfg = model.cfg
         if cfg.abacus and not digit_ids:
             raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
+        self.model, self.cfg = model, cfg
         self.digit_ids = set(digit_ids or ())
-        self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long)
-        self.model, self.cfg, self.use_cache = model, cfg, use_cache
-        self.kv_budget = cfg.kv_budget if kv_budget is None else kv_budget
-        self.warm_start = cfg.warm_start if warm_start is None else warm_start
-        self.criterion = parse_exit(cfg.exit if exit is None else exit)
-        self.min_steps = cfg.exit_min_steps if min_steps is None else min_steps
-        self.max_steps = max_steps  # adaptive exit's cap for generated tokens (default: r; the prompt runs r)
-        if self.kv_budget < 1:
-            raise UserError(f"kv budget must be >= 1, got {self.kv_budget}")
-        if not use_cache and self.criterion is not None:
-            raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
-        if max_steps is not None and (self.criterion is None or max_steps < 1):
-            raise UserError("max steps caps adaptive exit: it needs an exit criterion and must be >= 1")
-        self.cache: KVCache | None = None
-        self.state: torch.Tensor | None = None  # each row's last final state, for warm start
-        self.run: torch.Tensor | None = None  # each row's count of generated digits in a row (abacus ids)
+        self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long, device=self.device)
 
-    def _recurrences(self, r: int | None) -> int:
-        r = self.cfg.default_recurrences if r is None else r
-        if r < 1:
-            raise UserError(f"recurrences must be >= 1, got {r}")
-        return r
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
 
-    def _left_pad(self, seqs: list[list[int]], n_prompt: list[int]):
-        """(B, L) ids, valid mask and digit-significance ids (None without abacus) of left-padded sequences."""
+    def _noise(self, seeds: list[int], starts: list[int], T: int) -> torch.Tensor | None:
+        """Huginn's random initial state, drawn per sequence and position (so independent of the batch)."""
+        if self.cfg.state_init != "random":
+            return None
+        out = torch.empty(len(seeds), T, self.cfg.d_model)
+        for b, (seed, start) in enumerate(zip(seeds, starts, strict=True)):
+            for t in range(T):
+                g = torch.Generator().manual_seed(seed * 1_000_003 + start + t)
+                torch.nn.init.trunc_normal_(out[b, t], std=1.0, a=-3.0, b=3.0, generator=g)
+        return out.to(self.device)
+
+    def _policies(self, policy, n: int) -> list[InferencePolicy]:
+        policies = list(policy) if isinstance(policy, list | tuple) else [policy] * n
+        if len(policies) != n:
+            raise UserError(f"{len(policies)} policies for {n} sequences")
+        for p in policies:
+            if p.recurrences < 1:
+                raise UserError(f"recurrences must be >= 1, got {p.recurrences}")
+        if len({p.kv_budget for p in policies}) > 1:
+            raise UserError("sequences with different kv budgets cannot share a batch")
+        return policies
+
+    def _right_pad(self, seqs: list[list[int]], n_prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L) ids padded on the right (causal attention never looks there), and their digit-significance ids
+        (the first n_prompt[b] tokens of row b are its prompt)."""
+        if not seqs or any(len(q) == 0 for q in seqs):
+            raise UserError("every prompt needs at least one token")
         L = max(len(q) for q in seqs)
         if L > self.cfg.seq_len:
             raise UserError(f"prompt of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
-        device = self.model.wte.weight.device
-        idx = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
-        valid = torch.zeros(len(seqs), L, dtype=torch.bool, device=device)
-        digit_pos = torch.zeros(len(seqs), L, dtype=torch.long, device=device) if self.cfg.abacus else None
+        idx = torch.zeros(len(seqs), L, dtype=torch.long)
+        digit_pos = torch.zeros(len(seqs), L, dtype=torch.long) if self.cfg.abacus else None
         for b, (q, n) in enumerate(zip(seqs, n_prompt, strict=True)):
-            idx[b, L - len(q) :] = torch.tensor(q, dtype=torch.long)
-            valid[b, L - len(q) :] = True
+            idx[b, : len(q)] = torch.tensor(q, dtype=torch.long)
             if digit_pos is not None:
-                digit_pos[b, L - len(q) :] = torch.tensor(significance_ids(q, n, self.digit_ids))
-        return idx, valid, digit_pos
+                digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids))
+        return idx.to(self.device), None if digit_pos is None else digit_pos.to(self.device)
+
+    def _last(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """x (B, L, ...) at each row's last position."""
+        return x[torch.arange(x.size(0), device=x.device), torch.tensor(lengths, device=x.device) - 1]
 
     @torch.no_grad()
-    def prefill(self, prompts: list[list[int]], recurrences: int | None = None) -> torch.Tensor:
-        """Run the left-padded prompts in parallel, filling a fresh cache; returns (B, V) last-position logits."""
-        r = self._recurrences(recurrences)
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise UserError("every prompt needs at least one token")
-        idx, valid, digit_pos = self._left_pad(prompts, [len(p) for p in prompts])
+    def start(
+        self,
+        prompts: list[list[int]],
+        policy: InferencePolicy | list[InferencePolicy],
+        seeds: list[int] | None = None,
+        max_len: int | None = None,
+    ) -> tuple[DecodeState, torch.Tensor]:
+        """Prefill the prompts in parallel (each at its policy's r) into a new state; returns it and each row's
+        (B, V) logits after its prompt. `max_len` bounds the tokens a row may reach (default: the context)."""
+        policies = self._policies(policy, len(prompts))
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+        max_len = min(max_len or self.cfg.seq_len, self.cfg.seq_len)
+        idx, digit_pos = self._right_pad(prompts, [len(p) for p in prompts])
         B, L = idx.shape
-        cache = KVCache(self.cfg, B, self.cfg.seq_len, self.kv_budget, idx.device, self.model.wte.weight.dtype)
-        cache.valid[:, :L] = valid
-        cache.padded = not bool(valid.all())
-        self.cache = cache
-        ctx = self.model.context(L, 0, cache)
+        if L > max_len:
+            raise UserError(f"prompt of {L} tokens is longer than the room asked for ({max_len} tokens)")
+        dtype = self.model.wte.weight.dtype
+        state = DecodeState(
+            KVCache(self.cfg, B, max_len, policies[0].kv_budget, self.device, dtype),
+            [len(p) for p in prompts],
+            torch.zeros(B, max_len, self.cfg.d_model, device=self.device, dtype=dtype),
+            torch.zeros(B, max_len, dtype=torch.long, device=self.device) if self.cfg.abacus else None,
+            policies,
+            seeds,
+            Halting.build([(p.steps_cap, p.min_steps, p.exit) for p in policies], self.device),
+        )
+        ctx = self.model.context(L, [0] * B, state.cache)
         e = self.model.embed(idx, ctx, digit_pos)
-        s = self.model.init_state(e)
-        for i in range(r if self.model.core else 0):
-            s = self.model.core_step(e, s, i, ctx)
-        cache.pos = L
-        self.state = s[:, -1:]
-        self.run = torch.zeros(B, dtype=torch.long, device=idx.device)
-        return self.model.head(s, ctx)[:, -1]
+        s0 = self.model.init_state(e, self._noise(seeds, [0] * B, L))
+        prompt_depth = Halting.build([(p.recurrences, 1, "none") for p in policies], self.device)
+        s, _ = self.model.recur(e, s0, prompt_depth, ctx)
+        state.final[:, :L] = s
+        h = self.model.coda_out(s, ctx)  # every position: the coda's cache slots need them all
+        return state, self.model.unembed(self._last(h, state.lengths))
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, recurrences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed one token per row; returns its (B, V) logits and the recurrences each row used."""
-        model, cache, r = self.model, self.cache, self._recurrences(recurrences)
-        assert cache is not None, "call prefill() first"
-        B, pos = tokens.size(0), cache.pos
-        ctx = model.context(1, pos, cache)
+    def extend(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """Append T tokens to every row ((B, T) ids): returns the state, their (B, T, V) logits and the recurrences
+        each token ran (B, T). The result is exactly that of T single-token steps: one parallel pass when that is
+        the same computation (budget >= every row's step cap, no warm start), token by token otherwise (a warm
+        token starts from the previous token's end; with fewer slots than iterations a token's iteration i would
+        see its predecessors' iteration i instead of their final one)."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        if tokens.dim() != 2 or tokens.size(0) != len(state):
+            raise UserError(
+                f"extend needs one row of tokens per sequence ({len(state)}), got shape {list(tokens.shape)}"
+            )
+        stepwise = any(p.warm_start for p in state.policies) or state.cache.budget < state.halt.max_cap
+        if tokens.size(1) > 1 and stepwise:
+            parts = [self._extend(state, tokens[:, t : t + 1]) for t in range(tokens.size(1))]
+            return state, torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)
+        return (state, *self._extend(state, tokens))
+
+    def decode(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """One token per row ((B,) ids): the state, (B, V) logits and (B,) recurrences."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        state, logits, steps = self.extend(state, tokens.view(-1, 1))
+        return state, logits[:, 0], steps[:, 0]
+
+    def _extend(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, T = self.model, tokens.size(1)
+        if max(state.lengths) + T > state.max_len:
+            raise UserError(f"sequence of {max(state.lengths) + T} tokens is longer than its room ({state.max_len})")
+        ctx = model.context(T, state.lengths, state.cache)
         digit_pos = None
-        if self.cfg.abacus:
-            is_digit = torch.isin(tokens, self.digit_tensor.to(tokens.device))
-            self.run = torch.where(is_digit, self.run + 1, 0)
-            digit_pos = self.run.view(B, 1)
-        e = model.embed(tokens.view(B, 1), ctx, digit_pos)
-        s = self.state if self.warm_start else model.init_state(e)
-        steps = torch.full((B,), r if model.core else 0, dtype=torch.long)
-        if model.core and self.criterion is not None:
-            s, steps = self._adaptive_loop(e, s, self.max_steps or r, ctx)
-        elif model.core:
-            for i in range(r):
-                s = model.core_step(e, s, i, ctx)
-        cache.pos = pos + 1
-        self.state = s
-        return model.head(s, ctx)[:, -1], steps
-
-    def reorder(self, rows: torch.Tensor):
-        """Make row b continue from row rows[b] (beam search): cache, state and digit counters follow."""
-        cache = self.cache
-        cache.k, cache.v, cache.valid = cache.k[:, rows], cache.v[:, rows], cache.valid[rows]
-        self.state, self.run = self.state[rows], self.run[rows]
-
-    def _core_slots(self, iteration: int) -> list[int]:
-        return [self.cache.slot("core", j, iteration) for j in range(len(self.model.core))]
-
-    def _adaptive_loop(self, e, s, r, ctx):
-        model, cache, crit, pos = self.model, self.cache, self.criterion, ctx.pos
-        B = s.size(0)
-        done = torch.zeros(B, dtype=torch.bool, device=s.device)
-        steps = torch.full((B,), r, dtype=torch.long)
-        snap_k = snap_v = None  # each row's K/V of its latest iteration, per core block
-
-        def watch(state):
-            if crit.watches == "state":
-                return state[:, -1]
-            return F.log_softmax(model.head(state, ctx)[:, -1].float(), dim=-1)
-
-        prev, i = watch(s), 0
-        for i in range(r):
-            s = torch.where(done[:, None, None], s, model.core_step(e, s, i, ctx))
-            slots = self._core_slots(i)
-            if snap_k is not None and done.any():  # stopped rows: undo this iteration's K/V write
-                cache.k[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_k, cache.k[slots, :, :, pos])
-                cache.v[slots, :, :, pos] = torch.where(done[None, :, None, None], snap_v, cache.v[slots, :, :, pos])
-            snap_k, snap_v = cache.k[slots, :, :, pos].clone(), cache.v[slots, :, :, pos].clone()
-            cur = watch(s)
-            if i + 1 >= self.min_steps:
-                newly = crit.done(prev, cur) & ~done
-                steps[newly.cpu()] = i + 1
-                done |= newly
-            prev = cur
-            if bool(done.all()):
-                break
-        for i2 in range(i + 1, min(r, i + 1 + cache.budget)):  # slots of the skipped iterations
-            slots = self._core_slots(i2)
-            cache.k[slots, :, :, pos], cache.v[slots, :, :, pos] = snap_k, snap_v
-        return s, steps
+        if state.runs is not None:
+            run = self._last(state.runs, state.lengths)
+            digit_pos = torch.empty_like(tokens)
+            for t in range(T):  # generated numbers count their digits from the first (reversed answers)
+                run = torch.where(torch.isin(tokens[:, t], self.digit_tensor), run + 1, 0)
+                digit_pos[:, t] = run
+            _put_rows(state.runs, ctx, digit_pos)
+        e = model.embed(tokens, ctx, digit_pos)
+        warm = [p.warm_start for p in state.policies]
+        s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))
+        if any(warm):  # one token per row here (see extend)
+            prev = self._last(state.final, state.lengths)[:, None]
+            mask = torch.tensor(warm, device=self.device)[:, None, None]
+            s0 = prev if s0 is None else torch.where(mask, prev, s0)
+        s, steps = model.recur(e, s0, state.halt, ctx)
+        _put_rows(state.final, ctx, s)
+        state.lengths = [n + T for n in state.lengths]
+        return model.head(s, ctx), steps
 
     @torch.no_grad()
-    def _full_forward_logits(self, seqs: list[list[int]], n_prompt: list[int], r: int) -> torch.Tensor:
-        """--no-cache: recompute the whole (left-padded) sequences, exactly the training-time computation."""
-        idx, valid, digit_pos = self._left_pad(seqs, n_prompt)
-        return self.model(idx, r, valid=None if bool(valid.all()) else valid, digit_pos=digit_pos)[:, -1]
+    def full_forward(self, seqs: list[list[int]], n_prompt: list[int], policy, seeds=None) -> torch.Tensor:
+        """No cache: recompute whole sequences (the training-time computation, no warm start, no exit); (B, V)
+        logits after each. The first n_prompt[b] tokens of row b are its prompt (for digit-significance ids)."""
+        policies = self._policies(policy, len(seqs))
+        idx, digit_pos = self._right_pad(seqs, n_prompt)
+        B, L = idx.shape
+        ctx = self.model.context(L)
+        e = self.model.embed(idx, ctx, digit_pos)
+        s0 = self.model.init_state(e, self._noise(seeds or [0] * B, [0] * B, L))
+        s, _ = self.model.recur(e, s0, Halting.build([(p.recurrences, 1, "none") for p in policies]), ctx)
+        return self.model.unembed(self._last(self.model.coda_out(s, ctx), [len(q) for q in seqs]))
+
+    def _sample(self, logits: torch.Tensor, policies: list[InferencePolicy], generators: list) -> list[int]:
+        """Each row under its own sampling settings and generator, so a row's draw does not depend on its batch."""
+        out = logits.argmax(dim=-1).tolist()
+        for i, p in enumerate(policies):
+            if p.temperature > 0:
+                out[i] = int(sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, generators[i]))
+        return out
 
     def stream(
         self,
         prompts: list[list[int]],
-        max_new_tokens: int,
-        recurrences: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        max_new_tokens: int | list[int],
+        policy: InferencePolicy | list[InferencePolicy],
         stop_tokens=(),
-        seed: int | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (tokens, steps), each (B,), one generated token per row at a time, until every row has produced a
-        stop token, max_new_tokens is reached or the context is full. steps[b] is the number of recurrences of the
-        forward pass that predicted tokens[b]."""
-        r = self._recurrences(recurrences)
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.model.wte.weight.device).manual_seed(seed)
-        stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
-        seqs = [list(p) for p in prompts]
-        if self.use_cache:
-            logits = self.prefill(prompts, r)
+        seeds: list[int] | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[tuple[list[int], list[int], list[int]]]:
+        """Yield (rows, tokens, steps) after each decoding step for the rows still generating: the prompt indices,
+        the token each generated and the recurrences of the pass that predicted it. A row ends after a stop token,
+        its max_new_tokens or a full context; the others go on without it."""
+        B = len(prompts)
+        policies = self._policies(policy, B)
+        budgets = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        seeds = list(seeds) if seeds is not None else [0] * B
+        if not use_cache and any(p.exit != "none" for p in policies):
+            raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        stop, core = set(stop_tokens), bool(self.model.core)
+        room = min(self.cfg.seq_len, max(len(p) + n for p, n in zip(prompts, budgets, strict=True)))
+        rows, seqs = list(range(B)), [list(p) for p in prompts]
+        if use_cache:
+            state, logits = self.start(prompts, policies, seeds, max_len=room)
         else:
-            logits = self._full_forward_logits(seqs, [len(p) for p in prompts], r)
-        steps = torch.full((len(prompts),), r if self.model.core else 0, dtype=torch.long)
-        finished = torch.zeros(len(prompts), dtype=torch.bool)
-        L = max(len(p) for p in prompts)
-        for n in range(max_new_tokens):
-            tokens = sample(logits, temperature, top_k, top_p, gen)
-            yield tokens, steps
-            finished |= torch.isin(tokens.cpu(), stop)
-            if bool(finished.all()) or n + 1 == max_new_tokens or L + n + 1 > self.cfg.seq_len:
+            logits = self.full_forward(seqs, [len(p) for p in prompts], policies, seeds)
+        steps = [p.recurrences if core else 0 for p in policies]
+        parked: list[int] = []  # positions in `rows` of rows that ended but still ride along (see below)
+        while True:
+            live = [i for i in range(len(rows)) if i not in set(parked)]
+            tokens = self._sample(logits, [policies[b] for b in rows], [gens[b] for b in rows])
+            yield [rows[i] for i in live], [tokens[i] for i in live], [steps[i] for i in live]
+            ended = []
+            for i in live:
+                b = rows[i]
+                seqs[b].append(tokens[i])
+                if tokens[i] in stop or len(seqs[b]) - len(prompts[b]) >= budgets[b] or len(seqs[b]) > room:
+                    ended.append(i)
+            parked += ended
+            if len(parked) == len(rows):
                 return
-            if self.use_cache:
-                logits, steps = self.decode(tokens, r)
-            else:
-                for q, t in zip(seqs, tokens.tolist(), strict=True):
-                    q.append(t)
-                logits = self._full_forward_logits(seqs, [len(p) for p in prompts], r)
+            # Leaving a batch copies its cache, so a row that ends rides along, cut back to one token and fed
+            # whatever it samples (rolled back after each step), until a quarter of the batch has ended.
+            if 4 * len(parked) >= len(rows) or not use_cache:
+                keep = [i for i in range(len(rows)) if i not in set(parked)]
+                if use_cache:
+                    state = state.select(keep)
+                rows, tokens, parked = [rows[i] for i in keep], [tokens[i] for i in keep], []
+            elif ended:
+                state.rollback([state.lengths[i] - 1 if i in ended else 0 for i in range(len(rows))])
+            if not use_cache:
+                n_prompt = [len(prompts[b]) for b in rows]
+                logits = self.full_forward(
+                    [seqs[b] for b in rows], n_prompt, [policies[b] for b in rows], [seeds[b] for b in rows]
+                )
+                steps = [policies[b].recurrences if core else 0 for b in rows]
+                continue
+            state, logits, used = self.decode(state, tokens)
+            if parked:
+                state.rollback([int(i in parked) for i in range(len(rows))])
+            steps = used.tolist()
+
+    def generate(self, prompts: list[list[int]], max_new_tokens, policy, stop_tokens=(), **kwargs) -> Generation:
+        out = Generation([[] for _ in prompts], [[] for _ in prompts])
+        stop = set(stop_tokens)
+        for rows, tokens, steps in self.stream(prompts, max_new_tokens, policy, stop_tokens, **kwargs):
+            for b, t, k in zip(rows, tokens, steps, strict=True):
+                out.steps[b].append(k)
+                if t not in stop:
+                    out.tokens[b].append(t)
+        return out
 
     @torch.no_grad()
     def beam_search(
-        self, prompts: list[list[int]], max_new_tokens: int, beams: int, recurrences: int | None = None, stop_tokens=()
+        self, prompts: list[list[int]], max_new_tokens: int, beams: int, policy: InferencePolicy, stop_tokens=()
     ) -> Generation:
         """Per prompt, the most probable continuation (total log-probability) among `beams` hypotheses kept at each
         step. A finished hypothesis can only be extended by a stop token, at no cost, so finished and open ones
         compete on the same score; beams=1 is greedy decoding."""
-        if not self.use_cache:
-            raise UserError("beam search needs the KV cache (drop --no-cache)")
-        r, B, W = self._recurrences(recurrences), len(prompts), beams
+        B, W = len(prompts), beams
         stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
-        logits = self.prefill(prompts, r)
+        room = min(self.cfg.seq_len, max(len(p) for p in prompts) + max_new_tokens)
+        state, logits = self.start(prompts, policy, max_len=room)
         device, V = logits.device, logits.size(-1)
         rows = torch.arange(B, device=device).repeat_interleave(W)
-        self.reorder(rows)
-        logits, steps = logits[rows], torch.full((B * W,), r if self.model.core else 0, dtype=torch.long)
+        state = state.select(rows.tolist())
+        logits = logits[rows]
+        steps = torch.full((B * W,), policy.recurrences if self.model.core else 0, dtype=torch.long)
         score = torch.full((B, W), float("-inf"), device=device)
         score[:, 0] = 0.0  # the W copies are identical: start from one so the first step does not pick duplicates
         hist = torch.zeros(B * W, 0, dtype=torch.long, device=device)
         used = torch.zeros(B * W, 0, dtype=torch.long)
         done = torch.zeros(B * W, dtype=torch.bool, device=device)
-        L = max(len(p) for p in prompts)
         for n in range(max_new_tokens):
             logp = F.log_softmax(logits.float(), dim=-1)
             if stop.numel():
@@ -262,12 +381,11 @@ class Engine:
             rows = (torch.arange(B, device=device)[:, None] * W + flat // V).view(-1)
             tokens = (flat % V).view(-1)
             hist = torch.cat([hist[rows], tokens[:, None]], dim=1)
-            used = torch.cat([used[rows.cpu()], steps[rows.cpu(), None]], dim=1)
+            used = torch.cat([used[rows.cpu()], steps.cpu()[rows.cpu(), None]], dim=1)
             done = done[rows] | torch.isin(tokens, stop.to(device))
-            if bool(done.all()) or n + 1 == max_new_tokens or L + n + 1 > self.cfg.seq_len:
+            if bool(done.all()) or n + 1 == max_new_tokens or max(state.lengths) + 1 > room:
                 break
-            self.reorder(rows)
-            logits, steps = self.decode(tokens, r)
+            state, logits, steps = self.decode(state.select(rows.tolist()), tokens)
         best = torch.arange(B, device=device) * W + score.argmax(dim=-1)
         out = Generation()
         for b in best.tolist():
@@ -275,19 +393,4 @@ class Engine:
             n = next((i for i, t in enumerate(ids) if t in set(stop.tolist())), len(ids))
             out.tokens.append(ids[:n])
             out.steps.append(used[b, : n + 1].tolist())  # the stop token's pass too, if there was one
-        return out
-
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> Generation:
-        out = Generation([[] for _ in prompts], [[] for _ in prompts])
-        stop = set(kwargs.get("stop_tokens", ()))
-        finished = [False] * len(prompts)
-        for tokens, steps in self.stream(prompts, max_new_tokens, **kwargs):
-            for b, (t, k) in enumerate(zip(tokens.tolist(), steps.tolist(), strict=True)):
-                if finished[b]:
-                    continue
-                out.steps[b].append(k)
-                if t in stop:
-                    finished[b] = True
-                    continue
-                out.tokens[b].append(t)
         return out

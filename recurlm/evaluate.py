@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from recurlm.config import InferencePolicy
 from recurlm.data import prompt_ids, task_from_configs
 from recurlm.engine import Engine
 from recurlm.model import RecurrentGPT
-from recurlm.tasks import Example, extract_answer, read_jsonl
+from recurlm.tasks import Example, Task, extract_answer, read_jsonl
 from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
 
@@ -37,34 +38,33 @@ def evaluate(
     model: RecurrentGPT,
     tok: Tokenizer,
     examples: list[Example],
-    recurrences: int,
+    policy: InferencePolicy,
+    max_new_tokens: int,
     score=None,
     batch_size: int = 128,
-    exit: str | None = None,
-    kv_budget: int | None = None,
-    max_steps: int | None = None,
     beams: int = 1,
 ) -> dict:
     """Accuracy and recurrence steps per generated token over `examples` (in batches), and for reasoning-trace tasks
-    the share of outputs that follow the trace grammar exactly ('format'). `score(example, text)` replaces exact
-    match of the extracted answer; beams > 1 decodes by beam search instead of greedily."""
+    the share of outputs that follow the trace grammar exactly ('format'). Decoding is greedy (or beam search with
+    beams > 1) under `policy`, up to max_new_tokens per example: each example decodes as it would alone, whatever
+    the batch size. `score(example, text)` replaces exact match of the extracted answer."""
     was_training = model.training
     model.eval()
-    engine = Engine(model, exit=exit, kv_budget=kv_budget, digit_ids=tok.digit_ids, max_steps=max_steps)
+    policy = policy.override(temperature=0.0)
+    engine = Engine(model, tok.digit_ids)
     steps, n_tokens, t0 = [], 0, time.perf_counter()
     per_example: list[dict | None] = [None] * len(examples)
-    for max_new, indices in batches(tok, examples, batch_size):
+    for multiple_choice, indices in batches(examples, batch_size):
         chunk = [examples[i] for i in indices]
         prompts = [prompt_ids(tok, ex.prompt) for ex in chunk]
-        multiple_choice = max_new == 0
         if multiple_choice:
-            texts = choose(engine, tok, chunk, prompts, recurrences)
-            used = [[recurrences if model.core else 0]] * len(chunk)
+            texts = choose(engine, tok, chunk, prompts, policy)
+            used = [[policy.recurrences if model.core else 0]] * len(chunk)
         else:
             if beams > 1:
-                out = engine.beam_search(prompts, max_new, beams, recurrences, stop_tokens=[tok.eos_id])
+                out = engine.beam_search(prompts, max_new_tokens, beams, policy, stop_tokens=[tok.eos_id])
             else:
-                out = engine.generate(prompts, max_new, recurrences=recurrences, stop_tokens=[tok.eos_id])
+                out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=[tok.eos_id])
             texts, used = [tok.decode(ids) for ids in out.tokens], out.steps
         for i, ex, text, k in zip(indices, chunk, texts, used, strict=True):
             if multiple_choice or not score:
@@ -96,21 +96,18 @@ def evaluate(
     }
 
 
-def batches(tok: Tokenizer, examples: list[Example], batch_size: int) -> Iterator[tuple[int, list[int]]]:
-    """(max new tokens, example indices) per batch. A batch shares its token budget (target length + 1; 0 for
-    multiple choice), so each example decodes exactly as it would alone, whatever the batch size."""
-    groups: dict[int, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(0 if ex.choices else len(tok.encode(ex.target)) + 1, []).append(i)
-    for budget, indices in groups.items():
+def batches(examples: list[Example], batch_size: int) -> Iterator[tuple[bool, list[int]]]:
+    """(multiple choice?, example indices) per batch: multiple-choice examples and generated ones apart."""
+    for multiple_choice in (True, False):
+        indices = [i for i, ex in enumerate(examples) if bool(ex.choices) == multiple_choice]
         for start in range(0, len(indices), batch_size):
-            yield budget, indices[start : start + batch_size]
+            yield multiple_choice, indices[start : start + batch_size]
 
 
 @torch.no_grad()
-def choose(engine: Engine, tok: Tokenizer, chunk: list[Example], prompts: list[list[int]], r: int) -> list[str]:
+def choose(engine: Engine, tok: Tokenizer, chunk: list[Example], prompts: list[list[int]], policy) -> list[str]:
     """Each example's choice whose letter's first token has the highest logit right after the prompt."""
-    logits = engine.prefill(prompts, r).float()
+    logits = engine.start(prompts, policy)[1].float()
     picks = []
     for ex, row in zip(chunk, logits, strict=True):
         ids = [tok.encode(c)[0] for c in ex.choices]
@@ -123,53 +120,56 @@ class EvalSet:
     task: str
     difficulty: int | None
     examples: list[Example]
+    max_new_tokens: int  # the task's generation budget (or --max-new-tokens)
     score: Callable | None = None  # (example, text) -> credit; None: exact match of the extracted answer
 
 
-def task_sets(names: list[str], configs: dict, split: str, limit: int, seed: int = 0) -> list[EvalSet]:
+def task_sets(
+    names: list[str], configs: dict, split: str, limit: int, seed: int = 0, max_new_tokens: int | None = None
+) -> list[EvalSet]:
     """Each task's `split` examples, one set per difficulty, generated as the run trained the task."""
     sets = []
     for name in names:
         task = task_from_configs(name, configs)
+        budget = max_new_tokens or task.max_new_tokens
         for d in task.difficulties:
-            sets.append(EvalSet(name, d, task.generate(split, limit, seed=seed, difficulty=d), task.score))
+            sets.append(EvalSet(name, d, task.generate(split, limit, seed=seed, difficulty=d), budget, task.score))
     return sets
 
 
-def file_set(path: str, configs: dict, limit: int | None = None) -> EvalSet:
-    """A JSONL file of examples; scored by their task when they all name the same one."""
+def file_set(path: str, configs: dict, limit: int | None = None, max_new_tokens: int | None = None) -> EvalSet:
+    """A JSONL file of examples; scored by their task (and with its budget) when they all name the same one."""
     examples = read_jsonl(path)[:limit]
     names = {ex.task for ex in examples}
     task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
-    return EvalSet(path, None, examples, task.score if task else None)
+    budget = max_new_tokens or (task.max_new_tokens if task else Task.max_new_tokens)
+    return EvalSet(path, None, examples, budget, task.score if task else None)
 
 
 def sweep(
     model: RecurrentGPT,
     tok: Tokenizer,
     sets: list[EvalSet],
+    policy: InferencePolicy,
     recurrences: list[int],
     exits: list[str | None] = (None,),
     beams: int = 1,
     batch_size: int = 128,
-    kv_budget: int | None = None,
-    max_steps: int | None = None,
 ) -> Iterator[dict]:
-    """One result row per (r, exit, decoding, set): greedy always, and beam search too when beams > 1. An exit of
-    None is the model's own; max_steps caps the adaptive rows' generated tokens (default: r)."""
+    """One result row per (r, exit, decoding, set) under `policy` with r and the exit replaced (None: the
+    policy's own exit): greedy always, and beam search too when beams > 1."""
     for r in recurrences:
         for exit in exits:
-            spec = model.cfg.exit if exit is None else exit
-            cap = max_steps if spec != "none" else None
+            run = policy.override(recurrences=r, exit=exit)
             for width in [1] + ([beams] if beams > 1 else []):
                 for s in sets:
-                    res = evaluate(model, tok, s.examples, r, s.score, batch_size, exit, kv_budget, cap, width)
+                    res = evaluate(model, tok, s.examples, run, s.max_new_tokens, s.score, batch_size, width)
                     examples = res.pop("examples")
                     yield {
                         "task": s.task,
                         "difficulty": s.difficulty,
                         "recurrences": r,
-                        "exit": spec,
+                        "exit": run.exit,
                         "decode": "greedy" if width == 1 else f"beam{width}",
                         **res,
                         "steps_by_example": [e["steps"] for e in examples],
@@ -186,6 +186,6 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
     return {t: correct[t] / n[t] for t in n if n[t]}
 
 
-def loss_on(model: RecurrentGPT, x, y, recurrences: int, digit_pos=None) -> torch.Tensor:
-    logits = model(x, recurrences, digit_pos=digit_pos)
+def loss_on(model: RecurrentGPT, x, y, recurrences: int, digit_pos=None, bptt_k: int = 0) -> torch.Tensor:
+    logits = model(x, recurrences, digit_pos=digit_pos, bptt_k=bptt_k)
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)

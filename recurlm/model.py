@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recurlm.cache import KVCache
-from recurlm.config import ModelConfig, UserError
+from recurlm.config import ModelConfig
+from recurlm.errors import UserError
+from recurlm.exits import Halting
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -67,14 +69,21 @@ class Linear(nn.Module):
 
 @dataclass
 class Context:
-    """What attention needs besides its input: rotary tables for these positions, the mask, the cache."""
+    """What attention needs besides its input: rotary tables for these positions, the mask, the cache and where the
+    tokens go in it. Rows start at one shared position (`start`) or each at its own (`positions`)."""
 
-    cos: torch.Tensor
+    cos: torch.Tensor  # (B or 1, T, 1, head_dim / 2)
     sin: torch.Tensor
-    mask: torch.Tensor | None
+    mask: torch.Tensor | None  # (B or 1, 1, T, keys) bool, or None when `causal` (or one query) says it all
     causal: bool
-    cache: KVCache | None
-    pos: int
+    cache: KVCache | None = None
+    start: int = 0  # the first new token's position, when every row has the same
+    positions: torch.Tensor | None = None  # (B, T) each new token's position, when rows differ
+    keys: int = 0  # how many cached positions attention reads
+    # Set by the recurrence loop under adaptive exit, (B, T) bool each: which tokens still iterate, and which have
+    # stopped but are still below their row's cap (their skipped iterations' slots get their final K/V, DESIGN §2).
+    active: torch.Tensor | None = None
+    skipping: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -95,7 +104,7 @@ class Attention(nn.Module):
         q, k = norm(apply_rotary(q, ctx.cos, ctx.sin)), norm(apply_rotary(k, ctx.cos, ctx.sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
-            k, v = ctx.cache.update(slot, k, v, ctx.pos)
+            k, v = ctx.cache.update(slot, k, v, ctx)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=self.n_kv != self.n_head
         )
@@ -133,7 +142,7 @@ class RecurrentGPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        lora = (cfg.recur_lora_rank, cfg.lora_count) if cfg.recur_lora_rank else (0, 0)
+        lora = (cfg.recur_lora_rank, cfg.recur_lora_count) if cfg.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(cfg.vocab_size, d)
         self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus else None  # id 0: not a digit
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
@@ -180,25 +189,26 @@ class RecurrentGPT(nn.Module):
 
     # ---- the three stages, used by forward() for training and by the engine for cached decoding ----
 
-    def context(self, T: int, pos: int = 0, cache: KVCache | None = None, valid: torch.Tensor | None = None):
-        """valid: (B, pos+T) bool, False at left padding (taken from the cache when there is one)."""
-        if pos + T > self.cfg.seq_len:
-            raise UserError(f"sequence of {pos + T} tokens is longer than the context ({self.cfg.seq_len})")
-        cos, sin = self.cos[:, pos : pos + T], self.sin[:, pos : pos + T]
-        if cache is not None and cache.padded:
-            valid = cache.valid[:, : pos + T]
-        if valid is None and (T == 1 or pos == 0):
-            return Context(cos, sin, None, T > 1, cache, pos)
-        q_pos = torch.arange(pos, pos + T, device=cos.device)
-        k_pos = torch.arange(pos + T, device=cos.device)
-        mask = k_pos[None, :] <= q_pos[:, None]  # (T, K)
-        if valid is not None:  # a padded query still sees itself, so no row is all -inf (NaN)
-            mask = (mask[None] & valid[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])
-            mask = mask[:, None]
-        return Context(cos, sin, mask, False, cache, pos)
+    def context(self, T: int, starts: list[int] | None = None, cache: KVCache | None = None) -> Context:
+        """For T new tokens per row, row b's first at position starts[b] (default: all at 0)."""
+        starts = starts or [0]
+        end = max(starts) + T
+        if end > self.cfg.seq_len:
+            raise UserError(f"sequence of {end} tokens is longer than the context ({self.cfg.seq_len})")
+        first = starts[0]
+        if all(p == first for p in starts):
+            cos, sin = self.cos[:, first : first + T], self.sin[:, first : first + T]
+            if first == 0 or T == 1:  # plain causal attention, or one query that sees every cached key
+                return Context(cos, sin, None, T > 1, cache, first, keys=end)
+            q = torch.arange(first, end, device=cos.device)
+            mask = torch.arange(end, device=cos.device)[None, :] <= q[:, None]
+            return Context(cos, sin, mask[None, None], False, cache, first, keys=end)
+        pos = torch.tensor(starts, device=self.cos.device)[:, None] + torch.arange(T, device=self.cos.device)
+        mask = torch.arange(end, device=pos.device)[None, None, :] <= pos[:, :, None]  # (B, T, keys)
+        return Context(self.cos[0, pos], self.sin[0, pos], mask[:, None], False, cache, positions=pos, keys=end)
 
-    def _slot(self, ctx: Context, group: str, index: int, iteration: int = 0):
-        return None if ctx.cache is None else ctx.cache.slot(group, index, iteration)
+    def _slot(self, ctx: Context, group: str, index: int):
+        return None if ctx.cache is None else (ctx.cache.slot(group, index), None)
 
     def embed(self, idx: torch.Tensor, ctx: Context, digit_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Token embedding (plus digit significance with `abacus`) and prelude: e, injected at every iteration."""
@@ -211,22 +221,27 @@ class RecurrentGPT(nn.Module):
             x = block(x, ctx, self._slot(ctx, "prelude", i))
         return x
 
-    def init_state(self, e: torch.Tensor) -> torch.Tensor:
+    def init_state(self, e: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The loop's starting state. 'random' uses `noise` when given (the engine seeds it per sequence, so a row's
+        result does not depend on its batch) and draws from the global generator otherwise (training)."""
         kind = self.cfg.state_init
         if kind == "prelude":
             return e
         if kind == "zero":
             return torch.zeros_like(e)
+        if noise is not None:
+            return noise.to(e.dtype)
         return nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)  # Huginn's random state
 
     def core_step(self, e: torch.Tensor, s: torch.Tensor, iteration: int, ctx: Context) -> torch.Tensor:
         """One recurrence: inject the prelude output into the state, run the core blocks, optionally gate."""
         # The LoRA adapter index, clamped, and None without LoRA: a compiled block then sees at most lora_count
         # distinct values instead of one per iteration, and does not recompile for every new r.
-        adapter = min(iteration, self.cfg.lora_count - 1) if self.cfg.recur_lora_rank else None
+        adapter = min(iteration, self.cfg.recur_lora_count - 1) if self.cfg.recur_lora_rank else None
         u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
         for j, block in enumerate(self.core):
-            u = block(u, ctx, self._slot(ctx, "core", j, iteration), adapter)
+            slot = None if ctx.cache is None else ctx.cache.core_slot(j, iteration)
+            u = block(u, ctx, slot, adapter)
         if self.gate is None:
             return u
         g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
@@ -234,39 +249,74 @@ class RecurrentGPT(nn.Module):
 
     def head(self, s: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Coda blocks, final norm, unembedding and optional soft-cap: the logits."""
+        return self.unembed(self.coda_out(s, ctx))
+
+    def coda_out(self, s: torch.Tensor, ctx: Context) -> torch.Tensor:
         for i, block in enumerate(self.coda):
             s = block(s, ctx, self._slot(ctx, "coda", i))
-        s = norm(s)
-        logits = self.lm_head(s) if self.lm_head is not None else F.linear(s, self.wte.weight)
+        return s
+
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        h = norm(h)
+        logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.wte.weight)
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c) if c else logits
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        recurrences: int | None = None,
-        valid: torch.Tensor | None = None,
-        digit_pos: torch.Tensor | None = None,
-    ):
-        """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel.
+    def recur(
+        self, e: torch.Tensor, s: torch.Tensor, depth: "int | Halting", ctx: Context, bptt_k: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The recurrence loop, the one place it is written: training, prefill, decoding and extending all run it.
+
+        `depth` is r, or a `Halting`: row b then runs at most cap[b] iterations and each token stops once its exit
+        criterion fires; a stopped token keeps its state, and its K/V in the slots of the iterations it skips is its
+        final one (DESIGN §2). Returns the final state and, with a Halting, the iterations each token ran (B, T).
 
         Under autograd only the last bptt_k iterations build a graph (truncated BPTT): the earlier ones run under
         no_grad, so memory does not grow with r, while gradients still reach the prelude through the injection.
         """
-        r = self.cfg.default_recurrences if recurrences is None else recurrences
+        halt = depth if isinstance(depth, Halting) else None
+        r = depth if halt is None else halt.max_cap
         if r < 1:
             raise UserError(f"recurrences must be >= 1, got {r}")
-        ctx = self.context(idx.size(1), valid=valid)
-        e = self.embed(idx, ctx, digit_pos)
-        s = self.init_state(e)
-        if self.core:
-            k = self.cfg.bptt_k
-            n_free = max(r - k, 0) if k and torch.is_grad_enabled() else 0
-            with torch.no_grad():
-                for i in range(n_free):
+        if not self.core:
+            return s, None if halt is None else torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)
+        if halt is None or halt.uniform:
+            grad = torch.is_grad_enabled()
+            n_free = max(r - bptt_k, 0) if bptt_k and grad else 0
+            for i in range(r):
+                with torch.set_grad_enabled(grad and i >= n_free):
                     s = self.core_step(e, s, i, ctx)
-            for i in range(n_free, r):
-                s = self.core_step(e, s, i, ctx)
+            return s, None if halt is None else torch.full(s.shape[:2], r, dtype=torch.long, device=s.device)
+        B, T = s.shape[:2]
+        cap = halt.cap[:, None]
+        active = torch.ones(B, T, dtype=torch.bool, device=s.device)
+        steps = torch.zeros(B, T, dtype=torch.long, device=s.device)
+        prev = self._watch(s, ctx, halt.watches)
+        for i in range(r):
+            ctx.active, ctx.skipping = active, ~active & (i < cap)
+            s = torch.where(active[..., None], self.core_step(e, s, i, ctx), s)
+            steps += active
+            cur = self._watch(s, ctx, halt.watches)
+            active = active & ~halt.stop(i, prev, cur)
+            prev = cur
+            if not bool(active.any()):
+                if ctx.cache is not None:
+                    ctx.cache.fill_skipped(ctx, i + 1, r, halt.cap)
+                break
+        ctx.active = ctx.skipping = None
+        return s, steps
+
+    def _watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
+        out = {"state": s} if "state" in watches else {}
+        if "logprobs" in watches:
+            out["logprobs"] = F.log_softmax(self.head(s, ctx).float(), dim=-1)
+        return out
+
+    def forward(self, idx: torch.Tensor, recurrences: int, digit_pos: torch.Tensor | None = None, bptt_k: int = 0):
+        """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel (training)."""
+        ctx = self.context(idx.size(1))
+        e = self.embed(idx, ctx, digit_pos)
+        s, _ = self.recur(e, self.init_state(e), recurrences, ctx, bptt_k)
         return self.head(s, ctx)
 
     # ---- accounting ----

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state and no display backend, files only
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.config import UserError
 from recurlm.data import trained_task_names
+from recurlm.errors import UserError
 from recurlm.evaluate import aggregate, chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
@@ -94,9 +94,10 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     if not names:
         raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
     sets = task_sets(names, configs, "test", limit)
-    rows = list(sweep(model, tok, sets, recurrences if model.core else [1], ["none"]))
+    policy = configs["inference"]
+    rows = list(sweep(model, tok, sets, policy, recurrences if model.core else [1], ["none"]))
     if model.core:
-        rows += sweep(model, tok, sets, [max(recurrences)], exits)
+        rows += sweep(model, tok, sets, policy.override(max_steps=0), [max(recurrences)], exits)
     (run_dir / "eval.json").write_text(json.dumps({"checkpoint": str(run_dir), "results": rows}, indent=1))
     return rows
 
@@ -193,7 +194,7 @@ def cost_table(runs: list[Run]) -> str:
     rows = []
     for run in runs:
         m = run.model
-        evaluated = sorted({row["recurrences"] for row in run.results}) or [m.cfg.default_recurrences]
+        evaluated = sorted({row["recurrences"] for row in run.results}) or [run.configs["inference"].recurrences]
         for r in evaluated if m.core else [1]:  # a plain GPT has one depth whatever r says
             row = [run.name, m.param_groups()["unique"], r, m.effective_depth(r)]
             rows.append(row + [m.params_per_token(r), m.flops_per_token(r)])

@@ -11,21 +11,19 @@ import math
 
 import numpy as np
 
-from recurlm.config import ModelConfig
+from recurlm.config import RecurrenceConfig
 
 
-def sample_recurrences(cfg: ModelConfig, seed: int, step: int, size: int | None = None):
+def sample_recurrences(cfg: RecurrenceConfig, seed: int, step: int, size: int | None = None):
     """r for training step `step` (an int), or `size` independent draws from that step's stream (an array)."""
-    if cfg.n_core == 0:
-        return 1 if size is None else np.ones(size, dtype=np.int64)
-    if cfg.train_recur == "fixed":
-        r = round(cfg.recur_mean)
+    if cfg.schedule == "fixed":
+        r = round(cfg.mean)
         return r if size is None else np.full(size, r, dtype=np.int64)
     rng = np.random.default_rng([seed, step])
-    if cfg.recur_mean == 1:
+    if cfg.mean == 1:
         rate = np.zeros(size or 1)
     else:
-        mu = math.log(cfg.recur_mean - 1) - cfg.recur_sigma**2 / 2
-        rate = np.exp(rng.normal(mu, cfg.recur_sigma, size=size or 1))
-    r = np.clip(1 + rng.poisson(rate), 1, cfg.recur_max)
+        mu = math.log(cfg.mean - 1) - cfg.sigma**2 / 2
+        rate = np.exp(rng.normal(mu, cfg.sigma, size=size or 1))
+    r = np.clip(1 + rng.poisson(rate), 1, cfg.max)
     return int(r[0]) if size is None else r

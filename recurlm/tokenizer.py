@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 CHAT = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]

@@ -16,9 +16,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
-from recurlm.config import STAGE, UserError, configs_to_dict
+from recurlm.config import STAGE, InferencePolicy, configs_to_dict
 from recurlm.corpus import TextStream, sample_texts
 from recurlm.data import TaskMixture, stage_tasks
+from recurlm.errors import UserError
 from recurlm.evaluate import evaluate, loss_on
 from recurlm.model import build_model
 from recurlm.sampler import sample_recurrences
@@ -105,7 +106,9 @@ class Progress:
 
 
 def check_resumable(out: Path, configs: dict) -> dict | None:
-    """The saved trainer state if `out` holds a compatible run, None if it holds none; errors otherwise."""
+    """The saved trainer state if `out` holds a compatible run, None if it holds none; errors otherwise. Only what
+    the weights mean (architecture and tokenizer) must match: schedules, stages and the inference policy may
+    change between an interruption and its resumption."""
     ckpt = out / CKPT
     if not (ckpt / "trainer_state.json").is_file():
         return None
@@ -131,6 +134,12 @@ def train(configs: dict, out_dir: str, resume: bool = False, stop_after: int | N
     for name, stage in stages:
         if not stage.tasks and not stage.text:
             raise UserError(f"stage {name} has no data: --set stage.{name}.text=CORPUS or stage.{name}.tasks=NAMES")
+        for task in stage_tasks(stage):
+            if not task.trainable:
+                raise UserError(
+                    f"stage {name}: task {task.name} scores a fixed benchmark and cannot generate training data; "
+                    "evaluate on it with `recurlm eval --task` instead"
+                )
     out = Path(out_dir)
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if ddp:
@@ -146,6 +155,7 @@ def train(configs: dict, out_dir: str, resume: bool = False, stop_after: int | N
 
 
 def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, device, master, ddp):
+    rcfg = configs["recurrence"]
     state = check_resumable(out, configs)
     if state is not None and resume and state["stage"] >= len(stages):
         if master:
@@ -215,7 +225,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                 for opt, lr in zip(optimizers, base_lrs(optimizers, tcfg), strict=True):
                     for group in opt.param_groups:
                         group["lr"] = lr * stage.lr_scale * factor
-                r = sample_recurrences(mcfg, tcfg.seed, step)  # the same r on every rank
+                r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
                 t0 = time.perf_counter()
                 loss_sum, n_tok = 0.0, 0
                 for micro in range(tcfg.grad_accum):
@@ -227,7 +237,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                     digit_pos = digit_pos.to(device) if digit_pos is not None else None
                     sync = nullcontext() if not ddp or micro == tcfg.grad_accum - 1 else net.no_sync()
                     with sync, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                        loss = loss_on(net, x, y, r, digit_pos)
+                        loss = loss_on(net, x, y, r, digit_pos, rcfg.bptt_k)
                     (loss / tcfg.grad_accum).backward()
                     loss_sum += loss.item() / tcfg.grad_accum
                     n_tok += x.numel()
@@ -292,14 +302,22 @@ def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
     return texts
 
 
+def validation_policy(configs: dict) -> InferencePolicy:
+    """How periodic validation (and the curriculum it drives) runs the model: greedy at the inference policy's r,
+    cache budget and warm start, without adaptive exit, which would make validation cost and accuracy depend on a
+    threshold chosen for deployment."""
+    run = configs["inference"]
+    return InferencePolicy(recurrences=run.recurrences, kv_budget=run.kv_budget, warm_start=run.warm_start)
+
+
 def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state, progress) -> int | None:
-    """Validation accuracy per task and difficulty at the model's default r, logged; and the curriculum level.
+    """Validation accuracy per task and difficulty, logged; and the curriculum level.
 
     Promotion asks whether the current level is mastered on fresh *training-split* problems: a level can be too
     small to generalise from on its own (1-digit addition has 100 problems; the 20 held out are only learnt through
     the columns of longer sums), so requiring held-out accuracy there would stall the curriculum.
     """
-    tcfg, r, stage = configs["train"], configs["model"].default_recurrences, mixture.stage
+    tcfg, policy, stage = configs["train"], validation_policy(configs), mixture.stage
     if not mixture.tasks:
         return level
     record = {"step": state["step"], "stage": name, "eval": {}}
@@ -308,11 +326,13 @@ def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state,
         for d in task.difficulties:
             if level is not None and d > level:
                 continue
-            res = evaluate(model, tok, task.generate("val", tcfg.eval_n, seed=0, difficulty=d), r, task.score)
+            examples = task.generate("val", tcfg.eval_n, seed=0, difficulty=d)
+            res = evaluate(model, tok, examples, policy, task.max_new_tokens, task.score)
             record["eval"][f"{task.name}/{d}"] = res["accuracy"]
             if d == level and stage.curriculum == "accuracy":
                 fresh = task.generate("train", tcfg.eval_n, seed=state["step"], difficulty=d)
-                record["train_accuracy_at_level"] = acc = evaluate(model, tok, fresh, r, task.score)["accuracy"]
+                acc = evaluate(model, tok, fresh, policy, task.max_new_tokens, task.score)["accuracy"]
+                record["train_accuracy_at_level"] = acc
                 mastered &= acc >= stage.promote_at
     line = "eval (val) " + " ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
     progress.log(record, line)

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 from recurlm.sandbox import run_python
 from recurlm.tasks import get_task, split_of
 

@@ -1,6 +1,7 @@
 import pytest
 
-from recurlm.config import ModelConfig, UserError, load_config, parse_overrides, preset_names
+from recurlm.config import InferencePolicy, ModelConfig, RecurrenceConfig, load_config, parse_overrides, preset_names
+from recurlm.errors import UserError
 from recurlm.model import build_model
 
 
@@ -21,7 +22,7 @@ def test_small_presets_param_counts():
     mini = build_model(load_config("miniaxion-0.9m")["model"], "meta")
     assert abs(mini.param_groups()["unique"] - 920_833) / 920_833 < 0.03  # 942,080: see the preset notes
     rr = build_model(load_config("rrslm-addition")["model"], "meta")
-    assert rr.cfg.vocab_size == 13 and rr.cfg.recur_max == 5 and rr.cfg.gate
+    assert rr.cfg.vocab_size == 13 and rr.cfg.gate
     assert 1.4e6 < rr.param_groups()["unique"] < 1.8e6
 
 
@@ -59,18 +60,22 @@ def test_overrides_and_config_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "cls, bad",
     [
-        dict(mlp="gelu"),
-        dict(inject="sum"),
-        dict(d_model=30, n_head=4),
-        dict(n_head=4, n_kv_head=3),
-        dict(recur_mean=20),
-        dict(exit="foo:1"),
-        dict(exit="latent:x"),
-        dict(state_init="ones"),
+        (ModelConfig, dict(mlp="gelu")),
+        (ModelConfig, dict(inject="sum")),
+        (ModelConfig, dict(d_model=30, n_head=4)),
+        (ModelConfig, dict(n_head=4, n_kv_head=3)),
+        (ModelConfig, dict(state_init="ones")),
+        (ModelConfig, dict(recur_lora_rank=4)),
+        (RecurrenceConfig, dict(mean=20)),
+        (RecurrenceConfig, dict(schedule="uniform")),
+        (InferencePolicy, dict(exit="foo:1")),
+        (InferencePolicy, dict(exit="latent:x")),
+        (InferencePolicy, dict(kv_budget=0)),
+        (InferencePolicy, dict(top_p=0.0)),
     ],
 )
-def test_invalid_values(bad):
+def test_invalid_values(cls, bad):
     with pytest.raises(UserError):
-        ModelConfig(**bad)
+        cls(**bad)

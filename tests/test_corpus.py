@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from recurlm.config import UserError, load_config
+from recurlm.config import load_config
 from recurlm.corpus import TextStream, iter_documents
+from recurlm.errors import UserError
 from recurlm.tokenizer import Tokenizer
 from recurlm.train import train
 

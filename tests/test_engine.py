@@ -1,18 +1,20 @@
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import policy, tiny_model
 
-from recurlm.config import UserError
-from recurlm.engine import Engine, sample
+from recurlm.engine import DecodeState, Engine, sample
+from recurlm.errors import UserError
 
 IDX = torch.randint(0, 37, (2, 14), generator=torch.Generator().manual_seed(1))
 
 
-def cached_logits(engine, idx, r, prefix=1):
+def cached_logits(engine, idx, pol, prefix=1):
     """Teacher-forced decoding through the cache: logits for positions prefix-1 .. T-1."""
-    out = [engine.prefill(idx[:, :prefix].tolist(), r)]
+    state, first = engine.start(idx[:, :prefix].tolist(), pol)
+    out = [first]
     for t in range(prefix, idx.size(1)):
-        out.append(engine.decode(idx[:, t], r)[0])
+        state, logits, _ = engine.decode(state, idx[:, t])
+        out.append(logits)
     return torch.stack(out, 1)
 
 
@@ -31,12 +33,16 @@ def test_cache_with_budget_r_equals_full_forward(r, variant):
     model = tiny_model(**VARIANTS[variant])
     with torch.no_grad():
         full = model(IDX, r)
+    pol = policy(r, kv_budget=r)
     for prefix in (1, 6):
-        got = cached_logits(Engine(model, kv_budget=r, warm_start=False, exit="none"), IDX, r, prefix)
+        got = cached_logits(Engine(model), IDX, pol, prefix)
         assert (got - full[:, prefix - 1 :]).abs().max() <= 1e-4
+    state, _ = Engine(model).start(IDX[:, :6].tolist(), pol)
+    _, extended, steps = Engine(model).extend(state, IDX[:, 6:])  # one parallel pass
+    assert (extended - full[:, 6:]).abs().max() <= 1e-4 and steps.eq(r).all()
     prompts = IDX[:, :5].tolist()
-    cached = Engine(model, kv_budget=r, warm_start=False, exit="none").generate(prompts, 8, recurrences=r)
-    uncached = Engine(model, use_cache=False).generate(prompts, 8, recurrences=r)
+    cached = Engine(model).generate(prompts, 8, pol)
+    uncached = Engine(model).generate(prompts, 8, pol, use_cache=False)
     assert cached.tokens == uncached.tokens and len(cached.tokens[0]) == 8
 
 
@@ -44,9 +50,8 @@ def test_budget_one_keeps_core_cache_size_independent_of_r():
     model = tiny_model()
     sizes = {}
     for budget, r in [(1, 2), (1, 16), ("r", 2), ("r", 16)]:
-        engine = Engine(model, kv_budget=r if budget == "r" else 1, exit="none")
-        engine.prefill(IDX[:, :4].tolist(), r)
-        sizes[budget, r] = engine.cache.core_bytes()
+        state, _ = Engine(model).start(IDX[:, :4].tolist(), policy(r, kv_budget=r if budget == "r" else 1))
+        sizes[budget, r] = state.cache.core_bytes()
     assert sizes[1, 2] == sizes[1, 16]
     assert sizes["r", 16] == 8 * sizes["r", 2]
 
@@ -54,21 +59,20 @@ def test_budget_one_keeps_core_cache_size_independent_of_r():
 def test_budget_one_exposes_the_final_iteration():
     model = tiny_model()
     r = 4
-    one, full = Engine(model, kv_budget=1, exit="none"), Engine(model, kv_budget=r, exit="none")
-    one.prefill(IDX.tolist(), r)
-    full.prefill(IDX.tolist(), r)
+    one, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=1))
+    full, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=r))
     for j in range(len(model.core)):
         assert torch.equal(one.cache.k[one.cache.slot("core", j, 0)], full.cache.k[full.cache.slot("core", j, r - 1)])
     # and decoding then attends to those final states, which is not the budget = r computation
-    a = one.decode(IDX[:, 0], r)[0]
-    b = full.decode(IDX[:, 0], r)[0]
+    a = Engine(model).decode(one, IDX[:, 0])[1]
+    b = Engine(model).decode(full, IDX[:, 0])[1]
     assert not torch.allclose(a, b, atol=1e-4)
 
 
 def test_warm_start_changes_decoding():
     model = tiny_model()
-    cold = cached_logits(Engine(model, kv_budget=3, warm_start=False, exit="none"), IDX, 3)
-    warm = cached_logits(Engine(model, kv_budget=3, warm_start=True, exit="none"), IDX, 3)
+    cold = cached_logits(Engine(model), IDX, policy(3, kv_budget=3))
+    warm = cached_logits(Engine(model), IDX, policy(3, kv_budget=3, warm_start=True))
     assert torch.allclose(cold[:, 0], warm[:, 0])  # the prompt is prefilled the same way
     assert not torch.allclose(cold[:, 1:], warm[:, 1:], atol=1e-4)
 
@@ -77,21 +81,20 @@ def test_warm_start_changes_decoding():
 def test_adaptive_exit_extremes(criterion):
     model = tiny_model()
     prompts = IDX[:, :4].tolist()
-    never = Engine(model, exit=f"{criterion}:0").generate(prompts, 6, recurrences=5)
+    never = Engine(model).generate(prompts, 6, policy(5, exit=f"{criterion}:0"))
     assert all(s == [5] * 6 for s in never.steps)
     for min_steps in (1, 3):
-        always = Engine(model, exit=f"{criterion}:1e9", min_steps=min_steps).generate(prompts, 6, recurrences=5)
+        always = Engine(model).generate(prompts, 6, policy(5, exit=f"{criterion}:1e9", min_steps=min_steps))
         # the first token comes from the prefill, which runs the full r
         assert all(s == [5] + [min_steps] * 5 for s in always.steps)
 
 
 def test_early_exit_fills_skipped_slots_with_final_kv():
     model = tiny_model()
-    engine = Engine(model, kv_budget=4, exit="latent:1e9", min_steps=2)
-    engine.prefill(IDX[:, :4].tolist(), 4)
-    _, steps = engine.decode(IDX[:, 4], 4)
+    state, _ = Engine(model).start(IDX[:, :4].tolist(), policy(4, kv_budget=4, exit="latent:1e9", min_steps=2))
+    state, _, steps = Engine(model).decode(state, IDX[:, 4])
     assert steps.tolist() == [2, 2]
-    cache = engine.cache
+    cache = state.cache
     for j in range(len(model.core)):
         final = cache.k[cache.slot("core", j, 1), :, :, 4]
         assert not torch.equal(final, cache.k[cache.slot("core", j, 0), :, :, 4])
@@ -100,30 +103,114 @@ def test_early_exit_fills_skipped_slots_with_final_kv():
             assert torch.equal(cache.v[cache.slot("core", j, i), :, :, 4], cache.v[cache.slot("core", j, 1), :, :, 4])
 
 
-def test_adaptive_exit_is_per_row():
-    model = tiny_model(recur_max=16)
-    prompts = torch.randint(0, 37, (6, 5), generator=torch.Generator().manual_seed(3)).tolist()
-    for eps in (0.2, 0.1, 0.05, 0.02, 0.01):
-        batch = Engine(model, exit=f"latent:{eps}").generate(prompts, 5, recurrences=12)
-        if len({s for row in batch.steps for s in row[1:]}) > 1:
-            break
-    else:
-        pytest.fail("no threshold gave different steps per token")
-    for b, p in enumerate(prompts):
-        single = Engine(model, exit=f"latent:{eps}").generate([p], 5, recurrences=12)
-        assert single.tokens[0] == batch.tokens[b] and single.steps[0] == batch.steps[b]
+def varied_exit(model, criterion, prompts, r=8):
+    """A threshold of `criterion` under which the tokens of these prompts stop after different numbers of steps."""
+    for eps in (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4):
+        out = Engine(model).generate(prompts, 6, policy(r, exit=f"{criterion}:{eps}"))
+        if len({s for row in out.steps for s in row[1:]}) > 2:
+            return f"{criterion}:{eps}"
+    pytest.fail(f"no {criterion} threshold gave different steps per token")
 
 
-def test_left_padded_batch_matches_single_rows():
+def drive(engine, prompts, policies, n, joins):
+    """Greedy decoding of n tokens per prompt: prompt i joins the running batch at step joins[i] and leaves it
+    after its n-th token. Returns each prompt's tokens and the recurrences of the pass behind each."""
+    out = [([], []) for _ in prompts]
+    state, logits, ids, step = None, None, [], 0
+    while step <= max(joins) or ids:
+        for i, j in enumerate(joins):
+            if j == step:
+                new, first = engine.start([prompts[i]], policies[i], seeds=[i])
+                state = new if state is None else DecodeState.cat([state, new])
+                logits = first if logits is None else torch.cat([logits, first])
+                ids.append(i)
+                out[i][1].append(policies[i].recurrences)
+        tokens = logits.argmax(-1)
+        for row, i in enumerate(ids):
+            out[i][0].append(int(tokens[row]))
+        keep = [row for row, i in enumerate(ids) if len(out[i][0]) < n]
+        if len(keep) < len(ids):
+            state, tokens, ids = state.select(keep), tokens[keep], [ids[row] for row in keep]
+        step += 1
+        if not ids:
+            state = logits = None
+            continue
+        state, logits, steps = engine.decode(state, tokens)
+        for row, i in enumerate(ids):
+            out[i][1].append(int(steps[row]))
+    return [(tokens, steps[:n]) for tokens, steps in out]
+
+
+@pytest.mark.parametrize("exit", ["none", "kl", "latent"])
+@pytest.mark.parametrize("budget", [1, "r"])
+@pytest.mark.parametrize("warm", [False, True])
+def test_rows_joining_and_leaving_a_batch_decode_as_alone(exit, budget, warm):
+    model = tiny_model()
+    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist(), IDX[1, :2].tolist()]
+    r = 8
+    spec = exit if exit == "none" else varied_exit(model, exit, prompts, r)
+    pol = policy(r, exit=spec, kv_budget=r if budget == "r" else 1, warm_start=warm)
+    # and one row at its own depth and exit: rows of a batch need not share a policy
+    policies = [pol, pol, pol, policy(5, kv_budget=pol.kv_budget, warm_start=not warm)]
+    engine = Engine(model)
+    alone = [drive(engine, [p], [q], 7, [0])[0] for p, q in zip(prompts, policies, strict=True)]
+    together = drive(engine, prompts, policies, 7, [0, 2, 3, 5])
+    assert together == alone
+    if exit != "none":
+        assert len({s for _, steps in alone for s in steps[1:]}) > 1  # the exits did fire, differently
+
+
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("budget", [1, 3])
+@pytest.mark.parametrize("exit", ["none", "latent:0.05"])
+def test_extend_then_roll_back_equals_the_shorter_extend(warm, budget, exit):
+    model = tiny_model()
+    engine, pol = Engine(model), policy(3, kv_budget=budget, warm_start=warm, exit=exit)
+    prompts, more = IDX[:, :4].tolist(), IDX[:, 4:10]
+    k, j = 6, 2
+    a, _ = engine.start(prompts, pol)
+    a, long_logits, long_steps = engine.extend(a, more[:, :k])
+    a.rollback(j)
+    b, _ = engine.start(prompts, pol)
+    b, short_logits, short_steps = engine.extend(b, more[:, : k - j])
+    assert (long_logits[:, : k - j] - short_logits).abs().max() <= 1e-5
+    assert torch.equal(long_steps[:, : k - j], short_steps)
+    _, after_a, steps_a = engine.decode(a, more[:, k - j])
+    _, after_b, steps_b = engine.decode(b, more[:, k - j])
+    assert (after_a - after_b).abs().max() <= 1e-5 and torch.equal(steps_a, steps_b)
+    # and extending by k is exactly k single-token steps
+    c, _ = engine.start(prompts, pol)
+    stepwise = []
+    for t in range(k):
+        c, logits, _ = engine.decode(c, more[:, t])
+        stepwise.append(logits)
+    assert (torch.stack(stepwise, 1) - long_logits).abs().max() <= 1e-5
+    with pytest.raises(UserError, match="roll back"):
+        a.rollback(100)
+
+
+def test_random_initial_state_is_seeded_per_sequence():
+    model = tiny_model(state_init="random", inject="add")
+    prompts = [IDX[0, :5].tolist(), IDX[1, :3].tolist()]
+    pol = policy(3)
+    alone = [Engine(model).generate([p], 6, pol, seeds=[b]) for b, p in enumerate(prompts)]
+    torch.manual_seed(123)  # the global generator plays no part
+    batch = Engine(model).generate(prompts, 6, pol, seeds=[0, 1])
+    assert batch.tokens == [g.tokens[0] for g in alone]
+    other_seed = Engine(model).start([prompts[0]], pol, seeds=[7])[1]
+    assert not torch.allclose(other_seed, Engine(model).start([prompts[0]], pol, seeds=[0])[1])
+
+
+def test_prompts_of_different_lengths_match_single_rows():
     model = tiny_model()
     prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()]
     for kw in (dict(), dict(use_cache=False)):
-        batch = Engine(model, **kw).generate(prompts, 6, recurrences=3)
+        batch = Engine(model).generate(prompts, 6, policy(3), **kw)
         for b, p in enumerate(prompts):
-            assert Engine(model, **kw).generate([p], 6, recurrences=3).tokens[0] == batch.tokens[b]
-    single = Engine(model).prefill([prompts[0]], 3)
-    padded = Engine(model).prefill(prompts, 3)[0:1]
-    assert (single - padded).abs().max() < 1e-4
+            assert Engine(model).generate([p], 6, policy(3), **kw).tokens[0] == batch.tokens[b]
+    single = Engine(model).start([prompts[0]], policy(3))[1]
+    padded = Engine(model).start(prompts, policy(3))[1][0:1]
+    assert (single - padded).abs().max() < 1e-5
 
 
 def test_sampling():
@@ -136,25 +223,37 @@ def test_sampling():
     assert torch.equal(sample(logits, 1.0, generator=g()), sample(logits, 1.0, generator=g()))
     draws = torch.stack([sample(logits, 1.0, top_k=3) for _ in range(200)])
     top3 = logits.topk(3).indices
-    assert all(draws[:, b].unique().tolist() and set(draws[:, b].tolist()) <= set(top3[b].tolist()) for b in range(4))
+    assert all(set(draws[:, b].tolist()) <= set(top3[b].tolist()) for b in range(4))
     assert len(set(draws[:, 0].tolist())) > 1
+
+
+def test_sampled_rows_do_not_depend_on_their_batch():
+    model = tiny_model()
+    hot = policy(3, temperature=1.5)
+    prompts = [IDX[0, :4].tolist(), IDX[1, :6].tolist()]
+    batch = Engine(model).generate(prompts, 8, [hot, policy(3)], seeds=[11, 12])
+    assert batch.tokens[0] == Engine(model).generate(prompts[:1], 8, hot, seeds=[11]).tokens[0]
+    assert batch.tokens[1] == Engine(model).generate(prompts[1:], 8, policy(3)).tokens[0]
+    assert batch.tokens[0] != Engine(model).generate(prompts[:1], 8, hot, seeds=[13]).tokens[0]
 
 
 def test_stop_tokens_streaming_and_context_limit():
     model = tiny_model()
-    engine = Engine(model)
-    first = engine.generate([IDX[0, :4].tolist()], 5).tokens[0]
+    engine, pol = Engine(model), policy(3)
+    first = engine.generate([IDX[0, :4].tolist()], 5, pol).tokens[0]
     assert len(first) == 5
-    stopped = engine.generate([IDX[0, :4].tolist()], 5, stop_tokens=[first[2]])
+    stopped = engine.generate([IDX[0, :4].tolist()], 5, pol, stop_tokens=[first[2]])
     assert stopped.tokens[0] == first[: first.index(first[2])]
-    chunks = list(engine.stream([IDX[0, :4].tolist()], 5))
-    assert [t.item() for t, _ in chunks] == first
-    near_full = engine.generate([IDX[0].tolist() * 3], 20)  # 42 of 48 tokens: room for 7 more
+    chunks = list(engine.stream([IDX[0, :4].tolist()], 5, pol))
+    assert [tokens[0] for _, tokens, _ in chunks] == first
+    near_full = engine.generate([IDX[0].tolist() * 3], 20, pol)  # 42 of 48 tokens: 6 more fit, and a 7th is read
     assert len(near_full.tokens[0]) == 7
     with pytest.raises(UserError, match="longer than the context"):
-        engine.prefill([IDX[0].tolist() * 4], 3)
+        engine.start([IDX[0].tolist() * 4], pol)
     with pytest.raises(UserError, match="recurrences"):
-        engine.generate([IDX[0].tolist()], 3, recurrences=0)
+        engine.generate([IDX[0].tolist()], 3, policy(3).override(recurrences=0))
+    with pytest.raises(UserError, match="cache"):
+        engine.generate([IDX[0].tolist()], 3, policy(3, exit="kl:0.1"), use_cache=False)
 
 
 def test_abacus_ids_and_cached_decoding():
@@ -170,12 +269,14 @@ def test_abacus_ids_and_cached_decoding():
         Engine(model)
     seq = torch.tensor([tok.encode("123+45=861+7")])
     full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)]))
-    engine = Engine(model, kv_budget=3, warm_start=False, exit="none", digit_ids=digits)
-    got = cached_logits(engine, seq, 3, prefix=7)
+    got = cached_logits(Engine(model, digits), seq, policy(3, kv_budget=3), prefix=7)
     assert (got - full[:, 6:]).abs().max() <= 1e-4
+    state, _ = Engine(model, digits).start(seq[:, :7].tolist(), policy(3, kv_budget=3))
+    _, extended, _ = Engine(model, digits).extend(state, seq[:, 7:])
+    assert (extended - full[:, 7:]).abs().max() <= 1e-4
     prompts = [tok.encode("123+45="), tok.encode("9+9=")]
-    cached = Engine(model, kv_budget=3, warm_start=False, exit="none", digit_ids=digits).generate(prompts, 5)
-    uncached = Engine(model, use_cache=False, digit_ids=digits).generate(prompts, 5)
+    cached = Engine(model, digits).generate(prompts, 5, policy(3, kv_budget=3))
+    uncached = Engine(model, digits).generate(prompts, 5, policy(3), use_cache=False)
     assert cached.tokens == uncached.tokens
     other = full.clone()
     with torch.no_grad():

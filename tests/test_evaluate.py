@@ -2,13 +2,12 @@ import itertools
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import policy, tiny_model
 
-from recurlm.config import UserError
 from recurlm.data import prompt_ids
 from recurlm.engine import Engine
 from recurlm.evaluate import chatcore, evaluate
-from recurlm.tasks import Example, get_task
+from recurlm.tasks import Example, Task, get_task
 from recurlm.tokenizer import Tokenizer
 
 TOK = Tokenizer.char("0123456789+=ABCD?", specials="all")
@@ -27,7 +26,7 @@ def test_chatcore_centres_on_chance():
 def test_multiple_choice_scores_the_letter_logits_in_one_forward():
     model = model_for()
     examples = [Example(f"{a}+{b}=?", "ABCD"[(a + b) % 4], choices=list("ABCD")) for a in range(3) for b in range(3)]
-    res = evaluate(model, TOK, examples, recurrences=3, batch_size=4)
+    res = evaluate(model, TOK, examples, policy(3), 8, batch_size=4)
     letters = [TOK.encode(c)[0] for c in "ABCD"]
     for ex, out in zip(examples, res["examples"], strict=True):
         with torch.no_grad():
@@ -37,18 +36,19 @@ def test_multiple_choice_scores_the_letter_logits_in_one_forward():
     assert res["mean_steps"] == 3 and res["accuracy"] == sum(e["correct"] for e in res["examples"]) / len(examples)
 
 
-@pytest.mark.parametrize("exit", [None, "kl:0.01", "latent:0.3"])
+@pytest.mark.parametrize("exit", ["none", "kl:0.01", "latent:0.3"])
 def test_batch_size_does_not_change_results(exit):
-    """Left-padded batches (prompts of different lengths, rows exiting at different steps) decode exactly as one
-    prompt at a time."""
+    """Prompts of different lengths, rows exiting at different steps and ending at different lengths (rows leave
+    the batch as they end) decode exactly as one prompt at a time."""
     tok = Tokenizer.char("0123456789+=", specials="all")
     model = model_for(tok)
     examples = get_task("addition", max_digits=3).generate("val", 12, seed=1)
-    one = evaluate(model, tok, examples, 4, batch_size=1, exit=exit)
-    many = evaluate(model, tok, examples, 4, batch_size=5, exit=exit)
+    one = evaluate(model, tok, examples, policy(4, exit=exit), 7, batch_size=1)
+    many = evaluate(model, tok, examples, policy(4, exit=exit), 7, batch_size=5)
     assert [e["output"] for e in one["examples"]] == [e["output"] for e in many["examples"]]
     assert [e["steps"] for e in one["examples"]] == [e["steps"] for e in many["examples"]]
     assert one["accuracy"] == many["accuracy"] and one["mean_steps"] == many["mean_steps"]
+    assert len({len(e["output"]) for e in one["examples"]}) > 1  # some rows did end before others
 
 
 def sequence_logprob(model, prompt: list[int], continuation: list[int], r: int) -> float:
@@ -62,12 +62,13 @@ def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
     model = model_for()
     V, r = TOK.vocab_size, 3
     prompts = [[1, 2, 3], [4, 5]]
-    beam = Engine(model, kv_budget=r).beam_search(prompts, 2, beams=V, recurrences=r)
+    pol = policy(r, kv_budget=r)
+    beam = Engine(model).beam_search(prompts, 2, V, pol)
     for prompt, got in zip(prompts, beam.tokens, strict=True):
         best = max(itertools.product(range(V), repeat=2), key=lambda c: sequence_logprob(model, prompt, list(c), r))
         assert got == list(best)
-    greedy = Engine(model, kv_budget=r).generate(prompts, 5, recurrences=r)
-    assert Engine(model, kv_budget=r).beam_search(prompts, 5, beams=1, recurrences=r).tokens == greedy.tokens
+    greedy = Engine(model).generate(prompts, 5, pol)
+    assert Engine(model).beam_search(prompts, 5, 1, pol).tokens == greedy.tokens
 
 
 def test_beam_search_stops_and_counts_the_stop_pass():
@@ -75,7 +76,7 @@ def test_beam_search_stops_and_counts_the_stop_pass():
     stop = TOK.eos_id
     with torch.no_grad():  # make the stop token likely after a few tokens
         model.lm_head.weight[stop] += 0.5 * model.lm_head.weight.mean(0)
-    out = Engine(model).beam_search([[1, 2], [3]], 12, beams=3, recurrences=2, stop_tokens=[stop])
+    out = Engine(model).beam_search([[1, 2], [3]], 12, 3, policy(2), stop_tokens=[stop])
     for tokens, steps in zip(out.tokens, out.steps, strict=True):
         assert stop not in tokens
         assert len(steps) in (len(tokens), len(tokens) + 1) and set(steps) == {2}
@@ -83,8 +84,25 @@ def test_beam_search_stops_and_counts_the_stop_pass():
 
 def test_max_steps_caps_adaptive_exit_of_generated_tokens():
     model = model_for()
-    engine = Engine(model, exit="latent:0", max_steps=3)  # threshold 0 never fires: every token runs to the cap
-    out = engine.generate([[1, 2, 3]], 5, recurrences=6)
+    capped = policy(6, exit="latent:0", max_steps=3)  # threshold 0 never fires: every token runs to the cap
+    out = Engine(model).generate([[1, 2, 3]], 5, capped)
     assert out.steps[0] == [6, 3, 3, 3, 3]  # the prompt pass runs r, decoded tokens the cap
-    with pytest.raises(UserError, match="exit criterion"):
-        Engine(model, max_steps=3)
+    assert Engine(model).generate([[1, 2, 3]], 5, capped.override(exit="none")).steps[0] == [6] * 5  # no exit: r
+
+
+def test_generation_budget_is_the_tasks_not_the_answers_length(tmp_path):
+    """A trace model must not be cut off at the reference answer's length: the budget comes from the task."""
+    from recurlm.evaluate import file_set
+    from recurlm.tasks import write_jsonl
+
+    def budget(examples, override=None):
+        write_jsonl(examples, tmp_path / "set.jsonl")
+        return file_set(str(tmp_path / "set.jsonl"), {}, max_new_tokens=override).max_new_tokens
+
+    task = get_task("arithmetic")
+    no_trace = [Example(ex.prompt, ex.answer, task="arithmetic") for ex in task.generate("val", 3)]
+    longest = max(len(ex.completion) for ex in task.generate("val", 50))
+    assert budget(no_trace) == task.max_new_tokens >= longest  # room for a whole trace in characters even
+    assert get_task("addition", max_digits=3).max_new_tokens == 5  # the longest sum and the end token
+    assert budget([Example("1+1=", "2")]) == Task.max_new_tokens
+    assert budget([Example("1+1=", "2")], 9) == 9

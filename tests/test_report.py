@@ -45,7 +45,7 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_baselines_match_parameters_and_flops():
     configs = load_config("recursive-nanochat-d20")
-    layers = baseline_layers(configs["model"])
+    layers = baseline_layers(configs)
     assert sorted(layers.values()) == [8, 20]  # P + R + C and P + R * mean r + C
     rec = build_model(configs["model"], "meta")
     for n in layers.values():

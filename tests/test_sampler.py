@@ -1,11 +1,11 @@
 import numpy as np
 
-from recurlm.config import ModelConfig
+from recurlm.config import RecurrenceConfig
 from recurlm.sampler import sample_recurrences
 
 
 def test_poisson_lognormal_mean_and_bounds():
-    cfg = ModelConfig(recur_mean=4, recur_sigma=0.5, recur_max=16)
+    cfg = RecurrenceConfig(mean=4, sigma=0.5, max=16)
     r = sample_recurrences(cfg, seed=0, step=0, size=100_000)
     assert abs(r.mean() - 4) / 4 < 0.02  # the reference's formula lands near 5
     assert r.min() >= 1 and r.max() <= 16
@@ -13,7 +13,7 @@ def test_poisson_lognormal_mean_and_bounds():
 
 
 def test_same_draw_for_same_seed_and_step():
-    cfg = ModelConfig()
+    cfg = RecurrenceConfig()
     a = [sample_recurrences(cfg, 7, step) for step in range(200)]
     b = [sample_recurrences(cfg, 7, step) for step in range(200)]
     c = [sample_recurrences(cfg, 8, step) for step in range(200)]
@@ -21,7 +21,6 @@ def test_same_draw_for_same_seed_and_step():
     assert len(set(a)) > 3
 
 
-def test_fixed_and_plain():
-    assert sample_recurrences(ModelConfig(train_recur="fixed", recur_mean=5, recur_max=5), 0, 3) == 5
-    assert sample_recurrences(ModelConfig(n_core=0), 0, 3) == 1
-    assert np.all(sample_recurrences(ModelConfig(recur_mean=1), 0, 0, size=100) == 1)
+def test_fixed_and_mean_one():
+    assert sample_recurrences(RecurrenceConfig(schedule="fixed", mean=5, max=5), 0, 3) == 5
+    assert np.all(sample_recurrences(RecurrenceConfig(mean=1), 0, 0, size=100) == 1)

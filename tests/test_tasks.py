@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recurlm.chat import parse_reply, render_conversation, render_prompt
-from recurlm.config import UserError
+from recurlm.errors import UserError
 from recurlm.tasks import extract_answer, get_task, read_jsonl, split_of, write_jsonl
 from recurlm.tasks.reasoning import NAMES, THINGS, format_ok
 from recurlm.tokenizer import SPECIALS, Tokenizer

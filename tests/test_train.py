@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.config import UserError, load_config
+from recurlm.config import load_config
 from recurlm.data import TaskMixture
+from recurlm.errors import UserError
 from recurlm.tokenizer import Tokenizer
 from recurlm.train import lr_factor, train
 

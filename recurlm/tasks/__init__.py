@@ -1,8 +1,8 @@
 """Tasks: seeded generators of examples (DESIGN §3) and how their answers are scored.
 
-An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?, "choices"?}. Train, validation and test
-sets are disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test prompt is
-ever trained on however many examples are drawn. Tune on 'val'; 'test' is for the final report.
+An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?, "choices"?, "meta"?}. Train, validation
+and test sets are disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test
+prompt is ever trained on however many examples are drawn. Tune on 'val'; 'test' is for the final report.
 """
 
 import hashlib
@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -25,6 +25,7 @@ class Example:
     task: str | None = None
     difficulty: int | None = None
     choices: list[str] | None = None  # multiple choice: the answer letters, scored by their logits in one forward
+    meta: dict | None = None  # what the task's scorer needs beyond the answer (a reasoning_gym entry)
 
     @property
     def target(self) -> str:
@@ -52,6 +53,12 @@ class Task:
 
     name = "task"
     difficulties: tuple[int, ...] = (1,)
+    trainable = True  # can draw training examples (benchmarks read from files cannot)
+    max_new_tokens = 256  # generation budget when scoring: room to think, not the reference answer's length
+
+    def recognises(self, prompt: str) -> bool:
+        """Whether a free-form prompt is one of this task's, so `generate` shows the answer as `extract` reads it."""
+        return False
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         raise NotImplementedError
@@ -129,7 +136,7 @@ def read_jsonl(path: str | Path) -> list[Example]:
             out.append(
                 Example(
                     **{k: obj[k] for k in ("prompt", "answer")},
-                    **{k: obj[k] for k in ("completion", "task", "difficulty", "choices") if k in obj},
+                    **{k: obj[k] for k in ("completion", "task", "difficulty", "choices", "meta") if k in obj},
                 )
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:

@@ -6,8 +6,11 @@ models learn far more easily; scoring always compares the true sum.
 """
 
 import random
+import re
 
 from recurlm.tasks import Example, Task
+
+PROMPT = re.compile(r"\d+\+\d+=")
 
 
 class Addition(Task):
@@ -16,6 +19,10 @@ class Addition(Task):
     def __init__(self, max_digits: int = 3, reverse: bool = False):
         self.difficulties = tuple(range(1, max_digits + 1))
         self.reverse = reverse
+        self.max_new_tokens = max_digits + 2  # the longest sum and the end token
+
+    def recognises(self, prompt: str) -> bool:
+        return PROMPT.fullmatch(prompt) is not None
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         lo = 0 if difficulty == 1 else 10 ** (difficulty - 1)

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from recurlm.config import UserError
+from recurlm.errors import UserError
 from recurlm.sandbox import run_python
 from recurlm.tasks import Example, Task, extract_answer
 
@@ -22,6 +22,7 @@ class FileTask(Task):
     """A fixed list of examples read from a file; `generate` returns the first n (splits are the files')."""
 
     difficulties = (1,)
+    trainable = False
 
     def __init__(self, path: str = ""):
         if not path:
@@ -104,6 +105,7 @@ class MMLU(FileTask):
 
 class GSM8K(FileTask):
     name = "gsm8k"
+    max_new_tokens = 512  # worked solutions run to hundreds of tokens
 
     def load(self):
         out = []
@@ -128,6 +130,8 @@ class HumanEval(Task):
 
     name = "humaneval"
     difficulties = (1,)
+    trainable = False
+    max_new_tokens = 512
 
     def __init__(self, timeout: float = 10.0):
         try:

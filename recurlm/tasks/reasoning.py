@@ -25,6 +25,7 @@ class TraceTask(Task):
     """A task whose examples are (question, steps, answer) triples; subclasses implement `problem`."""
 
     difficulties = (1, 2)
+    max_new_tokens = 128  # the longest reference trace is well under this
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[str, list[str], object]:
         raise NotImplementedError

@@ -27,6 +27,7 @@ WORDS = sorted(set(WORDS))
 class SpellingBee(Task):
     name = "spelling_bee"
     difficulties = (1, 2, 3)
+    max_new_tokens = 96  # a spelt-out 13-letter word and its count
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         pool = [w for w in WORDS if (len(w) <= 5, 6 <= len(w) <= 8, len(w) >= 9)[difficulty - 1]]
