@@ -5,7 +5,7 @@ import pytest
 
 from recurlm.errors import UserError
 from recurlm.sandbox import run_python
-from recurlm.tasks import get_task, split_of
+from recurlm.tasks import get_task, read_jsonl, split_of, write_jsonl
 
 ARC_ROW = {
     "id": "q1",
@@ -103,3 +103,29 @@ def test_reasoning_gym_offline_with_config_and_disjoint_splits():
     assert task.score(test[0], test[0].answer) == 1.0 and task.score(test[0], "nonsense") == 0.0
     with pytest.raises(UserError, match="reasoning_gym nope"):
         get_task("reasoning_gym:nope").generate("test", 2)
+
+
+def test_reasoning_gym_examples_carry_what_scoring_needs(tmp_path):
+    """Exported to JSONL and read back, an example still scores: its entry travels in `meta`."""
+    task = get_task("reasoning_gym:basic_arithmetic:min_terms=2,max_terms=2")
+    examples = task.generate("test", 5, seed=1)
+    write_jsonl(examples, tmp_path / "gym.jsonl")
+    back = read_jsonl(tmp_path / "gym.jsonl")
+    assert back == examples and all(ex.meta for ex in back)
+    fresh = get_task("reasoning_gym:basic_arithmetic:min_terms=2,max_terms=2")  # no memory of generating them
+    assert [fresh.score(ex, ex.answer) for ex in back] == [1.0] * 5
+    assert fresh.score(back[0], "nonsense") == 0.0
+
+
+def test_reasoning_gym_draws_training_examples():
+    import random
+
+    task = get_task("reasoning_gym:basic_arithmetic")
+
+    def draw(seed):
+        rng = random.Random(seed)
+        return [task.sample(rng, 1) for _ in range(20)]
+
+    drawn = draw(0)
+    assert len({ex.prompt for ex in drawn}) == 20 and all(task.score(ex, ex.answer) == 1.0 for ex in drawn)
+    assert drawn == draw(0) and drawn != draw(1)

@@ -64,3 +64,44 @@ def test_generate_from_random_preset(capsys):
     again = capsys.readouterr().out
     main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])
     assert capsys.readouterr().out == again  # warm start is off in this preset: kv-budget r equals no cache
+
+
+def test_preset_default_exit_does_not_forbid_no_cache(capsys):
+    """An exit the preset (or checkpoint) chose is a default, not a request: --no-cache just runs without it."""
+    with_exit = [*GENERATE, "--set", "inference.exit=kl:0.01", "--kv-budget", "5", "--show-steps"]
+    main([*with_exit, "--no-cache"])
+    out = capsys.readouterr()
+    assert set(out.err.split("steps: ")[1].split()) == {"5"}
+    main([*GENERATE, "--kv-budget", "5", "--exit", "none"])
+    assert capsys.readouterr().out == out.out
+    code, out = run_cli(capsys, *with_exit, "--no-cache", "--exit", "kl:0.01")
+    assert code == 2 and "needs the KV cache" in out.err
+
+
+def test_generate_shows_sums_in_normal_digit_order(run_dir, capsys):
+    args = ["generate", "--checkpoint", str(run_dir), "--prompt", "123+456=", "--max-new-tokens", "5"]
+    main(args)
+    shown = capsys.readouterr().out.strip()
+    main([*args, "--raw"])
+    raw = capsys.readouterr().out.strip()
+    assert raw and shown == raw[::-1]  # the run writes sums least-significant digit first
+
+
+def test_generate_prepends_bos_as_training_does(monkeypatch, capsys):
+    from recurlm.checkpoint import build_tokenizer
+    from recurlm.config import load_config
+    from recurlm.engine import Engine
+
+    seen = []
+    real = Engine.stream
+
+    def spy(self, prompts, *args, **kwargs):
+        seen.append(prompts)
+        return real(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "stream", spy)
+    small = ["--set", "d_model=32", "--set", "n_head=2", "--max-new-tokens", "2"]
+    main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", "hi"])
+    capsys.readouterr()
+    tok = build_tokenizer(load_config("miniaxion-0.9m"))
+    assert seen == [[[tok.token_id("<|bos|>"), *tok.encode("hi")]]]

@@ -79,3 +79,30 @@ def test_overrides_and_config_file(tmp_path):
 def test_invalid_values(cls, bad):
     with pytest.raises(UserError):
         cls(**bad)
+
+
+def test_sections_keep_architecture_schedule_and_policy_apart():
+    configs = load_config("recursive-nanochat-d20")
+    assert configs["recurrence"].mean == 4.0 and configs["recurrence"].bptt_k == 4
+    assert configs["inference"].recurrences == 4 and configs["inference"].kv_budget == 1
+    assert not {"exit", "kv_budget", "bptt_k", "recur_mean"} & set(vars(configs["model"]))
+    # a bare key finds its section; a key that moved says where to
+    assert load_config("rrslm-addition", overrides=["kv_budget=5"])["inference"].kv_budget == 5
+    with pytest.raises(UserError, match=r"now inference\.exit"):
+        load_config("rrslm-addition", overrides=["model.exit=kl:0.1"])
+    # an unset inference r is the training mean, resolved when the config is built (1 for a plain GPT)
+    assert load_config("rrslm-addition", overrides=["inference.recurrences=0"])["inference"].recurrences == 5
+    assert load_config("nanochat-d20", overrides=["inference.recurrences=0"])["inference"].recurrences == 1
+    # LoRA adapters default to one per iteration up to the schedule's max
+    lora = load_config("rrslm-addition", overrides=["recur_lora_rank=2"])["model"]
+    assert lora.recur_lora_count == 5
+
+
+def test_policy_overrides_field_by_field():
+    base = load_config("recursive-nanochat-d20")["inference"]
+    run = base.override(recurrences=8, exit="kl:0.01", warm_start=None, temperature=None)
+    assert (run.recurrences, run.exit, run.warm_start, run.temperature) == (8, "kl:0.01", True, 0.6)
+    assert run.steps_cap == 8 and run.override(max_steps=3).steps_cap == 3
+    assert run.override(exit="none", max_steps=3).steps_cap == 8  # the cap belongs to adaptive exit
+    with pytest.raises(UserError, match="exit"):
+        base.override(exit="sometimes")

@@ -159,4 +159,177 @@ def test_ddp_two_ranks_end_identical(tmp_path):
     saved, _, _ = load_checkpoint(out)
     assert all(torch.equal(w0[k], v) for k, v in saved.state_dict().items())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
-    assert rows[0]["tokens"] == 2 * rows[0]["tokens"] // 2 and len(rows) == 6  # one writer: rank 0
+    assert len(rows) == 6  # one writer: rank 0
+    train(load_config("rrslm-addition", overrides=args), tmp_path / "one")  # rank 0's batches, alone
+    alone = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["tokens"] for row in rows] == [2 * row["tokens"] for row in alone if "loss" in row]
+
+
+def test_accuracy_curriculum_promotes_exactly_when_the_level_is_mastered(tmp_path):
+    def levels(promote_at):
+        out = tmp_path / f"p{promote_at}"
+        train(tiny("stage.curriculum.curriculum=accuracy", f"stage.curriculum.promote_at={promote_at}"), out)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return rows, [row["level"] for row in rows if "loss" in row]
+
+    rows, always = levels(0.0)
+    assert always[:10] == [1] * 10 and set(always[10:]) == {2}  # promoted at the first evaluation (step 10)
+    assert [row["train_accuracy_at_level"] for row in rows if "eval" in row][:1]  # decided on training problems
+    _, never = levels(1.01)  # no accuracy reaches it
+    assert set(never) == {1}
+    rows, _ = levels(0.5)
+    evals = [row for row in rows if "train_accuracy_at_level" in row]
+    steps = [row for row in rows if "loss" in row]
+    for ev in evals:  # the next step's level follows the rule on the logged accuracy
+        before = next(r["level"] for r in steps if r["step"] == ev["step"])
+        after = next((r["level"] for r in steps if r["step"] == ev["step"] + 1), None)
+        if after is not None:
+            assert after == before + (ev["train_accuracy_at_level"] >= 0.5 and before < 2)
+
+
+def test_changing_r_does_not_recompile_compiled_blocks():
+    from helpers import tiny_model
+    from torch._dynamo.utils import counters
+
+    from recurlm.train import compile_blocks
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model().train()
+    compile_blocks(model)
+    idx = torch.randint(0, 37, (2, 12))
+
+    def step(r):
+        model(idx, r, bptt_k=2).logsumexp(-1).mean().backward()  # r > 2 runs iterations with and without grad
+        return counters["stats"]["unique_graphs"]
+
+    warm = step(3)
+    assert warm > 0 and [step(r) for r in (1, 2, 5, 7, 4)] == [warm] * 5
+
+
+def test_autocast_dtype_choice():
+    from recurlm.train import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu, "flags : fpu avx2 avx512f avx512_bf16") == torch.bfloat16
+    assert autocast_dtype("auto", cpu, "flags : fpu avx2 amx_bf16 amx_tile") == torch.bfloat16
+    assert autocast_dtype("auto", cpu, "flags : fpu avx2 avx512f") is None  # bf16 would be emulated: fp32
+    assert autocast_dtype("auto", cuda, "") == torch.bfloat16
+    assert autocast_dtype("bf16", cpu, "flags : fpu") == torch.bfloat16
+    assert autocast_dtype("fp32", cuda, "avx512_bf16") is None
+
+
+def test_loss_all_trains_on_the_prompt_too():
+    tok = Tokenizer.char("0123456789+=", "pad")
+    for loss in ("completion", "all"):
+        stage = tiny(f"stage.curriculum.loss={loss}", "stage.curriculum.max_difficulty=1")["stage"]["curriculum"]
+        x, y, _ = TaskMixture(stage, tok, seed=0).batch(8, 0, 0, 0, 1)
+        # 'A+B=' then the sum and the end token: the prompt's next tokens '+', 'B', '=' are targets with 'all' only
+        if loss == "all":
+            assert torch.equal(y[:, :3], x[:, 1:4])
+        else:
+            assert (y[:, :3] == -1).all()
+        assert (y[:, 3] >= 0).all()
+
+
+def test_lr_scale_scales_every_learning_rate(tmp_path):
+    train(tiny("stage.curriculum.lr_scale=0.5", "stage.curriculum.steps=6"), tmp_path / "half")
+    rows = [json.loads(line) for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "loss" in row]
+    assert len(steps) == 6 and all(row["lr"] == pytest.approx(0.01 * 0.5 * row["lr_factor"]) for row in steps)
+    init, _ = train(tiny(), tmp_path / "init", stop_after=0)  # the seed's initial weights
+    frozen, _ = train(tiny("stage.curriculum.lr_scale=0", "stage.curriculum.steps=3", "optimizer=muon"), tmp_path / "z")
+    assert all(torch.equal(a, b) for a, b in zip(init.state_dict().values(), frozen.state_dict().values(), strict=True))
+
+
+def test_grad_clip_bounds_the_gradient_the_optimizer_sees(tmp_path, monkeypatch):
+    seen = []
+    real = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    for clip in (0.01, 0.0):
+        seen.clear()
+        out = tmp_path / f"clip{clip}"
+        train(tiny(f"grad_clip={clip}", "optimizer=adamw", "stage.curriculum.steps=4", "eval_every=0"), out)
+        logged = [json.loads(line)["grad_norm"] for line in (out / "metrics.jsonl").read_text().splitlines()[:4]]
+        assert all(n > 0.01 for n in logged)  # the gradients before clipping
+        if clip:
+            assert all(n <= clip * 1.0001 for n in seen)
+        else:
+            assert seen == pytest.approx(logged, rel=1e-5)
+
+
+def test_resume_is_decided_by_the_architecture_alone(tmp_path):
+    train(tiny(), tmp_path / "run", stop_after=3)
+    changed = tiny("inference.exit=kl:0.01", "inference.recurrences=8", "recurrence.mean=4", "stage.curriculum.steps=5")
+    _, state = train(changed, tmp_path / "run", resume=True)
+    assert state["step"] == 5
+    assert load_checkpoint(tmp_path / "run", "meta")[2]["inference"].exit == "kl:0.01"  # recorded for later use
+    with pytest.raises(UserError, match="model.n_head"):
+        train(tiny("n_head=4"), tmp_path / "run", resume=True)
+
+
+def test_validation_ignores_the_deployment_exit(tmp_path, monkeypatch):
+    """Periodic validation (which drives the curriculum) runs its own explicit policy: no adaptive exit, the
+    inference r, budget and warm start."""
+    import recurlm.train as trainer
+
+    used = []
+    real = trainer.evaluate
+
+    def spy(model, tok, examples, policy, *args, **kwargs):
+        used.append(policy)
+        return real(model, tok, examples, policy, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    train(tiny("inference.exit=latent:1e9", "inference.warm_start=true", "inference.kv_budget=2"), tmp_path / "r")
+    assert used and {(p.exit, p.recurrences, p.kv_budget, p.warm_start, p.temperature) for p in used} == {
+        ("none", 5, 2, True, 0.0)
+    }
+
+
+def test_checkpoints_from_before_the_policy_split_still_load(tmp_path):
+    """config.json used to hold the schedule and the inference policy in [model] (the README's rrslm run)."""
+    from recurlm.engine import Engine
+
+    model, _ = train(tiny(), tmp_path / "run", stop_after=2)
+    path = tmp_path / "run" / "checkpoint" / "config.json"
+    raw = json.loads(path.read_text())
+    old = {**raw.pop("model"), "train_recur": "fixed", "recur_mean": 5.0, "recur_sigma": 0.5, "recur_max": 5}
+    old |= {"bptt_k": 0, "kv_budget": 1, "warm_start": False, "exit": "latent:0.01", "exit_min_steps": 1}
+    raw.pop("recurrence"), raw.pop("inference")
+    path.write_text(json.dumps({"model": old, **raw}))
+    loaded, tok, configs = load_checkpoint(tmp_path / "run")
+    assert configs["recurrence"].mean == 5.0 and configs["inference"].exit == "latent:0.01"
+    assert configs["inference"].recurrences == 5
+    prompt = [tok.encode("12+34=")]
+    engine = Engine(loaded, tok.digit_ids)
+    assert torch.equal(
+        engine.start(prompt, configs["inference"])[1],
+        Engine(model, tok.digit_ids).start(prompt, configs["inference"])[1],
+    )
+    _, state = train(tiny("stage.curriculum.steps=4"), tmp_path / "run", resume=True)
+    assert state["step"] == 4
+
+
+def test_stage_tasks_must_be_able_to_generate_training_data(tmp_path, capsys):
+    from recurlm.cli import main
+
+    small = ["d_model=32", "n_head=2", "mlp_hidden=64", "batch_size=4", "eval_n=2", "stage.sft.steps=3"]
+    (tmp_path / "mmlu.csv").write_text('"2+2=?",3,4,5,6,B\n')
+    for task in ("humaneval", f"mmlu:{tmp_path / 'mmlu.csv'}"):
+        with pytest.raises(SystemExit):
+            main(
+                ["train", "--preset", "miniaxion-0.9m", *sum([["--set", s] for s in small], []), "--out"]
+                + [str(tmp_path / "bad"), "--set", f"stage.sft.tasks={task}"]
+            )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot generate training data" in err
+    gym = load_config("miniaxion-0.9m", overrides=[*small, "stage.sft.tasks=reasoning_gym:basic_arithmetic"])
+    _, state = train(gym, tmp_path / "gym")
+    assert state["step"] == 3 and all(torch.isfinite(torch.tensor(losses(tmp_path / "gym"))))
