@@ -1,5 +1,5 @@
-"""Training and decoding throughput on this machine: fp32 vs bf16 autocast, eager vs torch.compile (blocks compiled,
-the recurrence loop eager so a new r does not recompile), and batch-1 cached decoding.
+"""Training throughput on this machine: fp32 vs bf16 autocast, eager vs torch.compile (blocks compiled, the
+recurrence loop eager so a new r does not recompile). Decoding: benchmarks/decode_speed.py.
 
     .venv/bin/python benchmarks/train_speed.py [--preset rrslm-addition] [--steps 8] [--compile]
 Prints one line per setting: median ms per step and tokens/s. Figures vary +-25% run to run on shared CPUs.
@@ -12,18 +12,18 @@ import time
 import torch
 
 from recurlm.config import load_config
-from recurlm.engine import Engine
 from recurlm.evaluate import loss_on
 from recurlm.model import build_model
+from recurlm.train import compile_blocks
 
 
-def time_steps(model, x, y, r, amp, steps, digit_pos):
+def time_steps(model, x, y, r, amp, steps, digit_pos, bptt_k):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = loss_on(model, x, y, r, digit_pos)
+            loss = loss_on(model, x, y, r, digit_pos, bptt_k)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -41,8 +41,9 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks (slow to start)")
     args = p.parse_args()
-    cfg = load_config(args.preset, overrides=args.set)["model"]
-    T, r = args.seq or cfg.seq_len, cfg.default_recurrences
+    configs = load_config(args.preset, overrides=args.set)
+    cfg, bptt_k = configs["model"], configs["recurrence"].bptt_k
+    T, r = args.seq or cfg.seq_len, configs["inference"].recurrences
     torch.manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, T))
     digits = torch.zeros_like(x) if cfg.abacus else None
@@ -53,19 +54,9 @@ def main():
     for name, amp, compiled in settings:
         model = build_model(cfg)
         if compiled:
-            for block in [*model.prelude, *model.core, *model.coda]:
-                block.compile()
-        dt = time_steps(model, x, x, r, amp, args.steps, digits)
+            compile_blocks(model)
+        dt = time_steps(model, x, x, r, amp, args.steps, digits, bptt_k)
         print(f"  train {name:<14} {dt * 1000:8.1f} ms/step {args.batch * T / dt:10,.0f} tok/s")
-    model = build_model(cfg).eval()
-    digit_ids = set(range(10)) if cfg.abacus else None
-    for budget in (1, r):
-        engine = Engine(model, kv_budget=budget, warm_start=False, exit="none", digit_ids=digit_ids)
-        n = min(64, cfg.seq_len - 9)
-        t0 = time.perf_counter()
-        engine.generate([[1] * 8], n, recurrences=r)
-        dt = time.perf_counter() - t0
-        print(f"  decode batch 1, kv_budget {budget:<3} {n / dt:8.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -69,8 +69,13 @@ class KVCache:
             active, skipping = ctx.active[:, None, :, None], ctx.skipping[:, None, :, None]
             k = torch.where(active, k, torch.where(skipping, prev_k, cur_k))
             v = torch.where(active, v, torch.where(skipping, prev_v, cur_v))
-        self._put(write, k, v, ctx)
-        return self.k[write, :, :, : ctx.keys], self.v[write, :, :, : ctx.keys]
+        keys, values = self.k[write], self.v[write]
+        if ctx.positions is None:  # every row at one position: plain slices (the batch-1 decoding path)
+            keys[:, :, ctx.start : ctx.start + k.size(2)] = k
+            values[:, :, ctx.start : ctx.start + k.size(2)] = v
+        else:
+            self._put(write, k, v, ctx)
+        return keys[:, :, : ctx.keys], values[:, :, : ctx.keys]
 
     def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):
         """Every token stopped before iteration `first`: give the slots of iterations first .. r-1 that are below

@@ -171,6 +171,8 @@ class Engine:
 
     def _last(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """x (B, L, ...) at each row's last position."""
+        if min(lengths) == max(lengths):
+            return x[:, lengths[0] - 1]
         return x[torch.arange(x.size(0), device=x.device), torch.tensor(lengths, device=x.device) - 1]
 
     @torch.no_grad()
@@ -271,12 +273,12 @@ class Engine:
         s, _ = self.model.recur(e, s0, Halting.build([(p.recurrences, 1, "none") for p in policies]), ctx)
         return self.model.unembed(self._last(self.model.coda_out(s, ctx), [len(q) for q in seqs]))
 
-    def _sample(self, logits: torch.Tensor, policies: list[InferencePolicy], generators: list) -> list[int]:
+    def _sample(self, logits: torch.Tensor, policies: list[InferencePolicy], generators: list) -> torch.Tensor:
         """Each row under its own sampling settings and generator, so a row's draw does not depend on its batch."""
-        out = logits.argmax(dim=-1).tolist()
+        out = logits.argmax(dim=-1)
         for i, p in enumerate(policies):
             if p.temperature > 0:
-                out[i] = int(sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, generators[i]))
+                out[i] = sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, generators[i])[0]
         return out
 
     def stream(
@@ -308,14 +310,15 @@ class Engine:
         steps = [p.recurrences if core else 0 for p in policies]
         parked: list[int] = []  # positions in `rows` of rows that ended but still ride along (see below)
         while True:
-            live = [i for i in range(len(rows)) if i not in set(parked)]
+            live = [i for i in range(len(rows)) if i not in parked]
             tokens = self._sample(logits, [policies[b] for b in rows], [gens[b] for b in rows])
-            yield [rows[i] for i in live], [tokens[i] for i in live], [steps[i] for i in live]
+            picked = tokens.tolist()
+            yield [rows[i] for i in live], [picked[i] for i in live], [steps[i] for i in live]
             ended = []
             for i in live:
                 b = rows[i]
-                seqs[b].append(tokens[i])
-                if tokens[i] in stop or len(seqs[b]) - len(prompts[b]) >= budgets[b] or len(seqs[b]) > room:
+                seqs[b].append(picked[i])
+                if picked[i] in stop or len(seqs[b]) - len(prompts[b]) >= budgets[b] or len(seqs[b]) > room:
                     ended.append(i)
             parked += ended
             if len(parked) == len(rows):
@@ -323,10 +326,10 @@ class Engine:
             # Leaving a batch copies its cache, so a row that ends rides along, cut back to one token and fed
             # whatever it samples (rolled back after each step), until a quarter of the batch has ended.
             if 4 * len(parked) >= len(rows) or not use_cache:
-                keep = [i for i in range(len(rows)) if i not in set(parked)]
+                keep = [i for i in range(len(rows)) if i not in parked]
                 if use_cache:
                     state = state.select(keep)
-                rows, tokens, parked = [rows[i] for i in keep], [tokens[i] for i in keep], []
+                rows, tokens, parked = [rows[i] for i in keep], tokens[keep], []
             elif ended:
                 state.rollback([state.lengths[i] - 1 if i in ended else 0 for i in range(len(rows))])
             if not use_cache:

@@ -281,11 +281,12 @@ class RecurrentGPT(nn.Module):
         if not self.core:
             return s, None if halt is None else torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)
         if halt is None or halt.uniform:
-            grad = torch.is_grad_enabled()
-            n_free = max(r - bptt_k, 0) if bptt_k and grad else 0
-            for i in range(r):
-                with torch.set_grad_enabled(grad and i >= n_free):
+            n_free = max(r - bptt_k, 0) if bptt_k and torch.is_grad_enabled() else 0
+            with torch.no_grad():
+                for i in range(n_free):
                     s = self.core_step(e, s, i, ctx)
+            for i in range(n_free, r):
+                s = self.core_step(e, s, i, ctx)
             return s, None if halt is None else torch.full(s.shape[:2], r, dtype=torch.long, device=s.device)
         B, T = s.shape[:2]
         cap = halt.cap[:, None]
