@@ -124,12 +124,9 @@ class Engine:
         if cfg.abacus and not digit_ids:
             raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
         self.model, self.cfg = model, cfg
+        self.device = model.wte.weight.device  # build the engine after moving the model
         self.digit_ids = set(digit_ids or ())
         self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long, device=self.device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.wte.weight.device
 
     def _noise(self, seeds: list[int], starts: list[int], T: int) -> torch.Tensor | None:
         """Huginn's random initial state, drawn per sequence and position (so independent of the batch)."""
@@ -229,10 +226,13 @@ class Engine:
             return state, torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)
         return (state, *self._extend(state, tokens))
 
+    @torch.no_grad()
     def decode(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
         """One token per row ((B,) ids): the state, (B, V) logits and (B,) recurrences."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
-        state, logits, steps = self.extend(state, tokens.view(-1, 1))
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(-1, 1)
+        if tokens.size(0) != len(state):
+            raise UserError(f"decode needs one token per sequence ({len(state)}), got {tokens.size(0)}")
+        logits, steps = self._extend(state, tokens)
         return state, logits[:, 0], steps[:, 0]
 
     def _extend(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,8 +253,7 @@ class Engine:
         s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))
         if any(warm):  # one token per row here (see extend)
             prev = self._last(state.final, state.lengths)[:, None]
-            mask = torch.tensor(warm, device=self.device)[:, None, None]
-            s0 = prev if s0 is None else torch.where(mask, prev, s0)
+            s0 = prev if s0 is None else torch.where(torch.tensor(warm, device=self.device)[:, None, None], prev, s0)
         s, steps = model.recur(e, s0, state.halt, ctx)
         _put_rows(state.final, ctx, s)
         state.lengths = [n + T for n in state.lengths]
