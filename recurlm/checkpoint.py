@@ -22,7 +22,7 @@ def build_tokenizer(configs: dict, texts=()) -> Tokenizer:
     if tcfg.kind == "char":
         tok = Tokenizer.char(tcfg.alphabet, tcfg.specials)
     else:
-        tok = Tokenizer.bpe(texts, mcfg.vocab_size, tcfg.specials)
+        tok = Tokenizer.bpe(texts, mcfg.vocab_size, tcfg.specials, tcfg.split_digits)
     if tok.vocab_size > mcfg.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size is {mcfg.vocab_size}")
     return tok

@@ -106,13 +106,19 @@ def cmd_generate(args):
         policy = policy.override(exit="none")  # the run's default exit is a default, not a request
     if not args.prompt:
         raise UserError("the prompt is empty")
-    # A prompt of a task the run trained on is answered in that task's normal form (addition models write sums
-    # least-significant digit first); --raw prints the tokens as generated.
+    # A run asks its questions the way it trained (the reasoning suite wraps them in <INST>...</INST>), and answers a
+    # prompt of one of its tasks in that task's normal form (addition models write sums least-significant digit
+    # first); --raw passes the prompt through and prints the tokens as generated.
     tasks = [] if args.raw else [task_from_configs(n, configs) for n in trained_task_names(configs)]
-    task = next((t for t in tasks if t.recognises(args.prompt)), None)
+    templates = {t.prompt_template for t in tasks}
+    prompt = args.prompt
+    if len(templates) == 1 and (template := templates.pop()) != "{}":
+        head = template.split("{}")[0]
+        prompt = prompt if prompt.startswith(head) else template.format(prompt)
+    task = next((t for t in tasks if t.recognises(prompt)), None)
     ids, steps, shown, t0 = [], [], "", time.perf_counter()
     stream = Engine(model, tok.digit_ids).stream(
-        [prompt_ids(tok, args.prompt)],
+        [prompt_ids(tok, prompt)],
         args.max_new_tokens,
         policy,
         stop_tokens=[tok.eos_id],

@@ -49,6 +49,7 @@ class ModelConfig:
     proj_rank: int = 0  # 0: full projections; k: every projection is W = A @ B of rank k (MiniAxion)
     rope_theta: float = 10000.0
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
+    abacus_fixed: bool = False  # the significance codes are fixed sinusoids, not a learned table (no parameters)
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
@@ -141,6 +142,7 @@ class TokenizerConfig:
     kind: str = "bpe"  # 'char' (a fixed alphabet) or 'bpe' (byte-level, trained to model.vocab_size)
     alphabet: str = ""  # for 'char'
     specials: str = "all"  # 'all' project special tokens, or 'pad' only (the 13-symbol RR-SLM vocab)
+    split_digits: bool = False  # bpe: every digit its own token (no merges across or into numbers)
 
     def __post_init__(self):
         if self.kind not in ("char", "bpe"):
@@ -197,10 +199,11 @@ class StageConfig:
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'
     review_frac: float = 0.2  # share of each batch drawn from the levels already passed, against forgetting
+    buckets: int = 1  # > 1: each batch holds examples of similar length, one of this many length groups
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise UserError(f"stage steps must be >= 1, got {self.steps}")
+        if self.steps < 1 or self.buckets < 1:
+            raise UserError(f"stage steps and buckets must be >= 1, got {self.steps} and {self.buckets}")
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):

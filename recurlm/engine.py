@@ -293,6 +293,8 @@ class Engine:
         the token each generated and the recurrences of the pass that predicted it. A row ends after a stop token,
         its max_new_tokens or a full context; the others go on without it."""
         B = len(prompts)
+        if not B:
+            return
         policies = self._policies(policy, B)
         budgets = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
         seeds = list(seeds) if seeds is not None else [0] * B

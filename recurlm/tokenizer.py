@@ -37,10 +37,16 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def bpe(cls, texts: Iterable[str], vocab_size: int, specials: str = "all") -> "Tokenizer":
-        """Byte-level BPE trained on `texts`; with no texts, the 256 bytes alone (any text still encodes)."""
+    def bpe(cls, texts: Iterable[str], vocab_size: int, specials: str = "all", split_digits: bool = False):
+        """Byte-level BPE trained on `texts`; with no texts, the 256 bytes alone (any text still encodes).
+        `split_digits` keeps every digit a token of its own: a merge like '47' would hide from a small model the
+        digits it must add."""
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if split_digits:
+            hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        else:
+            hf.pre_tokenizer = byte_level
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -337,6 +337,8 @@ def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state,
             if level is not None and d > level:
                 continue
             examples = task.generate("val", tcfg.eval_n, seed=0, difficulty=d)
+            if not examples:  # a level too small to hold validation problems (even_odd's ten 1-digit numbers)
+                continue
             res = evaluate(model, tok, examples, policy, task.max_new_tokens, task.score)
             record["eval"][f"{task.name}/{d}"] = res["accuracy"]
             if d == level and stage.curriculum == "accuracy":

@@ -87,7 +87,9 @@ def test_generate_shows_sums_in_normal_digit_order(run_dir, capsys):
     assert raw and shown == raw[::-1]  # the run writes sums least-significant digit first
 
 
-def test_generate_prepends_bos_as_training_does(monkeypatch, capsys):
+def test_generate_asks_as_training_did(monkeypatch, capsys):
+    """BOS first, as training and eval put it; a reasoning-suite run wraps the question in <INST>...</INST> itself
+    (once), and --raw passes the prompt through."""
     from recurlm.checkpoint import build_tokenizer
     from recurlm.config import load_config
     from recurlm.engine import Engine
@@ -96,12 +98,16 @@ def test_generate_prepends_bos_as_training_does(monkeypatch, capsys):
     real = Engine.stream
 
     def spy(self, prompts, *args, **kwargs):
-        seen.append(prompts)
+        seen.append(prompts[0])
         return real(self, prompts, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "stream", spy)
     small = ["--set", "d_model=32", "--set", "n_head=2", "--max-new-tokens", "2"]
-    main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", "hi"])
+    for prompt in ("What is 2 + 2?", "<INST>What is 2 + 2?</INST>"):
+        main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", prompt])
+    main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", "What is 2 + 2?", "--raw"])
     capsys.readouterr()
     tok = build_tokenizer(load_config("miniaxion-0.9m"))
-    assert seen == [[[tok.token_id("<|bos|>"), *tok.encode("hi")]]]
+    bos = tok.token_id("<|bos|>")
+    wrapped = [bos, *tok.encode("<INST>What is 2 + 2?</INST>")]
+    assert seen == [wrapped, wrapped, [bos, *tok.encode("What is 2 + 2?")]]

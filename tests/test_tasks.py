@@ -136,3 +136,46 @@ def test_chat_mask(bpe):
     assert parse_reply(bpe, bpe.encode("Hello!<|end|>junk")) == "Hello!"
     with pytest.raises(UserError, match="no <|bos|>"):
         render_conversation(Tokenizer.char("0123456789+=", "pad"), conv)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-200, 999), st.sampled_from("+-"), st.integers(0, 999))
+def test_column_arithmetic_is_right_and_speaks_the_trace_grammar(x, op, y):
+    from recurlm.tasks import columns
+
+    steps, value = columns.signed(x, op, y)
+    assert value == (x + y if op == "+" else x - y)
+    assert steps and all("<" not in s for s in steps)
+    assert steps[-1].endswith(f"= {value}")
+    for s in steps:  # every written equation holds
+        left, _, right = s.rpartition(" = ")
+        if re.fullmatch(r"-?\d+( [+\-*] \d+)+", left) and re.fullmatch(r"-?\d+", right):
+            assert _eval(left.replace("- -", "+ ")) == int(right), s
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 999), st.integers(0, 9))
+def test_column_multiplication(a, k):
+    from recurlm.tasks import columns
+
+    steps, value = columns.multiply(a, k)
+    assert value == a * k and steps[-1].endswith(f"= {a * k}") and len(steps) == len(str(a)) + (a >= 10)
+
+
+def test_split_digit_bpe_keeps_every_digit_a_token():
+    texts = [ex.prompt + ex.completion for name in SUITE for ex in get_task(name).generate("train", 300)]
+    tok = Tokenizer.bpe(texts, 2048, split_digits=True)
+    for number in ("47", "907", "123456"):
+        ids = tok.encode(f"Is {number} even or odd?")
+        assert [tok.decode([i]) for i in ids if tok.decode([i]).strip().isdigit()] == list(number)
+    merged = Tokenizer.bpe(texts, 2048)
+    assert any(len(merged.decode([i]).strip()) > 1 and merged.decode([i]).strip().isdigit() for i in range(2048))
+
+
+def test_word_problems_name_anyone_and_anything():
+    examples = get_task("word_problem").generate("train", 600, seed=4)
+    names = {ex.prompt.removeprefix("<INST>").split()[0] for ex in examples}
+    listed = {n for n, _ in NAMES}
+    assert len(names - listed) > 100 and len(names & listed) > 20  # made-up names beside the list's
+    things = {re.search(r"\d+ (\w+)\.", ex.prompt).group(1) for ex in examples}
+    assert len(things - set(THINGS)) > 100

@@ -333,3 +333,25 @@ def test_stage_tasks_must_be_able_to_generate_training_data(tmp_path, capsys):
     gym = load_config("miniaxion-0.9m", overrides=[*small, "stage.sft.tasks=reasoning_gym:basic_arithmetic"])
     _, state = train(gym, tmp_path / "gym")
     assert state["step"] == 3 and all(torch.isfinite(torch.tensor(losses(tmp_path / "gym"))))
+
+
+def test_length_buckets_cut_padding_and_keep_every_example_as_likely():
+    from recurlm.checkpoint import build_tokenizer
+    from recurlm.data import encode_example
+
+    tok = build_tokenizer(load_config("miniaxion-0.9m"))  # bytes only: enough to measure lengths
+    plain = TaskMixture(load_config("miniaxion-0.9m")["stage"]["sft"], tok, seed=0)
+    bucketed = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=4"])["stage"]["sft"], tok, 0)
+
+    def filled(mix):  # the share of batch positions holding real tokens, not padding
+        xs = [mix.batch(16, step, 0, 0, None)[0] for step in range(20)]
+        return sum(int((x != tok.eos_id).sum()) for x in xs) / sum(x.numel() for x in xs)
+
+    assert filled(bucketed) > 1.3 * filled(plain)
+    x, _, _ = bucketed.batch(16, 3, 0, 0, None)
+    assert torch.equal(x, bucketed.batch(16, 3, 0, 0, None)[0])  # deterministic, as exact resume needs
+    # the batch is one of the 4 length groups the 64 drawn examples are cut into: the groups partition the draw,
+    # so every drawn example is trained on with probability 1/4
+    lengths = sorted(len(encode_example(tok, ex)[0]) - 1 for ex in bucketed.examples(64, 3, 0, 0, None))
+    got = sorted(int(n) for n in (x != tok.eos_id).sum(dim=1))
+    assert got in [lengths[g * 16 : (g + 1) * 16] for g in range(4)]

@@ -3,12 +3,16 @@
 Prompt `<INST>question</INST>`, completion `<THINK><STEP>…</STEP>…</THINK><ANS>answer</ANS>`. The answer is
 scored by exact match of the text between <ANS> and </ANS>; `format_ok` says whether a whole output follows the
 trace grammar (MiniAxion's 'CoT format' score, reported with every evaluation of these tasks).
+
+The traces spell out work a ~1M-parameter model can do one step at a time (MiniAxion's own traces state results it
+cannot compute): sums and differences column by column (`recurlm.tasks.columns`), comparisons digit by digit from
+the left, sorting one selection per step with the numbers still left written out.
 """
 
 import random
 import re
 
-from recurlm.tasks import Example, Task
+from recurlm.tasks import Example, Task, columns
 
 TRACE = re.compile(r"<THINK>(<STEP>[^<]+</STEP>)+</THINK><ANS>[^<]+</ANS>")
 
@@ -25,18 +29,21 @@ class TraceTask(Task):
     """A task whose examples are (question, steps, answer) triples; subclasses implement `problem`."""
 
     difficulties = (1, 2)
-    max_new_tokens = 128  # the longest reference trace is well under this
+    prompt_template = "<INST>{}</INST>"
+    max_new_tokens = 160  # the longest reference trace (two_step, sorting) is ~145 tokens with digits split
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[str, list[str], object]:
         raise NotImplementedError
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         question, steps, answer = self.problem(rng, difficulty)
-        return Example(f"<INST>{question}</INST>", str(answer), trace(steps, answer), self.name, difficulty)
+        prompt = self.prompt_template.format(question)
+        return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty)
 
 
 class Arithmetic(TraceTask):
-    """'What is A + B?' / 'What is A - B?' (0-99; difficulty 1: 0-9), 'What is A * B?' (0-12)."""
+    """'What is A + B?' / 'What is A - B?' (0-99, negative results included; difficulty 1: 0-9), 'What is A * B?'
+    (0-12)."""
 
     name = "arithmetic"
 
@@ -44,8 +51,10 @@ class Arithmetic(TraceTask):
         op = rng.choice("+-*")
         hi = 12 if op == "*" else 9 if difficulty == 1 else 99
         a, b = rng.randint(0, hi), rng.randint(0, hi)
-        value = a + b if op == "+" else a - b if op == "-" else a * b
-        return f"What is {a} {op} {b}?", [f"{a} {op} {b} = {value}"], value
+        if op == "*":
+            return f"What is {a} * {b}?", [f"{a} * {b} = {a * b}"], a * b  # a times table: 169 facts to know
+        steps, value = columns.signed(a, op, b)
+        return f"What is {a} {op} {b}?", steps, value
 
 
 class TwoStep(TraceTask):
@@ -57,9 +66,9 @@ class TwoStep(TraceTask):
         hi = 9 if difficulty == 1 else 50
         a, b, c = (rng.randint(0, hi) for _ in range(3))
         op1, op2 = rng.choice("+-"), rng.choice("+-")
-        x = a + b if op1 == "+" else a - b
-        y = x + c if op2 == "+" else x - c
-        return f"What is ({a} {op1} {b}) {op2} {c}?", [f"{a} {op1} {b} = {x}", f"{x} {op2} {c} = {y}"], y
+        first, x = columns.signed(a, op1, b)
+        second, y = columns.signed(x, op2, c)
+        return f"What is ({a} {op1} {b}) {op2} {c}?", [*first, *second], y
 
 
 class EvenOdd(TraceTask):
@@ -86,7 +95,16 @@ class Comparison(TraceTask):
         a = rng.randint(lo, 10**difficulty - 1)
         b = rng.choice([v for v in (rng.randint(0, 10**difficulty - 1) for _ in range(4)) if v != a] or [a + 1])
         big, small = max(a, b), min(a, b)
-        return f"Which is larger: {a} or {b}?", [f"{big} > {small}"], big
+        sa, sb = str(a), str(b)
+        if len(sa) != len(sb):
+            steps = [f"{sa} has {len(sa)} digits, {sb} has {len(sb)}"]
+        else:  # the first digit that differs decides; the equal ones before it are written out
+            steps = []
+            for x, y in zip(sa, sb, strict=True):
+                steps.append(f"{x} = {y}" if x == y else f"{max(x, y)} > {min(x, y)}")
+                if x != y:
+                    break
+        return f"Which is larger: {a} or {b}?", [*steps, f"{big} > {small}"], big
 
 
 class Pattern(TraceTask):
@@ -99,14 +117,15 @@ class Pattern(TraceTask):
         if difficulty == 1:
             start, step = rng.randint(0, 60), rng.choice([s for s in range(-9, 10) if s])
             terms = [start + i * step for i in range(5)]
-            rule = f"Each term adds {step}." if step > 0 else f"Each term subtracts {-step}."
-            work = f"{terms[3]} {'+' if step > 0 else '-'} {abs(step)} = {terms[4]}"
+            rule = f"{terms[1]} - {terms[0]} = {step}, so each term adds {step}."
+            work, _ = columns.signed(terms[3], "+" if step > 0 else "-", abs(step))
         else:
             start, factor = rng.randint(1, 5), rng.choice([2, 3])
             terms = [start * factor**i for i in range(5)]
-            rule, work = f"Each term is multiplied by {factor}.", f"{terms[3]} * {factor} = {terms[4]}"
+            rule = f"{terms[1]} = {terms[0]} * {factor}, so each term is multiplied by {factor}."
+            work, _ = columns.multiply(terms[3], factor)
         shown = ", ".join(map(str, terms[:4]))
-        return f"Complete the pattern: {shown}, ?", [rule, work], terms[4]
+        return f"Complete the pattern: {shown}, ?", [rule, *work], terms[4]
 
 
 NAMES = [
@@ -173,14 +192,29 @@ THINGS = [
 ]
 
 
+SYLLABLES = (
+    "ba be bi bo bu da de di do ka ke ki ko la le li lo ma me mi mo na ne ni no ra re ri ro sa se si ta te to va ve vi "
+    "ya yo za zu"
+).split()
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable nonsense word: training on these besides the lists makes the model ignore who and what."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+
+
 class WordProblem(TraceTask):
     """'NAME has A THINGS. PRONOUN gets B more. How many THINGS does PRONOUN have now?' and the 'gives away B'
-    variant (0-50, B <= A; difficulty 1: adding, 2: giving away)."""
+    variant (0-50, B <= A; difficulty 1: adding, 2: giving away). Names and things come from the lists or, one time
+    in three each, are made up, so any name and any object can appear."""
 
     name = "word_problem"
 
     def problem(self, rng, difficulty):
-        (name, pronoun), things = rng.choice(NAMES), rng.choice(THINGS)
+        name, pronoun = rng.choice(NAMES)
+        if rng.random() < 1 / 3:
+            name = made_up_word(rng).capitalize()
+        things = rng.choice(THINGS) if rng.random() >= 1 / 3 else made_up_word(rng) + "s"
         a = rng.randint(0, 50)
         b = rng.randint(0, a) if difficulty == 2 else rng.randint(0, 50)
         they = pronoun.capitalize()
@@ -188,25 +222,29 @@ class WordProblem(TraceTask):
         action = f"{they} gives away {b}." if difficulty == 2 else f"{they} gets {b} more."
         if pronoun == "they":
             action = action.replace("gives", "give").replace("gets", "get")
-        value = a - b if difficulty == 2 else a + b
         op = "-" if difficulty == 2 else "+"
         question = f"{name} {has} {a} {things}. {action} How many {things} does {pronoun} have now?"
         if pronoun == "they":
             question = question.replace("does they", "do they")
-        return question, [f"{a} {op} {b} = {value}"], value
+        steps, value = columns.signed(a, op, b)
+        return question, [f"{a} {op} {b}", *steps], value
 
 
 class Sorting(TraceTask):
-    """'Sort ascending: a, b, c, d' (3-6 numbers, 0-99; difficulty = count - 2)."""
+    """'Sort ascending: a, b, c, d' (3-6 numbers, 0-99; difficulty = count - 2). One step per number taken: the
+    numbers still left, then the smallest of them."""
 
     name = "sorting"
     difficulties = (1, 2, 3, 4)
 
     def problem(self, rng, difficulty):
         values = [rng.randint(0, 99) for _ in range(difficulty + 2)]
-        ordered = sorted(values)
-        steps = [f"The smallest left is {v}." for v in ordered]
-        return f"Sort ascending: {', '.join(map(str, values))}", steps, ", ".join(map(str, ordered))
+        left, steps = list(values), []
+        while left:
+            smallest = min(left)
+            steps.append(f"{', '.join(map(str, left))} -> {smallest}")
+            left.remove(smallest)
+        return f"Sort ascending: {', '.join(map(str, values))}", steps, ", ".join(map(str, sorted(values)))
 
 
 SUITE = {t.name: t for t in (Arithmetic, TwoStep, EvenOdd, Comparison, Pattern, WordProblem, Sorting)}

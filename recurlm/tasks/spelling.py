@@ -28,6 +28,7 @@ class SpellingBee(Task):
     name = "spelling_bee"
     difficulties = (1, 2, 3)
     max_new_tokens = 96  # a spelt-out 13-letter word and its count
+    prompt_template = "<INST>{}</INST>"
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         pool = [w for w in WORDS if (len(w) <= 5, 6 <= len(w) <= 8, len(w) >= 9)[difficulty - 1]]
@@ -37,5 +38,5 @@ class SpellingBee(Task):
         where = [str(i + 1) for i, c in enumerate(word) if c == letter]
         count = len(where)
         steps = [",".join(word), f"{letter} at {', '.join(where)}" if where else f"no {letter}"]
-        prompt = f"<INST>How many {shown} are in {word}?</INST>"
+        prompt = self.prompt_template.format(f"How many {shown} are in {word}?")
         return Example(prompt, str(count), trace(steps, count), self.name, difficulty)
