@@ -229,6 +229,20 @@ def cmd_compare(args):
         Path(args.out).write_text(table)
 
 
+def cmd_import_nanochat(args):
+    from recurlm.checkpoint import save_checkpoint
+    from recurlm.importers.nanochat import import_nanochat
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists: choose another --out, or --force to replace it")
+    model, tok, configs = import_nanochat(args.checkpoint_dir, args.tokenizer, args.step)
+    save_checkpoint(out, model, tok, configs)
+    cfg = configs["model"]
+    blocks = f"(P,R,C) = ({cfg.n_prelude},{cfg.n_core},{cfg.n_coda})" if cfg.n_core else f"{cfg.n_prelude} layers"
+    print(f"imported {blocks}, width {cfg.d_model}, vocab {tok.vocab_size} into {out}")
+
+
 def cmd_data_export(args):
     task = get_task(args.task)
     examples = task.generate(args.split, args.n, seed=args.seed, difficulty=args.difficulty)
@@ -302,6 +316,17 @@ def build_parser() -> Parser:
     s.add_argument("--difficulty", type=positive_int, help="only this difficulty (default: all, in turn)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_data_export)
+
+    source = sub.add_parser("import", help="another project's checkpoint as a recurlm checkpoint").add_subparsers(
+        dest="source", required=True, parser_class=Parser
+    )
+    s = source.add_parser("nanochat", help="nanochat's model_<step>.pt + meta_<step>.json (plain or recursive)")
+    s.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="the directory holding model_<step>.pt")
+    s.add_argument("--step", type=int, help="default: the latest")
+    s.add_argument("--tokenizer", help="directory of tokenizer.pkl (default: CHECKPOINT_DIR/../../tokenizer)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_import_nanochat)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, or from a random preset model")
     s.add_argument("--checkpoint")

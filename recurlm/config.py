@@ -189,7 +189,7 @@ class StageConfig:
 
     steps: int = 100
     lr_scale: float = 1.0
-    tasks: str = ""  # comma-separated task names, mixed uniformly
+    tasks: str = ""  # comma-separated task names, each optionally weighted (name:2); uniform by default
     text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet, a directory) instead of tasks
     seq_len: int = 0  # packed row length for text (0: model.seq_len)
     loss: str = "completion"  # 'completion' (SFT: loss on the target only) or 'all' tokens

@@ -9,6 +9,7 @@ import random
 import torch
 
 from recurlm.config import StageConfig
+from recurlm.errors import UserError
 from recurlm.tasks import Example, Task, get_task, split_of
 from recurlm.tokenizer import BOS, Tokenizer, significance_ids
 
@@ -43,10 +44,26 @@ def collate(rows: list, pad_id: int):
     return x, y, pos
 
 
+def task_weights(stage: StageConfig) -> dict[str, float]:
+    """`tasks = "arithmetic:2,even_odd:0.5,sorting"`: each task's share of the mixture (1 when not given). A suffix
+    that is not a number is part of the name (`mmlu:FILE`, `reasoning_gym:NAME`)."""
+    weights = {}
+    for entry in filter(None, (e.strip() for e in stage.tasks.split(","))):
+        name, _, suffix = entry.rpartition(":")
+        try:
+            weight = float(suffix)
+        except ValueError:
+            name, weight = entry, 1.0
+        if not weight > 0:
+            raise UserError(f"task weight in {entry!r} must be positive")
+        weights[name.strip()] = weight
+    return weights
+
+
 def stage_tasks(stage: StageConfig) -> list[Task]:
     """The stage's tasks, built with the stage's task options."""
     options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
-    return [get_task(name.strip(), **options.get(name.strip(), {})) for name in stage.tasks.split(",") if name.strip()]
+    return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 
 def task_from_configs(name: str, configs: dict) -> Task:
@@ -64,12 +81,15 @@ def trained_task_names(configs: dict) -> list[str]:
 
 
 class TaskMixture:
-    """Uniform mixture of a stage's tasks. With a curriculum, rows come from the current level, and a share
-    `review_frac` from the levels already passed."""
+    """Mixture of a stage's tasks, by their weights. With a curriculum, rows come from the current level, and a
+    share `review_frac` from the levels already passed."""
 
-    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: bool = False):
+    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: bool = False, context: int = 0):
         self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
+        self.context = context  # rows are cut to this many inputs (the model's context; 0: never)
         self.tasks = stage_tasks(stage)
+        weights = list(task_weights(stage).values())
+        self.weights = None if len(set(weights)) <= 1 else weights  # uniform: the draws of unweighted runs as before
         self.max_level = max((max(t.difficulties) for t in self.tasks), default=1)
 
     def _difficulty(self, rng: random.Random, task: Task, level: int | None) -> int:
@@ -84,7 +104,7 @@ class TaskMixture:
         rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}")
         out = []
         while len(out) < n:
-            task = rng.choice(self.tasks)
+            task = rng.choices(self.tasks, self.weights)[0] if self.weights else rng.choice(self.tasks)
             ex = task.sample(rng, self._difficulty(rng, task, level))
             if split_of(ex.prompt) == "train":
                 out.append(ex)
@@ -104,4 +124,7 @@ class TaskMixture:
             rows.sort(key=lambda row: len(row[0]))
             pick = random.Random(f"{self.seed}/{step}/{rank}/{micro}/bucket").randrange(k)
             rows = rows[pick * n : (pick + 1) * n]
+        if self.context:  # an example longer than the context trains on its beginning
+            n = self.context + 1  # inputs and the next-token targets
+            rows = [(ids[:n], mask[:n], digits[:n] if digits is not None else None) for ids, mask, digits in rows]
         return collate(rows, self.tok.eos_id)

@@ -148,6 +148,8 @@ class Engine:
                 raise UserError(f"recurrences must be >= 1, got {p.recurrences}")
         if len({p.kv_budget for p in policies}) > 1:
             raise UserError("sequences with different kv budgets cannot share a batch")
+        if not self.model.core:  # no loop, no state to carry: a warm start would hand a token its predecessor's
+            policies = [p.override(warm_start=False) for p in policies]
         return policies
 
     def _right_pad(self, seqs: list[list[int]], n_prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -46,6 +46,16 @@ def test_cache_with_budget_r_equals_full_forward(r, variant):
     assert cached.tokens == uncached.tokens and len(cached.tokens[0]) == 8
 
 
+def test_plain_gpt_ignores_warm_start():
+    """A plain GPT has no state to carry between tokens: a warm-start policy (a recursive run's, given to its
+    plain baseline or an imported model) must decode as the full forward does, not hand a token its predecessor."""
+    model = tiny_model(n_core=0)
+    with torch.no_grad():
+        full = model(IDX, 1)
+    got = cached_logits(Engine(model), IDX, policy(1, warm_start=True), prefix=3)
+    assert (got - full[:, 2:]).abs().max() <= 1e-4
+
+
 def test_budget_one_keeps_core_cache_size_independent_of_r():
     model = tiny_model()
     sizes = {}

@@ -162,6 +162,19 @@ def test_column_multiplication(a, k):
     assert value == a * k and steps[-1].endswith(f"= {a * k}") and len(steps) == len(str(a)) + (a >= 10)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), st.integers(0, 12))
+def test_times_table_counts_to_the_product(a, b):
+    """Every count adds the smaller factor once, and there are as many counts as the larger factor."""
+    from recurlm.tasks.reasoning import times
+
+    *counting, result = times(a, b)
+    assert result == f"{a} * {b} = {a * b}"
+    if counting:
+        pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
+        assert [(int(i), int(v)) for i, v in pairs] == [(i, i * min(a, b)) for i in range(1, max(a, b) + 1)]
+
+
 def test_split_digit_bpe_keeps_every_digit_a_token():
     texts = [ex.prompt + ex.completion for name in SUITE for ex in get_task(name).generate("train", 300)]
     tok = Tokenizer.bpe(texts, 2048, split_digits=True)

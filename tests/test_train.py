@@ -340,7 +340,7 @@ def test_length_buckets_cut_padding_and_keep_every_example_as_likely():
     from recurlm.data import encode_example
 
     tok = build_tokenizer(load_config("miniaxion-0.9m"))  # bytes only: enough to measure lengths
-    plain = TaskMixture(load_config("miniaxion-0.9m")["stage"]["sft"], tok, seed=0)
+    plain = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=1"])["stage"]["sft"], tok, 0)
     bucketed = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=4"])["stage"]["sft"], tok, 0)
 
     def filled(mix):  # the share of batch positions holding real tokens, not padding
@@ -355,3 +355,26 @@ def test_length_buckets_cut_padding_and_keep_every_example_as_likely():
     lengths = sorted(len(encode_example(tok, ex)[0]) - 1 for ex in bucketed.examples(64, 3, 0, 0, None))
     got = sorted(int(n) for n in (x != tok.eos_id).sum(dim=1))
     assert got in [lengths[g * 16 : (g + 1) * 16] for g in range(4)]
+
+
+def test_task_weights_set_each_tasks_share_of_the_mixture():
+    from recurlm.checkpoint import build_tokenizer
+
+    configs = load_config("miniaxion-0.9m", overrides=["stage.sft.tasks=even_odd:3,comparison"])
+    mix = TaskMixture(configs["stage"]["sft"], build_tokenizer(configs), seed=0)
+    names = [ex.task for step in range(50) for ex in mix.examples(40, step, 0, 0, None)]
+    assert 0.72 < names.count("even_odd") / len(names) < 0.78
+    for bad in ("even_odd:0", "even_odd:-1"):
+        with pytest.raises(UserError, match="task weight"):
+            TaskMixture(load_config("miniaxion-0.9m", overrides=[f"stage.sft.tasks={bad}"])["stage"]["sft"], None, 0)
+
+
+def test_rows_longer_than_the_context_train_on_their_beginning():
+    from recurlm.checkpoint import build_tokenizer
+
+    configs = load_config("miniaxion-0.9m", overrides=["stage.sft.tasks=sorting"])
+    tok, stage = build_tokenizer(configs), configs["stage"]["sft"]
+    full_x, full_y, _ = TaskMixture(stage, tok, seed=0).batch(8, 0, 0, 0, None)
+    x, y, _ = TaskMixture(stage, tok, seed=0, context=24).batch(8, 0, 0, 0, None)
+    assert full_x.size(1) > 24 and x.size(1) == 24
+    assert torch.equal(x, full_x[:, :24]) and torch.equal(y, full_y[:, :24])

@@ -30,7 +30,7 @@ class TraceTask(Task):
 
     difficulties = (1, 2)
     prompt_template = "<INST>{}</INST>"
-    max_new_tokens = 160  # the longest reference trace (two_step, sorting) is ~145 tokens with digits split
+    max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[str, list[str], object]:
         raise NotImplementedError
@@ -52,9 +52,19 @@ class Arithmetic(TraceTask):
         hi = 12 if op == "*" else 9 if difficulty == 1 else 99
         a, b = rng.randint(0, hi), rng.randint(0, hi)
         if op == "*":
-            return f"What is {a} * {b}?", [f"{a} * {b} = {a * b}"], a * b  # a times table: 169 facts to know
+            return f"What is {a} * {b}?", times(a, b), a * b
         steps, value = columns.signed(a, op, b)
         return f"What is {a} {op} {b}?", steps, value
+
+
+def times(a: int, b: int) -> list[str]:
+    """a * b (0-12) by counting in steps of the smaller factor, each count numbered: '1: 7, 2: 14, ..., 7: 49'.
+    A held-out question such as 7 * 7 is a fact no training question states; counting reaches it with additions."""
+    step, count = min(a, b), max(a, b)
+    if step <= 1:
+        return [f"{a} * {b} = {a * b}"]
+    counted = ", ".join(f"{i}: {i * step}" for i in range(1, count + 1))
+    return [f"count by {step}: {counted}", f"{a} * {b} = {a * b}"]
 
 
 class TwoStep(TraceTask):
@@ -117,15 +127,21 @@ class Pattern(TraceTask):
         if difficulty == 1:
             start, step = rng.randint(0, 60), rng.choice([s for s in range(-9, 10) if s])
             terms = [start + i * step for i in range(5)]
-            rule = f"{terms[1]} - {terms[0]} = {step}, so each term adds {step}."
+            a, b = terms[1], terms[0]  # the step, worked out like any difference (b may be negative)
+            diff, _ = columns.signed(a, "-", b) if b >= 0 else columns.signed(a, "+", -b)
+            rule = [
+                f"{a} - {b}",
+                *diff,
+                f"so each term adds {step}." if step > 0 else f"so each term subtracts {-step}.",
+            ]
             work, _ = columns.signed(terms[3], "+" if step > 0 else "-", abs(step))
         else:
             start, factor = rng.randint(1, 5), rng.choice([2, 3])
             terms = [start * factor**i for i in range(5)]
-            rule = f"{terms[1]} = {terms[0]} * {factor}, so each term is multiplied by {factor}."
+            rule = [f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."]
             work, _ = columns.multiply(terms[3], factor)
         shown = ", ".join(map(str, terms[:4]))
-        return f"Complete the pattern: {shown}, ?", [rule, *work], terms[4]
+        return f"Complete the pattern: {shown}, ?", [*rule, *work], terms[4]
 
 
 NAMES = [

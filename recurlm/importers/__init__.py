@@ -1,0 +1,1 @@
+"""Other projects' checkpoints as recurlm checkpoints (`recurlm import SOURCE`)."""

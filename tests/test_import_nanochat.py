@@ -1,0 +1,148 @@
+"""`recurlm import nanochat` against checkpoints written by nanochat's own code and what that code computed with
+them (../shared/reference/nanochat, described in its README)."""
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recurlm.checkpoint import load_checkpoint
+from recurlm.cli import main
+from recurlm.engine import Engine
+from recurlm.errors import UserError
+from recurlm.importers.nanochat import import_nanochat
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nanochat"
+pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="no nanochat reference checkpoints beside the project")
+CHECKPOINTS = {"plain": "plain/chatsft_checkpoints/d3", "recursive": "recursive/chatsft_checkpoints/d4"}
+KEYS = {"plain": ["plain"], "recursive": ["r1", "r2", "r4", "r8"]}
+
+
+def expected(kind):
+    return torch.load(REFERENCE / kind / "expected.pt", weights_only=True)
+
+
+def depth(key):
+    return 1 if key == "plain" else int(key[1:])
+
+
+@pytest.fixture(scope="module", params=["plain", "recursive"])
+def imported(request, tmp_path_factory):
+    """Imported through the command line, then loaded as every recurlm command loads a checkpoint."""
+    out = tmp_path_factory.mktemp("imported") / request.param
+    main(["import", "nanochat", str(REFERENCE / CHECKPOINTS[request.param]), "--out", str(out)])
+    return request.param, *load_checkpoint(out)
+
+
+def test_logits_match_the_reference_at_every_position(imported):
+    kind, model, _, _ = imported
+    ref = expected(kind)
+    for key in KEYS[kind]:
+        for prompt, want in zip(ref["prompts"], ref["logits"][key], strict=True):
+            with torch.no_grad():
+                got = model(torch.tensor([prompt]), depth(key))[0]
+            assert (got - want).abs().max() < 0.05, (key, (got - want).abs().max())
+
+
+def test_greedy_decoding_matches_the_reference_engine(imported):
+    """Up to the first pick the reference made by a margin under 0.1 (bf16 rotary tables can flip those)."""
+    kind, model, tok, configs = imported
+    ref = expected(kind)
+    stops = [tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")]
+    for key in KEYS[kind]:
+        policy = configs["inference"].override(recurrences=depth(key), temperature=0.0)  # budget 1, warm start
+        out = Engine(model).generate(ref["prompts"], 12, policy, stop_tokens=stops)
+        for got, want, margins in zip(out.tokens, ref["greedy"][key], ref["greedy_margins"][key], strict=True):
+            sure = next((i for i, m in enumerate(margins) if m < 0.1), len(want))
+            assert got[:sure] == want[:sure], (key, got, want)
+
+
+def test_tokenizer_gives_nanochats_ids(imported):
+    kind, _, tok, _ = imported
+    for text, ids in expected(kind)["encode"].items():
+        assert tok.encode(text) == ids and tok.decode(ids) == text
+    for special in ("<|bos|>", "<|user_start|>", "<|assistant_end|>", "<|python_start|>", "<|output_end|>"):
+        assert len(tok.encode(special)) == 1
+
+
+def test_imported_config(imported):
+    kind, model, tok, configs = imported
+    cfg = configs["model"]
+    assert (cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.vocab_size, cfg.seq_len) == (128, 4, 2, 433, 64)
+    assert (cfg.mlp, cfg.tie_embeddings, cfg.logit_softcap, tok.vocab_size) == ("relu2", False, 15.0, 433)
+    if kind == "plain":
+        assert (cfg.n_prelude, cfg.n_core, cfg.n_coda) == (3, 0, 0)
+        assert not configs["inference"].warm_start
+    else:
+        assert (cfg.n_prelude, cfg.n_core, cfg.n_coda, cfg.inject) == (1, 2, 1, "concat_linear")
+        rec, inf = configs["recurrence"], configs["inference"]
+        assert (rec.schedule, rec.mean, rec.max, rec.bptt_k) == ("poisson_lognormal", 4.0, 16, 4)
+        assert (inf.recurrences, inf.kv_budget, inf.warm_start) == (4, 1, True)
+
+
+def copy_of(kind, tmp_path) -> Path:
+    """A writable copy of a reference checkpoint tree; returns its checkpoint directory."""
+    shutil.copytree(REFERENCE / kind, tmp_path / kind)
+    for path in (tmp_path / kind).rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return tmp_path / CHECKPOINTS[kind]
+
+
+def run_import(capsys, *args):
+    with pytest.raises(SystemExit) as stop:
+        main(["import", "nanochat", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith("error: ") and "\n" not in err
+    return err
+
+
+class Payload:
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys):
+    ckpt = copy_of("plain", tmp_path)
+    payload = Payload()
+    payload.marker = tmp_path / "ran"
+    (tmp_path / "plain" / "tokenizer" / "tokenizer.pkl").write_bytes(pickle.dumps(payload))
+    err = run_import(capsys, ckpt, "--out", tmp_path / "out")
+    assert "refusing to load" in err and "system" in err
+    assert not payload.marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, capsys):
+    ckpt = copy_of("plain", tmp_path)
+    out = tmp_path / "out"
+    assert "no step 7" in run_import(capsys, ckpt, "--step", 7, "--out", out)
+    assert "no such checkpoint directory" in run_import(capsys, tmp_path / "nowhere", "--out", out)
+    assert "no tokenizer" in run_import(capsys, ckpt, "--tokenizer", tmp_path, "--out", out)
+    meta = ckpt / "meta_000650.json"
+    config = json.loads(meta.read_text())
+    config["model_config"]["n_embd"] = 64
+    meta.write_text(json.dumps(config))
+    assert "does not fit" in run_import(capsys, ckpt, "--out", out)
+    config["model_config"].update(n_embd=128, vocab_size=300)
+    meta.write_text(json.dumps(config))
+    assert "the tokenizer has 433 tokens" in run_import(capsys, ckpt, "--out", out)
+    meta.unlink()
+    assert "has no meta_000650.json" in run_import(capsys, ckpt, "--out", out)
+    assert not out.exists()
+
+
+def test_a_second_import_into_the_same_place_is_refused_unless_forced(tmp_path, capsys):
+    ckpt = REFERENCE / CHECKPOINTS["plain"]
+    main(["import", "nanochat", str(ckpt), "--out", str(tmp_path / "out")])
+    assert "exists" in run_import(capsys, ckpt, "--out", tmp_path / "out")
+    main(["import", "nanochat", str(ckpt), "--out", str(tmp_path / "out"), "--force"])
+
+
+def test_import_refuses_a_damaged_weights_file(tmp_path):
+    ckpt = copy_of("recursive", tmp_path)
+    (ckpt / "model_000650.pt").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="cannot load"):
+        import_nanochat(ckpt)
