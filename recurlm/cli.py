@@ -16,6 +16,7 @@ from recurlm.errors import UserError
 from recurlm.evaluate import aggregate, chatcore, file_set, sweep, task_sets
 from recurlm.model import build_model
 from recurlm.tasks import get_task, write_jsonl
+from recurlm.tools import Calculator
 
 
 class Parser(argparse.ArgumentParser):
@@ -124,6 +125,7 @@ def cmd_generate(args):
         stop_tokens=[tok.eos_id],
         seeds=[args.seed],
         use_cache=not args.no_cache,
+        tool=Calculator.for_tokenizer(tok),
     )
     for _, tokens, used in stream:
         steps.append(used[0])

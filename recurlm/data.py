@@ -8,6 +8,7 @@ import random
 
 import torch
 
+from recurlm.chat import is_nanochat, render_prompt
 from recurlm.config import StageConfig
 from recurlm.errors import UserError
 from recurlm.tasks import Example, Task, get_task, split_of
@@ -15,6 +16,9 @@ from recurlm.tokenizer import BOS, Tokenizer, significance_ids
 
 
 def prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    """BOS and the prompt; for a nanochat chat model, the prompt as a user message awaiting the reply."""
+    if is_nanochat(tok):
+        return render_prompt(tok, [{"role": "user", "content": prompt}])
     bos = tok.token_id(BOS)
     return ([bos] if bos is not None else []) + tok.encode(prompt)
 

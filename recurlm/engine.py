@@ -290,10 +290,12 @@ class Engine:
         stop_tokens=(),
         seeds: list[int] | None = None,
         use_cache: bool = True,
+        tool=None,
     ) -> Iterator[tuple[list[int], list[int], list[int]]]:
         """Yield (rows, tokens, steps) after each decoding step for the rows still generating: the prompt indices,
         the token each generated and the recurrences of the pass that predicted it. A row ends after a stop token,
-        its max_new_tokens or a full context; the others go on without it."""
+        its max_new_tokens or a full context; the others go on without it. With a `tool` (`tools.Calculator`), the
+        tokens it returns for a row's output so far are fed to that row, one per step, instead of sampled ones."""
         B = len(prompts)
         if not B:
             return
@@ -312,15 +314,21 @@ class Engine:
             logits = self.full_forward(seqs, [len(p) for p in prompts], policies, seeds)
         steps = [p.recurrences if core else 0 for p in policies]
         parked: list[int] = []  # positions in `rows` of rows that ended but still ride along (see below)
+        forced: list[list[int]] = [[] for _ in range(B)]  # the tool's tokens still to feed each row
         while True:
             live = [i for i in range(len(rows)) if i not in parked]
             tokens = self._sample(logits, [policies[b] for b in rows], [gens[b] for b in rows])
             picked = tokens.tolist()
+            if any(forced[rows[i]] for i in live):
+                picked = [forced[rows[i]].pop(0) if i in live and forced[rows[i]] else t for i, t in enumerate(picked)]
+                tokens = torch.tensor(picked, device=tokens.device)
             yield [rows[i] for i in live], [picked[i] for i in live], [steps[i] for i in live]
             ended = []
             for i in live:
                 b = rows[i]
                 seqs[b].append(picked[i])
+                if tool is not None and not forced[b]:
+                    forced[b] = tool.forced(seqs[b][len(prompts[b]) :])
                 if picked[i] in stop or len(seqs[b]) - len(prompts[b]) >= budgets[b] or len(seqs[b]) > room:
                     ended.append(i)
             parked += ended

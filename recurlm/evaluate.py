@@ -14,6 +14,7 @@ from recurlm.model import RecurrentGPT
 from recurlm.tasks import Example, Task, extract_answer, read_jsonl
 from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
+from recurlm.tools import Calculator
 
 # ChatCORE (nanochat): the mean over these tasks of (accuracy - baseline) / (1 - baseline), chance being 0.25 for
 # the 4-way multiple-choice tasks and 0 for the generative ones.
@@ -51,7 +52,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     policy = policy.override(temperature=0.0)
-    engine = Engine(model, tok.digit_ids)
+    engine, tool = Engine(model, tok.digit_ids), Calculator.for_tokenizer(tok)
     steps, n_tokens, t0 = [], 0, time.perf_counter()
     per_example: list[dict | None] = [None] * len(examples)
     for multiple_choice, indices in batches(examples, batch_size):
@@ -64,7 +65,7 @@ def evaluate(
             if beams > 1:
                 out = engine.beam_search(prompts, max_new_tokens, beams, policy, stop_tokens=[tok.eos_id])
             else:
-                out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=[tok.eos_id])
+                out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=[tok.eos_id], tool=tool)
             texts, used = [tok.decode(ids) for ids in out.tokens], out.steps
         for i, ex, text, k in zip(indices, chunk, texts, used, strict=True):
             if multiple_choice or not score:

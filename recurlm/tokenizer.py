@@ -76,9 +76,11 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int:
-        """The token that ends a generation: <|eos|>, or <|pad|> in the minimal vocab."""
-        eos = self.token_id(EOS)
-        return eos if eos is not None else self.token_id(PAD)
+        """The token that ends a generation: <|eos|>, nanochat's <|assistant_end|>, or <|pad|> in the minimal vocab."""
+        for token in (EOS, "<|assistant_end|>", PAD):
+            if (i := self.token_id(token)) is not None:
+                return i
+        return None
 
     @property
     def digit_ids(self) -> set[int]:

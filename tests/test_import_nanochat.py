@@ -146,3 +146,97 @@ def test_import_refuses_a_damaged_weights_file(tmp_path):
     (ckpt / "model_000650.pt").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="cannot load"):
         import_nanochat(ckpt)
+
+
+def test_chat_rendering_gives_nanochats_ids_and_mask(imported):
+    from recurlm.chat import parse_reply, render_conversation, render_prompt
+
+    kind, _, tok, _ = imported
+    ref = expected(kind)
+    assert render_prompt(tok, ref["conversation"]["messages"][:-1]) == ref["chat_ids"]
+    assert render_conversation(tok, ref["conversation_with_system"]["messages"]) == (ref["sft_ids"], ref["sft_mask"])
+    if kind == "recursive":  # a reply with calculator calls: the forced outputs are not trained on
+        gsm8k = ref["tasks"]["gsm8k"]
+        assert render_conversation(tok, gsm8k["conversation"]["messages"]) == (gsm8k["train_ids"], gsm8k["train_mask"])
+    reply = tok.encode("8") + [tok.token_id("<|assistant_end|>")] + tok.encode("junk")
+    assert parse_reply(tok, reply) == "8"
+    with pytest.raises(UserError, match="alternates"):
+        render_conversation(tok, [{"role": "assistant", "content": "hi"}])
+
+
+def scripted(engine, tok, texts: list[str]):
+    """Make the engine 'sample' each row's script (text with specials, padded with 'x' to one length, so that rows
+    keep their places in the batch), then the stop token, whatever the logits."""
+    scripts = [tok.encode(t) for t in texts]
+    scripts = [s + tok.encode("x") * (max(map(len, scripts)) - len(s)) for s in scripts]
+    step = {"n": 0}
+
+    def sample(logits, policies, gens):
+        n = step["n"]
+        step["n"] += 1
+        rows = len(policies)
+        return torch.tensor([s[n] if n < len(s) else tok.token_id("<|assistant_end|>") for s in scripts[:rows]])
+
+    engine._sample = sample
+    return engine
+
+
+def test_calculator_results_are_forced_into_the_row_that_called_it(tmp_path):
+    from recurlm.tools import Calculator
+
+    model, tok, configs = import_nanochat(REFERENCE / CHECKPOINTS["recursive"])
+    prompt = [tok.token_id("<|bos|>"), *tok.encode("Hi")]
+    marker = tmp_path / "ran"
+    calls = [
+        "<|python_start|>3*12<|python_end|>xxxxxxxxx",
+        f"<|python_start|>__import__('os').system('touch {marker}')<|python_end|>yyyy",
+        '<|python_start|>"strawberry".count("r")<|python_end|>zzzzzz',
+    ]
+    engine = scripted(Engine(model), tok, calls)
+    fed = []
+    decode = engine.decode
+    engine.decode = lambda state, tokens: fed.append(tokens.tolist()) or decode(state, tokens)
+    out = engine.generate(
+        [prompt] * 3,
+        40,
+        configs["inference"],
+        stop_tokens=[tok.token_id("<|assistant_end|>")],
+        tool=Calculator.for_tokenizer(tok),
+    )
+    texts = [tok.decode(ids) for ids in out.tokens]
+    # the model 'wants' x, but after the call its next four tokens are the tool's: <|output_start|>36<|output_end|>
+    assert texts[0].startswith("<|python_start|>3*12<|python_end|><|output_start|>36<|output_end|>xxx")
+    assert texts[2].startswith('<|python_start|>"strawberry".count("r")<|python_end|><|output_start|>3<|output_end|>')
+    assert "<|output_start|>" not in texts[1] and not marker.exists()  # refused: nothing forced, nothing run
+    assert tok.token_id("<|output_start|>") in [row[0] for row in fed]  # the forced tokens went through the model
+
+
+@pytest.mark.parametrize(
+    "expr, result",
+    [("3*12", "36"), ("1,000 + 5", "1005"), ("7/2", "3.5"), ("-(2 - 5) * 4", "12"), ("'a,b,a'.count('a')", "2")],
+)
+def test_calculator_computes(expr, result):
+    from recurlm.tools import calculate
+
+    assert calculate(expr) == result
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "2**10",
+        "__import__('os').system('true')",
+        "open('x').read()",
+        "x + 1",
+        "1/0",
+        "(1).__class__",
+        "1+" * 200 + "1",
+        "'ab'.count(x)",
+        "print(1)",
+        "[1, 2]",
+    ],
+)
+def test_calculator_refuses_everything_else(expr):
+    from recurlm.tools import calculate
+
+    assert calculate(expr) is None
