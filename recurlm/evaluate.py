@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recurlm.chat import is_nanochat
 from recurlm.config import InferencePolicy
 from recurlm.data import prompt_ids, task_from_configs
 from recurlm.engine import Engine
@@ -57,7 +58,7 @@ def evaluate(
     per_example: list[dict | None] = [None] * len(examples)
     for multiple_choice, indices in batches(examples, batch_size):
         chunk = [examples[i] for i in indices]
-        prompts = [prompt_ids(tok, ex.prompt) for ex in chunk]
+        prompts = [prompt_ids(tok, question(tok, ex)) for ex in chunk]
         if multiple_choice:
             texts = choose(engine, tok, chunk, prompts, policy)
             used = [[policy.recurrences if model.core else 0]] * len(chunk)
@@ -95,6 +96,12 @@ def evaluate(
         "format": sum(formats) / len(formats) if formats else None,
         "examples": per_example,
     }
+
+
+def question(tok: Tokenizer, ex: Example) -> str:
+    """The prompt as this model is asked: a chat model gets a task's chat wording where it has one (nanochat's
+    multiple-choice message)."""
+    return ex.meta["chat"] if is_nanochat(tok) and ex.meta and "chat" in ex.meta else ex.prompt
 
 
 def batches(examples: list[Example], batch_size: int) -> Iterator[tuple[bool, list[int]]]:

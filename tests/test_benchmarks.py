@@ -62,7 +62,8 @@ def test_gsm8k(tmp_path):
     task = get_task(f"gsm8k:{path}")
     (ex,) = task.generate("test", 5)
     assert ex.answer == "1203" and task.score(ex, ex.completion) == 1.0
-    assert task.score(ex, "He has 3 + 1200 = 1203 apples.") == 1.0 and task.score(ex, "1202") == 0.0
+    assert task.score(ex, "So #### 1203") == 1.0 and task.score(ex, "#### 1202") == 0.0
+    assert task.score(ex, "He has 3 + 1200 = 1203 apples.") == 0.0  # nanochat's rule: no '#### N', no answer
     path.write_text('{"question": "q", "answer": "no marker"}\n')
     with pytest.raises(UserError, match=":1:"):
         get_task(f"gsm8k:{path}").generate("test", 5)

