@@ -95,9 +95,7 @@ def render_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
 
 def stop_ids(tok: Tokenizer) -> list[int]:
     """The tokens that end an assistant's reply (nanochat also stops at <|bos|>)."""
-    if is_nanochat(tok):
-        return [_special(tok, "<|assistant_end|>"), _special(tok, BOS)]
-    return [_special(tok, "<|end|>")]
+    return tok.stop_ids if is_nanochat(tok) else [_special(tok, "<|end|>")]
 
 
 def parse_reply(tok: Tokenizer, ids: list[int]) -> str:

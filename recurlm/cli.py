@@ -117,19 +117,19 @@ def cmd_generate(args):
         head = template.split("{}")[0]
         prompt = prompt if prompt.startswith(head) else template.format(prompt)
     task = next((t for t in tasks if t.recognises(prompt)), None)
-    ids, steps, shown, t0 = [], [], "", time.perf_counter()
+    ids, steps, shown, stops, t0 = [], [], "", tok.stop_ids, time.perf_counter()
     stream = Engine(model, tok.digit_ids).stream(
         [prompt_ids(tok, prompt)],
         args.max_new_tokens,
         policy,
-        stop_tokens=[tok.eos_id],
+        stop_tokens=stops,
         seeds=[args.seed],
         use_cache=not args.no_cache,
         tool=Calculator.for_tokenizer(tok),
     )
     for _, tokens, used in stream:
         steps.append(used[0])
-        if tokens[0] == tok.eos_id:
+        if tokens[0] in stops:
             break
         ids.append(tokens[0])
         if task is None:

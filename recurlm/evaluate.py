@@ -64,9 +64,9 @@ def evaluate(
             used = [[policy.recurrences if model.core else 0]] * len(chunk)
         else:
             if beams > 1:
-                out = engine.beam_search(prompts, max_new_tokens, beams, policy, stop_tokens=[tok.eos_id])
+                out = engine.beam_search(prompts, max_new_tokens, beams, policy, stop_tokens=tok.stop_ids)
             else:
-                out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=[tok.eos_id], tool=tool)
+                out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=tok.stop_ids, tool=tool)
             texts, used = [tok.decode(ids) for ids in out.tokens], out.steps
         for i, ex, text, k in zip(indices, chunk, texts, used, strict=True):
             if multiple_choice or not score:

@@ -83,6 +83,12 @@ class Tokenizer:
         return None
 
     @property
+    def stop_ids(self) -> list[int]:
+        """The tokens that end a generation: the eos_id, and for nanochat's tokenizers <|bos|> too (as its engine)."""
+        bos = self.token_id(BOS) if self.token_id("<|assistant_end|>") is not None else None
+        return [i for i in (self.eos_id, bos) if i is not None]
+
+    @property
     def digit_ids(self) -> set[int]:
         """Ids of the tokens that are one decimal digit (every digit of a char tokenizer)."""
         vocab = self.hf.get_vocab()
