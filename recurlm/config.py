@@ -49,7 +49,6 @@ class ModelConfig:
     proj_rank: int = 0  # 0: full projections; k: every projection is W = A @ B of rank k (MiniAxion)
     rope_theta: float = 10000.0
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
-    abacus_fixed: bool = False  # the significance codes are fixed sinusoids, not a learned table (no parameters)
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)

@@ -144,14 +144,7 @@ class RecurrentGPT(nn.Module):
         d = cfg.d_model
         lora = (cfg.recur_lora_rank, cfg.recur_lora_count) if cfg.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(cfg.vocab_size, d)
-        self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus and not cfg.abacus_fixed else None  # 0: no digit
-        # The same information without parameters: fixed sinusoids, added to the normalised token embedding (a
-        # fixed scale could not follow the embedding's own, which grows from 0.02 with tied weights).
-        if cfg.abacus and cfg.abacus_fixed:
-            k = torch.arange(1, cfg.abacus + 1, dtype=torch.float32)[:, None]
-            freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) / d * torch.log(torch.tensor(100.0)))
-            codes = torch.cat([torch.sin(k * freq), torch.cos(k * freq)], dim=-1) / 2**0.5  # RMS 0.5
-            self.register_buffer("abacus_codes", torch.cat([torch.zeros(1, d), codes]), persistent=False)
+        self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus else None  # id 0: not a digit
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
         self.core = nn.ModuleList(Block(cfg, lora) for _ in range(cfg.n_core))
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
@@ -220,10 +213,9 @@ class RecurrentGPT(nn.Module):
     def embed(self, idx: torch.Tensor, ctx: Context, digit_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Token embedding (plus digit significance with `abacus`) and prelude: e, injected at every iteration."""
         x = self.wte(idx)
-        if self.cfg.abacus:
+        if self.abacus is not None:
             assert digit_pos is not None, "an abacus model needs digit_pos (see tokenizer.significance_ids)"
-            ids = digit_pos.clamp(max=self.cfg.abacus)
-            x = x + self.abacus(ids) if self.abacus is not None else norm(x) + self.abacus_codes[ids]
+            x = x + self.abacus(digit_pos.clamp(max=self.cfg.abacus))
         x = norm(x)
         for i, block in enumerate(self.prelude):
             x = block(x, ctx, self._slot(ctx, "prelude", i))
