@@ -148,6 +148,14 @@ def cmd_generate(args):
             print("steps: " + " ".join(map(str, steps)), file=sys.stderr)
 
 
+def cmd_chat(args):
+    from recurlm.serve.terminal import ChatSession, run
+
+    model, tok, configs = load_checkpoint(args.checkpoint)
+    policy = policy_from(args, configs["inference"]).override(recurrences=args.recurrences, exit=args.exit)
+    run(ChatSession(model.eval(), tok, configs, policy, args.max_new_tokens))
+
+
 def cmd_train(args):
     from recurlm.train import train  # keeps torch.distributed out of the other commands' start-up
 
@@ -318,6 +326,14 @@ def build_parser() -> Parser:
     s.add_argument("--difficulty", type=positive_int, help="only this difficulty (default: all, in turn)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_data_export)
+
+    s = sub.add_parser("chat", help="talk to a checkpoint in the terminal (/help inside lists the commands)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--recurrences", type=positive_int, help="r (the max steps with --exit); default: the run's")
+    s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the run's)")
+    s.add_argument("--max-new-tokens", type=positive_int, help="reply budget (default: the run's tasks' own)")
+    add_policy_flags(s)
+    s.set_defaults(func=cmd_chat)
 
     source = sub.add_parser("import", help="another project's checkpoint as a recurlm checkpoint").add_subparsers(
         dest="source", required=True, parser_class=Parser

@@ -1,0 +1,38 @@
+"""`recurlm chat` driven through a pseudo-terminal, as a person uses it."""
+
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+MINIAXION = Path(__file__).resolve().parent.parent / "checkpoints" / "miniaxion-0.9m"
+
+
+@pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniAxion checkpoint")
+def test_terminal_chat_streams_answers_changes_r_and_quits():
+    chat = pexpect.spawn(
+        sys.executable, ["-m", "recurlm.cli", "chat", "--checkpoint", str(MINIAXION)], encoding="utf-8", timeout=60
+    )
+    chat.expect("/help for commands")
+    chat.expect("> ")
+    chat.sendline("What is 47 + 38?")
+    chat.expect(r"47 \+ 38 = 85")  # the trace, streamed (dimmed), then the answer on its own
+    chat.expect(r"\x1b\[0m85\x1b\[0m")
+    chat.expect("> ")
+    chat.sendline("/r 1")
+    chat.expect("r = 1")
+    chat.sendline("/steps")
+    chat.expect("steps shown")
+    chat.sendline("Is 12 even or odd?")
+    chat.expect(r"steps: 1( 1)+ \(mean 1\.00\)")  # every token at the new r
+    chat.expect("> ")
+    chat.sendline("/temp -1")
+    chat.expect("bad value")
+    chat.sendintr()  # Ctrl-C at the prompt keeps the session
+    chat.sendline("/help")
+    chat.expect("Ctrl-D quits")
+    chat.sendeof()
+    chat.expect(pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0
