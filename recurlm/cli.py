@@ -156,6 +156,24 @@ def cmd_chat(args):
     run(ChatSession(model.eval(), tok, configs, policy, args.max_new_tokens))
 
 
+def cmd_serve(args):
+    try:
+        import uvicorn
+
+        from recurlm.serve.api import create_app
+    except ImportError:
+        raise UserError("recurlm serve needs fastapi and uvicorn: pip install 'recurlm[serve]'") from None
+
+    model, tok, configs = load_checkpoint(args.checkpoint)
+    configs["inference"] = policy_from(args, configs["inference"]).override(
+        recurrences=args.recurrences, exit=args.exit
+    )
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    app = create_app(model.eval(), tok, configs, name, args.max_batch, args.max_queue, args.api_key)
+    print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1, web chat at /)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def cmd_train(args):
     from recurlm.train import train  # keeps torch.distributed out of the other commands' start-up
 
@@ -334,6 +352,19 @@ def build_parser() -> Parser:
     s.add_argument("--max-new-tokens", type=positive_int, help="reply budget (default: the run's tasks' own)")
     add_policy_flags(s)
     s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=positive_int, default=8000)
+    s.add_argument("--model-name", help="the model's id in the API (default: the checkpoint directory's name)")
+    s.add_argument("--max-batch", type=positive_int, default=64, help="requests decoded together")
+    s.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting; beyond: 429")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    s.add_argument("--recurrences", type=positive_int, help="default r of requests (default: the run's)")
+    s.add_argument("--exit", help="default adaptive exit of requests (default: the run's)")
+    add_policy_flags(s)
+    s.set_defaults(func=cmd_serve)
 
     source = sub.add_parser("import", help="another project's checkpoint as a recurlm checkpoint").add_subparsers(
         dest="source", required=True, parser_class=Parser

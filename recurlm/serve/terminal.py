@@ -8,12 +8,11 @@ keeps the session; Ctrl-D (or /quit) ends it.
 
 import sys
 
-from recurlm.chat import is_nanochat, render_prompt
 from recurlm.config import InferencePolicy
-from recurlm.data import prompt_ids, task_from_configs, trained_task_names
 from recurlm.engine import Engine
 from recurlm.errors import UserError
 from recurlm.exits import parse_exit
+from recurlm.serve.prompts import Prompter
 from recurlm.tools import Calculator
 
 HELP = (
@@ -32,11 +31,9 @@ class ChatSession:
     def __init__(self, model, tok, configs: dict, policy: InferencePolicy, max_new_tokens: int | None = None):
         self.model, self.tok, self.policy = model, tok, policy
         self.engine, self.tool = Engine(model, tok.digit_ids), Calculator.for_tokenizer(tok)
-        self.tasks = [task_from_configs(name, configs) for name in trained_task_names(configs)]
-        self.chat = is_nanochat(tok)
-        templates = {t.prompt_template for t in self.tasks}
-        self.template = templates.pop() if len(templates) == 1 else "{}"
-        self.max_new_tokens = max_new_tokens or max([t.max_new_tokens for t in self.tasks], default=256)
+        self.prompter = Prompter(tok, configs)
+        self.chat, self.template = self.prompter.chat, self.prompter.template
+        self.max_new_tokens = max_new_tokens or self.prompter.max_new_tokens
         self.history: list[dict] = []
         self.show_steps = False
 
@@ -74,10 +71,8 @@ class ChatSession:
 
     def _prompt(self, text: str) -> tuple[list[int], object]:
         if self.chat:
-            return render_prompt(self.tok, [*self.history, {"role": "user", "content": text}]), None
-        head = self.template.split("{}")[0]
-        prompt = text if text.startswith(head) else self.template.format(text)
-        return prompt_ids(self.tok, prompt), next((t for t in self.tasks if t.recognises(prompt)), None)
+            return self.prompter.messages([*self.history, {"role": "user", "content": text}]), None
+        return self.prompter.question(text)
 
     def reply(self, text: str, out=sys.stdout) -> str:
         """Stream the model's reply to `text` into `out`; returns the reply's text. KeyboardInterrupt stops it."""

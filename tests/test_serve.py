@@ -1,0 +1,178 @@
+"""`recurlm serve` live on 127.0.0.1: the official openai client, continuous batching (a request's greedy tokens do
+not depend on who else is in the batch), disconnects, the bounded queue, errors in OpenAI's shape, the API key."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from helpers import tiny_model
+
+from recurlm.config import build_configs
+from recurlm.serve.api import create_app
+from recurlm.tokenizer import Tokenizer
+
+
+class Server:
+    def __init__(self, **options):
+        tok = Tokenizer.bpe([], 300)  # bytes and the specials
+        model = tiny_model(vocab_size=300, seq_len=96, n_kv_head=2)
+        with torch.no_grad():  # replies run to max_tokens: the end token's logit is 0, below the best of 299 others
+            model.lm_head.weight[tok.eos_id] = 0.0
+        configs = build_configs({"stage": {"sft": {"tasks": "arithmetic"}}, "inference": {"recurrences": 2}})
+        self.app = create_app(model, tok, configs, "tiny", **options)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning"))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(max_batch=64, max_queue=64)
+    yield s
+    s.stop()
+
+
+def client(server, **kw):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, **kw)
+
+
+def ask(server, question, **extra):
+    messages = [{"role": "user", "content": question}]
+    return client(server).chat.completions.create(model="tiny", messages=messages, max_tokens=12, extra_body=extra)
+
+
+def test_openai_client_chat_stream_completion_and_models(server):
+    reply = ask(server, "What is 2 + 2?")
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+    usage = reply.usage.model_dump()
+    assert usage["recurrence_steps"] >= 2 * usage["completion_tokens"]  # r = 2 for every token
+    stream = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=12, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    assert all(c.choices[0].model_extra["recurrence_steps"] == 2 for c in chunks[:-1])
+    done = client(server).completions.create(model="tiny", prompt="12+", max_tokens=5)
+    n, reason = done.usage.completion_tokens, done.choices[0].finish_reason
+    assert done.object == "text_completion" and 1 <= n <= 5 and (reason == "length") == (n == 5)
+    assert [m.id for m in client(server).models.list().data] == ["tiny"]
+
+
+def test_fifty_concurrent_streams_each_equal_to_its_solo_output(server):
+    requests = [
+        (
+            f"What is {i} + {i % 7}?",
+            {"recurrences": 1 + i % 4, "exit": ["none", "kl:0.1", "latent:0.2"][i % 3]},
+            3 + i % 11,
+        )
+        for i in range(50)
+    ]
+
+    def run(request, stream):
+        question, extra, n = request
+        out = client(server).chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=n,
+            stream=stream,
+            extra_body=extra,
+        )
+        if not stream:
+            return out.choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in out)
+
+    solo = [run(r, False) for r in requests]
+    with ThreadPoolExecutor(50) as pool:
+        together = list(pool.map(lambda r: run(r, True), requests))
+    assert together == solo
+    assert len(set(solo)) > 10  # the requests really differ
+
+
+def test_a_client_that_goes_away_frees_its_row(server):
+    body = {"messages": [{"role": "user", "content": "What is 1 + 1?"}], "max_tokens": 60, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert httpx.get(server.url + "/health").json()["active"] == 1
+    for _ in range(100):
+        if httpx.get(server.url + "/health").json()["active"] == 0:
+            break
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["active"] == 0
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", b"{not json", None),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+            "temperature",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 200}]}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, "model"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "exit": "soon"}, "exit"),
+        ("/v1/completions", {"prompt": 42}, "prompt"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_lives(server, path, body, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(server.url + path, content=content)
+    assert 400 <= response.status_code < 500
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert ask(server, "What is 1 + 1?").choices[0].message.content is not None
+
+
+def test_a_full_queue_answers_429_with_retry_after():
+    s = Server(max_batch=1, max_queue=1)
+    engine = s.app.state.batcher.engine
+    decode = engine.decode
+    engine.decode = lambda *a: time.sleep(0.05) or decode(*a)  # a slow model: the first request holds the batch
+    body = {"messages": [{"role": "user", "content": "What is 3 + 4?"}], "max_tokens": 60, "stream": True}
+    try:
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body) as first:
+            lines = first.iter_lines()  # kept: dropping the iterator would close the stream
+            next(lines)  # decoding: the batch is full
+            with httpx.stream("POST", s.url + "/v1/chat/completions", json=body) as second:  # waits in the queue
+                assert second.status_code == 200
+                third = httpx.post(s.url + "/v1/chat/completions", json=body)
+                assert third.status_code == 429 and third.headers["retry-after"] == "1"
+                assert third.json()["error"]["code"] == "rate_limit_exceeded"
+    finally:
+        s.stop()
+
+
+def test_api_key_guards_every_endpoint_but_health():
+    s = Server(api_key="sesame")
+    try:
+        assert httpx.get(s.url + "/v1/models").status_code == 401
+        assert httpx.get(s.url + "/health").status_code == 200
+        assert httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            client(s).models.list()
+    finally:
+        s.stop()
