@@ -176,3 +176,18 @@ def test_api_key_guards_every_endpoint_but_health():
             client(s).models.list()
     finally:
         s.stop()
+
+
+def test_stop_strings_end_the_reply_before_them_and_seeds_repeat_samples(server):
+    def complete(**extra):
+        out = client(server).completions.create(model="tiny", prompt="12+", max_tokens=20, **extra)
+        return out.choices[0].text, out.choices[0].finish_reason
+
+    full, _ = complete()
+    stop = next(c for c in full[2:] if c.isascii() and c.isalnum())  # random bytes: an ASCII one is whole
+    cut = full.index(stop)
+    assert complete(stop=[stop]) == (full[:cut], "stop")
+    streamed = client(server).completions.create(model="tiny", prompt="12+", max_tokens=20, stop=stop, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == full[:cut]
+    sampled = [complete(temperature=1.0, seed=s)[0] for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]
