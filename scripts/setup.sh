@@ -3,6 +3,13 @@
 # torch would pull GBs of CUDA packages. Re-running is cheap: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The web chat's browser test drives Debian's chromium through its chromedriver (browser downloads fail here);
+# where it cannot be installed (no root, no apt), that one test is skipped.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  packages="chromium chromium-driver"
+  { apt-get install -y -q --no-install-recommends $packages || { apt-get update -q && apt-get install -y -q \
+      --no-install-recommends $packages; }; } >/dev/null 2>&1 || echo "note: no chromium; the browser test will skip"
+fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 [ -f "$stamp" ] && exit 0
 python3 -m venv .venv

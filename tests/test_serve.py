@@ -2,6 +2,7 @@
 not depend on who else is in the batch), disconnects, the bounded queue, errors in OpenAI's shape, the API key."""
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -191,3 +192,35 @@ def test_stop_strings_end_the_reply_before_them_and_seeds_repeat_samples(server)
     assert "".join(c.choices[0].text for c in streamed) == full[:cut]
     sampled = [complete(temperature=1.0, seed=s)[0] for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] != sampled[2]
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no Debian chromium (scripts/setup.sh installs it)")
+def test_web_chat_in_a_real_browser_streams_a_reply_shaded_by_steps(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the system's: nothing downloaded
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
+        browser.execute_script("document.getElementById('r').value = 3; document.getElementById('r').oninput()")
+        browser.find_element(By.ID, "text").send_keys("What is 2 + 2?\n")
+        meta = wait.until(lambda b: b.find_elements(By.ID, "last-meta"))[0]
+        tokens = browser.find_elements(By.CSS_SELECTOR, ".assistant .tok")
+        assert len(tokens) >= 1 and {t.get_attribute("data-steps") for t in tokens} == {"3"}  # r = 3 for every token
+        assert all("rgba" in t.get_attribute("style") for t in tokens)  # shaded by the steps it used
+        assert "mean 3.00 recurrences" in meta.text
+        browser.save_screenshot(str(tmp_path / "web-chat.png"))
+        assert (tmp_path / "web-chat.png").stat().st_size > 5000
+    finally:
+        browser.quit()

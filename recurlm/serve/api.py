@@ -1,4 +1,4 @@
-"""`recurlm serve`: an OpenAI-compatible HTTP API over the continuous batcher (FastAPI).
+"""`recurlm serve`: an OpenAI-compatible HTTP API over the continuous batcher (FastAPI), and a web chat at /.
 
 POST /v1/chat/completions and /v1/completions (`stream: true` gives server-sent events in OpenAI's chunk format,
 ending with `data: [DONE]`), GET /v1/models, GET /health. Besides OpenAI's fields a request may set `recurrences`,
@@ -10,9 +10,10 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from recurlm.config import InferencePolicy
 from recurlm.errors import UserError
@@ -21,6 +22,8 @@ from recurlm.serve.batcher import Batcher, Busy
 from recurlm.serve.batcher import Request as Job
 from recurlm.serve.prompts import Prompter
 from recurlm.tokenizer import BOS
+
+PAGE = Path(__file__).parent / "static" / "index.html"  # the web chat: one static page, no build step
 
 
 class APIError(Exception):
@@ -248,6 +251,14 @@ def create_app(model, tok, configs: dict, model_name: str, max_batch=64, max_que
     @guarded.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "recurlm"}]}
+
+    @guarded.get("/", response_class=HTMLResponse)
+    async def web_chat():
+        return PAGE.read_text()
+
+    @guarded.get("/defaults")
+    async def defaults():  # the web chat's starting settings: the checkpoint's policy
+        return {"recurrences": base.recurrences, "exit": base.exit, "temperature": base.temperature}
 
     app.include_router(guarded)
 
