@@ -1,0 +1,104 @@
+"""Serving throughput and latency: `recurlm serve` in its own process, 1, 4, 16 and 50 concurrent streaming clients.
+
+    .venv/bin/python benchmarks/serve.py [--checkpoint checkpoints/miniaxion-0.9m] [--requests 4] [--max-tokens 64]
+Each client sends `--requests` chat requests one after another (MiniAxion test questions, greedy, the checkpoint's
+r). Prints the machine, then per concurrency: aggregate generated tokens/s, p50/p95 time to first token and p50/p95
+inter-token latency. Batching amortises the per-step cost that dominates small-model decoding on a CPU, so the
+aggregate should grow with the clients (goal: >= 4x at 16 clients against 1).
+"""
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from decode_speed import machine
+
+from recurlm.tasks import get_task
+from recurlm.tasks.reasoning import SUITE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def client(http, url, questions, max_tokens, ttft, itl) -> int:
+    tokens = 0
+    for q in questions:
+        body = {"messages": [{"role": "user", "content": q}], "stream": True, "max_tokens": max_tokens}
+        t0 = last = time.perf_counter()
+        async with http.stream("POST", url, json=body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                now = time.perf_counter()
+                if not json.loads(line[6:])["choices"][0].get("delta", {}).get("content"):
+                    continue
+                (itl if tokens and last != t0 else ttft).append(now - last)
+                last, tokens = now, tokens + 1
+    return tokens
+
+
+def pct(values, q):
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+async def run(url, n_clients, questions, requests, max_tokens):
+    ttft, itl = [], []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=100)) as http:
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(
+            *(client(http, url, questions[i::n_clients][:requests], max_tokens, ttft, itl) for i in range(n_clients))
+        )
+        dt = time.perf_counter() - t0
+    return sum(counts) / dt, pct(ttft, 50), pct(ttft, 95), pct(itl, 50), pct(itl, 95)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "miniaxion-0.9m"))
+    p.add_argument("--requests", type=int, default=4, help="requests per client")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--clients", default="1,4,16,50")
+    args = p.parse_args()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "recurlm.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                httpx.get(base + "/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        questions = [ex.prompt for name in SUITE for ex in get_task(name).generate("test", 40)]
+        print(machine())
+        print(f"{Path(args.checkpoint).name}: {args.requests} requests per client, up to {args.max_tokens} tokens each")
+        print(f"{'clients':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'ITL p50':>8} {'p95':>7}   (ms)")
+        single = None
+        for n in map(int, args.clients.split(",")):
+            tps, t50, t95, i50, i95 = asyncio.run(
+                run(base + "/v1/chat/completions", n, questions, args.requests, args.max_tokens)
+            )
+            single = single or tps
+            print(f"{n:>7} {tps:>8.0f} {t50:>9.0f} {t95:>7.0f} {i50:>8.1f} {i95:>7.1f}   ({tps / single:.1f}x)")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
