@@ -27,7 +27,7 @@ def is_nanochat(tok: Tokenizer) -> bool:
     return tok.token_id("<|user_start|>") is not None
 
 
-def _checked(messages: list[dict]) -> list[dict]:
+def checked(messages: list[dict]) -> list[dict]:
     for m in messages:
         role, content = (
             m.get("role") if isinstance(m, dict) else None,
@@ -73,7 +73,7 @@ def _nanochat(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int
 
 
 def render_conversation(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    messages = _checked(messages)
+    messages = checked(messages)
     if is_nanochat(tok):
         return _nanochat(tok, messages)
     ids, mask = [_special(tok, BOS)], [0]

@@ -126,6 +126,11 @@ def test_a_client_that_goes_away_frees_its_row(server):
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
         (
             "/v1/chat/completions",
+            {"messages": [{"role": "bard", "content": "x"}, {"role": "user", "content": "hi"}]},
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
             "temperature",
         ),

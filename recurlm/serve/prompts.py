@@ -2,7 +2,7 @@
 conversation; a task model gets the user's last message in its tasks' prompt format (MiniAxion's `<INST>…</INST>`),
 and a prompt one of its tasks recognises is answered in that task's normal form (the addition model's sums)."""
 
-from recurlm.chat import is_nanochat, render_prompt
+from recurlm.chat import checked, is_nanochat, render_prompt
 from recurlm.data import prompt_ids, task_from_configs, trained_task_names
 from recurlm.errors import UserError
 from recurlm.tasks import Task
@@ -27,7 +27,7 @@ class Prompter:
         """Prompt ids for a conversation awaiting the assistant's reply."""
         if self.chat:
             return render_prompt(self.tok, messages)
-        last = messages[-1] if messages else None
+        last = checked(messages)[-1] if messages else None
         if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), str):
             raise UserError("the last message must be the user's, with a text content")
         if not last["content"]:
