@@ -78,7 +78,7 @@ class StopText:
 def create_app(model, tok, configs: dict, model_name: str, max_batch=64, max_queue=256, api_key: str | None = None):
     base: InferencePolicy = configs["inference"]
     batcher = Batcher(model, tok, max_batch, max_queue)
-    prompter = Prompter(tok, configs)
+    prompter, tok_context = Prompter(tok, configs), model.cfg.seq_len
     app = FastAPI(title="recurlm", docs_url=None, redoc_url=None)
     app.state.batcher = batcher
 
@@ -224,8 +224,6 @@ def create_app(model, tok, configs: dict, model_name: str, max_batch=64, max_que
             "choices": [choice],
             "usage": usage(*counts),
         }
-
-    tok_context = model.cfg.seq_len
 
     @guarded.post("/v1/chat/completions")
     async def chat_completions(request: Request):
