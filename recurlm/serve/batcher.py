@@ -27,7 +27,6 @@ class Request:
     policy: InferencePolicy
     emit: Callable[[int | None, int, str | None], None]  # (token, steps, None) per token; (None, 0, reason) at the end
     seed: int = 0
-    stop: list[str] = field(default_factory=list)  # strings that end the reply (OpenAI's `stop`)
     cancelled: bool = False  # set by the client's side (it went away): the row leaves at the next step
     generated: list[int] = field(default_factory=list)
     forced: list[int] = field(default_factory=list)  # the calculator's tokens still to feed
@@ -85,8 +84,6 @@ class Batcher:
         if r.cancelled:
             return "cancelled"
         if token in self.stops:
-            return "stop"
-        if r.stop and any(s in self.tok.decode(r.generated) for s in r.stop):
             return "stop"
         if len(r.generated) >= r.max_tokens or length + 1 > self.context:
             return "length"
