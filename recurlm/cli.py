@@ -271,6 +271,13 @@ def cmd_import_nanochat(args):
     print(f"imported {blocks}, width {cfg.d_model}, vocab {tok.vocab_size} into {out}")
 
 
+def cmd_export_hf(args):
+    from recurlm.export.hf import export_hf
+
+    out = export_hf(args.checkpoint, args.out_dir, args.force)
+    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+
+
 def cmd_data_export(args):
     task = get_task(args.task)
     examples = task.generate(args.split, args.n, seed=args.seed, difficulty=args.difficulty)
@@ -376,6 +383,15 @@ def build_parser() -> Parser:
     s.add_argument("--out", required=True)
     s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_import_nanochat)
+
+    target = sub.add_parser("export", help="a checkpoint in another tool's format").add_subparsers(
+        dest="target", required=True, parser_class=Parser
+    )
+    s = target.add_parser("hf", help="a Hugging Face transformers model directory (trust_remote_code=True)")
+    s.add_argument("checkpoint", metavar="CHECKPOINT")
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    s.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
+    s.set_defaults(func=cmd_export_hf)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint, or from a random preset model")
     s.add_argument("--checkpoint")

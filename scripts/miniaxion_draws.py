@@ -1,6 +1,6 @@
 """Held-out sets for the MiniAxion suite as someone else would draw them: straight from the task definitions with
-their own seed, no split filter (so tiny problem spaces, like the ten geometric patterns, appear whole), plus word
-problems whose names and objects are in none of the generator's lists.
+their own seed and no split filter (tiny problem spaces, like the ten geometric patterns, appear whole, training
+problems among them), plus word problems whose names and objects are in none of the generator's lists.
 
     python scripts/miniaxion_draws.py --seed 2026 --n 300 --out runs/draws
     recurlm eval --checkpoint checkpoints/miniaxion-0.9m --data runs/draws/arithmetic.jsonl   # one file per set
@@ -32,8 +32,10 @@ def outside_word_problem(rng: random.Random) -> dict:
     op = rng.choice("+-")
     b = rng.randint(0, 50) if op == "+" else rng.randint(0, a)
     plural = pronoun == "they"
-    action = f"{pronoun.capitalize()} {'get' if plural else 'gets'} {b} more." if op == "+" else (
-        f"{pronoun.capitalize()} {'give' if plural else 'gives'} away {b}."
+    action = (
+        f"{pronoun.capitalize()} {'get' if plural else 'gets'} {b} more."
+        if op == "+"
+        else (f"{pronoun.capitalize()} {'give' if plural else 'gives'} away {b}.")
     )
     question = (
         f"{name} {'have' if plural else 'has'} {a} {things}. {action} "

@@ -119,7 +119,7 @@ class Comparison(TraceTask):
 
 class Pattern(TraceTask):
     """'Complete the pattern: a, b, c, d, ?': arithmetic (start 0-60, step -9..9 except 0; difficulty 1) or
-    geometric (start 1-9, x2, x3 or x4; difficulty 2: 27 sequences, so that held-out ones test the rule, not recall)."""
+    geometric (start 1-5, x2 or x3; difficulty 2)."""
 
     name = "pattern"
 
@@ -136,7 +136,7 @@ class Pattern(TraceTask):
             ]
             work, _ = columns.signed(terms[3], "+" if step > 0 else "-", abs(step))
         else:
-            start, factor = rng.randint(1, 9), rng.choice([2, 3, 4])
+            start, factor = rng.randint(1, 5), rng.choice([2, 3])
             terms = [start * factor**i for i in range(5)]
             rule = [f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."]
             work, _ = columns.multiply(terms[3], factor)
@@ -208,41 +208,28 @@ THINGS = [
 ]
 
 
-CONSONANTS = "b c d f g h j k l m n p r s t v w y z th sh ch st br kl".split()
-VOWELS = "a e i o u a e i o u ee oo ia ou".split()
-TITLES = [("Mr.", "he"), ("Mrs.", "she"), ("Ms.", "she"), ("Uncle", "he"), ("Aunt", "she"), ("Grandpa", "he"),
-          ("Grandma", "she"), ("Dr.", None), ("Coach", None), ("Captain", None)]  # fmt: skip
+SYLLABLES = (
+    "ba be bi bo bu da de di do ka ke ki ko la le li lo ma me mi mo na ne ni no ra re ri ro sa se si ta te to va ve vi "
+    "ya yo za zu"
+).split()
 
 
 def made_up_word(rng: random.Random) -> str:
-    """A pronounceable nonsense word of 1-4 syllables: training on these besides the lists makes the model ignore
-    who and what, however a real name or object is split into tokens."""
-    word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.randint(1, 4)))
-    return word + (rng.choice(CONSONANTS) if rng.random() < 0.5 else "")
-
-
-def person(rng: random.Random) -> tuple[str, str]:
-    """A name and its pronoun: from the list, made up, or made up with a title or a second name."""
-    name, pronoun = rng.choice(NAMES)
-    kind = rng.randrange(3)
-    if kind == 1:
-        name = made_up_word(rng).capitalize()
-    elif kind == 2:
-        title, his = rng.choice(TITLES) if rng.random() < 0.5 else (name, pronoun)  # 'Mrs. X' or 'Maya X'
-        name, pronoun = f"{title} {made_up_word(rng).capitalize()}", his or pronoun
-    return name, pronoun
+    """A pronounceable nonsense word: training on these besides the lists makes the model ignore who and what."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
 
 
 class WordProblem(TraceTask):
     """'NAME has A THINGS. PRONOUN gets B more. How many THINGS does PRONOUN have now?' and the 'gives away B'
-    variant (0-50, B <= A; difficulty 1: adding, 2: giving away). Names and things come from the lists or are made
-    up (names one time in three plain, one in three with a title or a second name; things one time in three), so any
-    name and any object can appear."""
+    variant (0-50, B <= A; difficulty 1: adding, 2: giving away). Names and things come from the lists or, one time
+    in three each, are made up, so any name and any object can appear."""
 
     name = "word_problem"
 
     def problem(self, rng, difficulty):
-        name, pronoun = person(rng)
+        name, pronoun = rng.choice(NAMES)
+        if rng.random() < 1 / 3:
+            name = made_up_word(rng).capitalize()
         things = rng.choice(THINGS) if rng.random() >= 1 / 3 else made_up_word(rng) + "s"
         a = rng.randint(0, 50)
         b = rng.randint(0, a) if difficulty == 2 else rng.randint(0, 50)

@@ -1,0 +1,1 @@
+"""Exports: recurlm checkpoints in other tools' formats (`recurlm export ...`)."""

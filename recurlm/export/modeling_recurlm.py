@@ -1,0 +1,256 @@
+"""A recurlm recurrent-depth GPT for Hugging Face transformers (written by `recurlm export hf`; needs torch and
+transformers only).
+
+Prelude blocks run once, the core blocks `num_steps` times, then the coda: the same mathematics as recurlm's model
+without its KV cache, so every forward recomputes the whole sequence (what recurlm computes with `kv_budget = r`).
+`num_steps`, `exit` ('none', 'latent:EPS' or 'kl:EPS') and `min_steps` are config fields and per-call arguments of
+`forward` and `generate`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+class RecurLMConfig(PretrainedConfig):
+    model_type = "recurlm"
+
+    def __init__(
+        self,
+        vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
+        mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0,
+        abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
+        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, **kwargs,
+    ):  # fmt: skip
+        self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
+        self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
+        self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
+        self.tie_embeddings, self.proj_rank, self.rope_theta = tie_embeddings, proj_rank, rope_theta
+        self.abacus, self.digit_token_ids = abacus, list(digit_token_ids)
+        self.inject, self.gate, self.state_init = inject, gate, state_init
+        self.recur_lora_rank, self.recur_lora_count = recur_lora_rank, recur_lora_count
+        self.num_steps, self.exit, self.min_steps = num_steps, exit, min_steps
+        self.max_position_embeddings, self.hidden_size, self.num_attention_heads = seq_len, d_model, n_head
+        self.num_hidden_layers = n_prelude + n_core * num_steps + n_coda
+        super().__init__(tie_word_embeddings=False, **kwargs)  # a tied head reads wte directly: nothing to tie
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary(x, cos, sin):
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Linear(nn.Module):
+    """W x, W full or A @ B of rank `rank`; with LoRA adapters, adapter i adds B_i A_i x."""
+
+    def __init__(self, d_in, d_out, rank=0, lora_rank=0, lora_count=0):
+        super().__init__()
+        self.rank = rank
+        if rank:
+            self.a, self.b = nn.Parameter(torch.empty(d_out, rank)), nn.Parameter(torch.empty(rank, d_in))
+        else:
+            self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.lora_a = self.lora_b = None
+        if lora_rank and lora_count:
+            self.lora_a = nn.Parameter(torch.empty(lora_count, lora_rank, d_in))
+            self.lora_b = nn.Parameter(torch.empty(lora_count, d_out, lora_rank))
+
+    def forward(self, x, adapter=None):
+        y = F.linear(F.linear(x, self.b), self.a) if self.rank else F.linear(x, self.weight)
+        if self.lora_a is not None and adapter is not None:
+            y = y + F.linear(F.linear(x, self.lora_a[adapter]), self.lora_b[adapter])
+        return y
+
+
+class Block(nn.Module):
+    def __init__(self, c: RecurLMConfig, lora=(0, 0)):
+        super().__init__()
+        self.attn, self.mlp = nn.Module(), nn.Module()
+        self.n_head, self.n_kv, self.hd = c.n_head, c.n_kv_head, c.d_model // c.n_head
+        d, h, r = c.d_model, c.mlp_hidden, c.proj_rank
+        self.attn.c_q = Linear(d, self.n_head * self.hd, r, *lora)
+        self.attn.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
+        self.attn.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
+        self.attn.c_proj = Linear(self.n_head * self.hd, d, r, *lora)
+        self.swiglu = c.mlp == "swiglu"
+        self.mlp.c_fc = Linear(d, h, r, *lora)
+        if self.swiglu:
+            self.mlp.c_gate = Linear(d, h, r, *lora)
+        self.mlp.c_proj = Linear(h, d, r, *lora)
+
+    def forward(self, x, cos, sin, adapter=None):
+        B, T, _ = x.shape
+        a, h = self.attn, norm(x)
+        q = a.c_q(h, adapter).view(B, T, self.n_head, self.hd)
+        k = a.c_k(h, adapter).view(B, T, self.n_kv, self.hd)
+        v = a.c_v(h, adapter).view(B, T, self.n_kv, self.hd)
+        q, k = norm(rotary(q, cos, sin)).transpose(1, 2), norm(rotary(k, cos, sin)).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv != self.n_head)
+        x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
+        h = norm(x)
+        u = self.mlp.c_fc(h, adapter)
+        u = F.silu(self.mlp.c_gate(h, adapter)) * u if self.swiglu else F.relu(u).square()
+        return x + self.mlp.c_proj(u, adapter)
+
+
+def parse_exit(spec):
+    if spec in (None, "none"):
+        return None
+    name, _, eps = str(spec).partition(":")
+    if name not in ("latent", "kl"):
+        raise ValueError(f"unknown exit {spec!r}: use none, latent:EPS or kl:EPS")
+    return name, float(eps)
+
+
+def significance_ids(ids, n_prompt, digits):
+    """Abacus ids (recurlm.tokenizer.significance_ids): prompt numbers count from their last digit, generated
+    (reversed) numbers from their first."""
+    out, i = [0] * len(ids), 0
+    while i < n_prompt:
+        j = i
+        while j < n_prompt and ids[j] in digits:
+            j += 1
+        for k in range(i, j):
+            out[k] = j - k
+        i = j + 1 if j == i else j
+    run = 0
+    for k in range(n_prompt, len(ids)):
+        run = run + 1 if ids[k] in digits else 0
+        out[k] = run
+    return out
+
+
+class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = RecurLMConfig
+    base_model_prefix = "recurlm"
+    _supports_sdpa = True
+
+    def __init__(self, config: RecurLMConfig):
+        super().__init__(config)
+        c, d = config, config.d_model
+        lora = (c.recur_lora_rank, c.recur_lora_count) if c.recur_lora_rank else (0, 0)
+        self.wte = nn.Embedding(c.vocab_size, d)
+        self.abacus = nn.Embedding(c.abacus + 1, d) if c.abacus else None
+        self.prelude = nn.ModuleList(Block(c) for _ in range(c.n_prelude))
+        self.core = nn.ModuleList(Block(c, lora) for _ in range(c.n_core))
+        self.coda = nn.ModuleList(Block(c) for _ in range(c.n_coda))
+        self.inject = Linear(2 * d, d) if c.n_core and c.inject == "concat_linear" else None
+        self.gate = Linear(2 * d, d) if c.n_core and c.gate else None
+        self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
+        self.lm_head = None if c.tie_embeddings else Linear(d, c.vocab_size)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        return False  # no KV cache: generation recomputes the sequence (disabled cleanly, not half-supported)
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def _init_weights(self, module):
+        pass  # every weight comes from the checkpoint
+
+    def _rotary(self, T, device):
+        if T > self.config.seq_len:
+            raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.seq_len})")
+        hd = self.config.d_model // self.config.n_head
+        inv = 1.0 / (self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+        f = torch.outer(torch.arange(T, dtype=torch.float32, device=device), inv)
+        return f.cos()[None, :, None, :], f.sin()[None, :, None, :]
+
+    def _step(self, e, s, i, cos, sin):
+        c = self.config
+        adapter = min(i, c.recur_lora_count - 1) if c.recur_lora_rank else None
+        u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
+        for block in self.core:
+            u = block(u, cos, sin, adapter)
+        if self.gate is None:
+            return u
+        g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
+        return g * u + (1 - g) * s
+
+    def _head(self, s, cos, sin):
+        for block in self.coda:
+            s = block(s, cos, sin)
+        h = norm(s)
+        logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.wte.weight)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def _watch(self, name, s, cos, sin):
+        return s if name == "latent" else F.log_softmax(self._head(s, cos, sin).float(), dim=-1)
+
+    def forward(
+        self, input_ids=None, attention_mask=None, labels=None, num_steps=None, exit=None, min_steps=None,
+        prompt_length=None, digit_pos=None, past_key_values=None, use_cache=None, return_dict=None, **kwargs,
+    ):  # fmt: skip
+        c = self.config
+        r = c.num_steps if num_steps is None else int(num_steps)
+        rule = parse_exit(c.exit if exit is None else exit)
+        least = c.min_steps if min_steps is None else int(min_steps)
+        if r < 1:
+            raise ValueError(f"num_steps must be >= 1, got {r}")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("padded batches are not supported: pass sequences of equal length (no padding)")
+        B, T = input_ids.shape
+        cos, sin = self._rotary(T, input_ids.device)
+        x = self.wte(input_ids)
+        if self.abacus is not None:
+            if digit_pos is None:
+                n = T if prompt_length is None else int(prompt_length)
+                ids = input_ids.tolist()
+                digit_pos = torch.tensor([significance_ids(row, n, set(c.digit_token_ids)) for row in ids])
+            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
+        e = norm(x)
+        for block in self.prelude:
+            e = block(e, cos, sin)
+        if c.state_init == "prelude":
+            s = e
+        elif c.state_init == "zero":
+            s = torch.zeros_like(e)
+        else:
+            s = nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)
+        steps = torch.full((B, T), r if self.core else 0, dtype=torch.long, device=e.device)
+        if self.core and rule is None:
+            for i in range(r):
+                s = self._step(e, s, i, cos, sin)
+        elif self.core:  # per-token exit: a token whose measure falls under eps stops and keeps its state
+            name, eps = rule
+            active, steps = torch.ones(B, T, dtype=torch.bool, device=e.device), torch.zeros_like(steps)
+            prev = self._watch(name, s, cos, sin)
+            for i in range(r):
+                s = torch.where(active[..., None], self._step(e, s, i, cos, sin), s)
+                steps += active
+                cur = self._watch(name, s, cos, sin)
+                if name == "latent":
+                    measure = (cur - prev).float().norm(dim=-1) / cur.float().norm(dim=-1).clamp_min(1e-12)
+                else:
+                    measure = (cur.exp() * (cur - prev)).sum(dim=-1)
+                active = active & ~((measure < eps) & (i + 1 >= least)) & (i + 1 < r)
+                prev = cur
+                if not bool(active.any()):
+                    break
+        logits = self._head(s, cos, sin)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits)
+        out["steps"] = steps  # recurrences each token ran (an extra field; clients may ignore it)
+        return out
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """The whole sequence every step (no cache), with the recurrence arguments passed through."""
+        keep = ("num_steps", "exit", "min_steps", "prompt_length")
+        return {"input_ids": input_ids, **{k: kwargs[k] for k in keep if kwargs.get(k) is not None}}
+
+    def generate(self, input_ids=None, **kwargs):
+        if input_ids is not None:  # abacus ids count the generated digits from where the prompt ends
+            kwargs.setdefault("prompt_length", input_ids.shape[1])
+        return super().generate(input_ids, **kwargs)
