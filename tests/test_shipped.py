@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniA
 
 # bars a little under what the shipped weights score on these very samples (README), so that a change in loading,
 # tokenising or decoding shows, while the last-digit noise of another CPU does not
-MEAN_BAR, TASK_BAR = 0.0, 0.0
+MEAN_BAR, TASK_BAR = 0.85, 0.5  # measured: mean 0.91, lowest 0.625 (pattern: its held-out geometric sequence)
 
 
 def test_shipped_miniaxion_answers_a_fixed_sample_of_every_task():
@@ -47,4 +47,4 @@ def test_shipped_miniaxion_solves_word_problems_about_people_and_things_it_never
         examples.append(Example(prompt, str(value), trace([f"{a} {op} {b}", *steps], value), "word_problem"))
     model, tok, configs = load_checkpoint(MINIAXION)
     res = evaluate(model, tok, examples, configs["inference"], get_task("word_problem").max_new_tokens)
-    assert res["accuracy"] >= 0.0
+    assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 0.625 here, 0.747 on 300 such problems (README)
