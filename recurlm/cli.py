@@ -283,6 +283,19 @@ def cmd_export_hf(args):
     print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
 
 
+def cmd_lm_eval(args):
+    try:
+        from recurlm.harness import main as harness_main
+    except ImportError:
+        raise UserError("recurlm lm-eval needs lm-evaluation-harness: pip install 'recurlm[lm-eval]'") from None
+    harness_main(args.args)
+
+
+class Passthrough:
+    def __init__(self, args):
+        self.args, self.func = args, cmd_lm_eval
+
+
 def cmd_data_export(args):
     task = get_task(args.task)
     examples = task.generate(args.split, args.n, seed=args.seed, difficulty=args.difficulty)
@@ -399,6 +412,10 @@ def build_parser() -> Parser:
     s.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     s.set_defaults(func=cmd_export_hf)
 
+    s = sub.add_parser("lm-eval", help="lm_eval's command line with --model recurlm registered", add_help=False)
+    s.add_argument("args", nargs=argparse.REMAINDER, help="lm_eval's arguments, e.g. --model recurlm --tasks ...")
+    s.set_defaults(func=cmd_lm_eval)
+
     s = sub.add_parser("generate", help="generate text from a checkpoint, or from a random preset model")
     s.add_argument("--checkpoint")
     s.add_argument("--preset")
@@ -418,8 +435,10 @@ def build_parser() -> Parser:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        # lm_eval's own options follow `lm-eval` untouched (argparse would claim the ones that start with --)
+        args = Passthrough(argv[1:]) if argv[:1] == ["lm-eval"] else build_parser().parse_args(argv)
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
