@@ -30,6 +30,18 @@ def test_terminal_chat_streams_answers_changes_r_and_quits():
     chat.sendline("/temp -1")
     chat.expect("bad value")
     chat.sendintr()  # Ctrl-C at the prompt keeps the session
+    chat.sendline("/r 200")  # slow enough (200 recurrences a token) to interrupt mid-reply
+    chat.expect("r = 200")
+    chat.sendline("Sort ascending: 5, 3, 9, 1")
+    chat.expect("->")  # the trace has begun streaming
+    chat.sendintr()
+    chat.expect(r"\[stopped\]")
+    chat.expect("> ")
+    chat.sendline("/r 2")
+    chat.expect("r = 2")
+    chat.sendline("What is 47 + 38?")  # the session goes on
+    chat.expect(r"\x1b\[0m85\x1b\[0m")
+    chat.expect("> ")
     chat.sendline("/help")
     chat.expect("Ctrl-D quits")
     chat.sendeof()
