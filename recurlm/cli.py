@@ -166,7 +166,7 @@ def cmd_serve(args):
         raise UserError("recurlm serve needs fastapi and uvicorn: pip install 'recurlm[serve]'") from None
 
     # On a CPU the decoding thread leaves a core to the HTTP side (event loop, JSON, SSE): with every core in torch's
-    # pool the two fight and 16 streams got 2.8x one stream's tokens/s instead of 4.9x (benchmarks/serve.py).
+    # pool the two fight and 16 streams got 2.8x one stream's tokens/s instead of 4.7x (benchmarks/serve.py).
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     model, tok, configs = load_checkpoint(args.checkpoint)
@@ -289,11 +289,6 @@ def cmd_lm_eval(args):
     except ImportError:
         raise UserError("recurlm lm-eval needs lm-evaluation-harness: pip install 'recurlm[lm-eval]'") from None
     harness_main(args.args)
-
-
-class Passthrough:
-    def __init__(self, args):
-        self.args, self.func = args, cmd_lm_eval
 
 
 def cmd_data_export(args):
@@ -438,7 +433,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         # lm_eval's own options follow `lm-eval` untouched (argparse would claim the ones that start with --)
-        args = Passthrough(argv[1:]) if argv[:1] == ["lm-eval"] else build_parser().parse_args(argv)
+        lm_eval = argv[:1] == ["lm-eval"]
+        args = argparse.Namespace(args=argv[1:], func=cmd_lm_eval) if lm_eval else build_parser().parse_args(argv)
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -58,7 +58,7 @@ tags: [recurlm, recurrent-depth, looped-transformer]
 ---
 # {name}
 
-A recurrent-depth ("looped") language model exported by [recurlm](https://github.com/) (`recurlm export hf`):
+A recurrent-depth ("looped") language model exported by recurlm (`recurlm export hf`):
 {shape}, width {m.d_model}, {m.n_head} heads, vocabulary {m.vocab_size}, context {m.seq_len}, {params:,} parameters.
 The core blocks run `num_steps` times per token: effective depth {m.n_prelude} + {m.n_core}·num_steps + {m.n_coda}.
 
