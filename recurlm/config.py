@@ -48,6 +48,7 @@ class ModelConfig:
     logit_softcap: float = 0.0  # 0: off; else logits = c * tanh(logits / c)
     proj_rank: int = 0  # 0: full projections; k: every projection is W = A @ B of rank k (MiniAxion)
     rope_theta: float = 10000.0
+    rope: bool = True  # False: no positional encoding (NoPE): order from the causal mask (and Abacus ids) alone
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
@@ -199,6 +200,8 @@ class StageConfig:
     promote_every: int = 0  # steps per curriculum level with 'schedule'
     review_frac: float = 0.2  # share of each batch drawn from the levels already passed, against forgetting
     buckets: int = 1  # > 1: each batch holds examples of similar length, one of this many length groups
+    abacus_offset: bool = False  # shift each example's digit-significance ids by a random k (McLeish et al.), so
+    # that ids past the trained lengths (up to model.abacus) are seen in training and longer numbers have their own
 
     def __post_init__(self):
         if self.steps < 1 or self.buckets < 1:

@@ -32,6 +32,12 @@ def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus
     return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
 
 
+def offset(digits: list[int], top: int, rng: random.Random) -> list[int]:
+    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`."""
+    k = rng.randint(0, max(top - max(digits, default=0), 0))
+    return [d + k if d else 0 for d in digits]
+
+
 def collate(rows: list, pad_id: int):
     """Right-padded inputs (B, T-1), next-token targets (B, T-1) with -1 where no loss is taken, and the inputs'
     digit significance ids (None when the rows have none)."""
@@ -88,7 +94,7 @@ class TaskMixture:
     """Mixture of a stage's tasks, by their weights. With a curriculum, rows come from the current level, and a
     share `review_frac` from the levels already passed."""
 
-    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: bool = False, context: int = 0):
+    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: int = 0, context: int = 0):
         self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
         self.context = context  # rows are cut to this many inputs (the model's context; 0: never)
         self.tasks = stage_tasks(stage)
@@ -121,9 +127,12 @@ class TaskMixture:
         trained on with the same probability."""
         k = self.stage.buckets
         rows = [
-            encode_example(self.tok, ex, self.stage.loss, self.abacus)
+            encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
             for ex in self.examples(k * n, step, rank, micro, level)
         ]
+        if self.abacus and self.stage.abacus_offset:
+            rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}/offset")
+            rows = [(ids, mask, offset(digits, self.abacus, rng)) for ids, mask, digits in rows]
         if k > 1:
             rows.sort(key=lambda row: len(row[0]))
             pick = random.Random(f"{self.seed}/{step}/{rank}/{micro}/bucket").randrange(k)

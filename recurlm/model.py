@@ -89,7 +89,7 @@ class Context:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, lora: tuple[int, int]):
         super().__init__()
-        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.n_head, self.n_kv, self.hd, self.rope = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.rope
         d, r = cfg.d_model, cfg.proj_rank
         self.c_q = Linear(d, self.n_head * self.hd, r, *lora)
         self.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
@@ -101,7 +101,9 @@ class Attention(nn.Module):
         q = self.c_q(x, adapter).view(B, T, self.n_head, self.hd)
         k = self.c_k(x, adapter).view(B, T, self.n_kv, self.hd)
         v = self.c_v(x, adapter).view(B, T, self.n_kv, self.hd)
-        q, k = norm(apply_rotary(q, ctx.cos, ctx.sin)), norm(apply_rotary(k, ctx.cos, ctx.sin))
+        if self.rope:
+            q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        q, k = norm(q), norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.update(slot, k, v, ctx)

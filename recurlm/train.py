@@ -216,7 +216,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
     try:
         while state["stage"] < len(stages):
             name, stage = stages[state["stage"]]
-            mixture = TaskMixture(stage, tok, tcfg.seed * 1000 + state["stage"], mcfg.abacus > 0, mcfg.seq_len)
+            mixture = TaskMixture(stage, tok, tcfg.seed * 1000 + state["stage"], mcfg.abacus, mcfg.seq_len)
             if stage.text:
                 stream = TextStream(stage.text, tok, stage.seq_len or mcfg.seq_len, rank, world)
                 stream.skip(state["stage_step"] * tcfg.grad_accum * tcfg.batch_size)

@@ -149,3 +149,13 @@ def test_param_accounting():
     lora_one = sum(m.lora_params_per_adapter() for m in model.core.modules() if hasattr(m, "lora_a"))
     core_all = sum(p.numel() for p in model.core.parameters())
     assert g["core_per_iteration"] == core_all - 3 * lora_one + lora_one + 2 * (2 * 32 * 32) + 32
+
+
+def test_nope_drops_rotary_and_nothing_else():
+    """`rope = false`: the same weights give other logits, and a one-token sequence (position 0, where rotary is the
+    identity) gives the same ones."""
+    rope, nope = tiny_model(seed=3), tiny_model(seed=3, rope=False)
+    x = torch.randint(0, 37, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(rope(x, 2), nope(x, 2), atol=1e-4)
+        assert torch.allclose(rope(x[:, :1], 2), nope(x[:, :1], 2), atol=1e-6)

@@ -1,4 +1,5 @@
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recurlm.checkpoint import load_checkpoint
+from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import load_config
 from recurlm.data import TaskMixture
 from recurlm.errors import UserError
@@ -378,3 +379,22 @@ def test_rows_longer_than_the_context_train_on_their_beginning():
     x, y, _ = TaskMixture(stage, tok, seed=0, context=24).batch(8, 0, 0, 0, None)
     assert full_x.size(1) > 24 and x.size(1) == 24
     assert torch.equal(x, full_x[:, :24]) and torch.equal(y, full_y[:, :24])
+
+
+def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table():
+    from recurlm.data import offset
+
+    rng = random.Random(0)
+    digits = [3, 2, 1, 0, 2, 1, 0, 1, 2, 3, 4]  # '123+45=' then a reversed 4-digit sum
+    shifted = [offset(digits, 48, rng) for _ in range(200)]
+    ks = {s[0] - 3 for s in shifted}
+    for s in shifted:
+        k = s[0] - 3
+        assert s == [d + k if d else 0 for d in digits] and max(s) <= 48  # one k per example, zeros stay zeros
+    assert min(ks) == 0 and max(ks) > 40  # ids far past the example's own length are trained
+    configs = load_config("rrslm-addition", overrides=["stage.curriculum.abacus_offset=true"])
+    stage, tok = configs["stage"]["curriculum"], build_tokenizer(configs)
+    _, _, plain = TaskMixture(configs["stage"]["curriculum"], tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
+    stage.abacus_offset = False
+    _, _, fixed = TaskMixture(stage, tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
+    assert plain.max() <= 4 and not torch.equal(plain, fixed) and torch.equal(plain > 0, fixed > 0)

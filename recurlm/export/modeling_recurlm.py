@@ -20,14 +20,14 @@ class RecurLMConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
-        mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0,
+        mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
         abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
         recur_lora_count=0, num_steps=1, exit="none", min_steps=1, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
-        self.tie_embeddings, self.proj_rank, self.rope_theta = tie_embeddings, proj_rank, rope_theta
+        self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
         self.abacus, self.digit_token_ids = abacus, list(digit_token_ids)
         self.inject, self.gate, self.state_init = inject, gate, state_init
         self.recur_lora_rank, self.recur_lora_count = recur_lora_rank, recur_lora_count
@@ -73,7 +73,7 @@ class Block(nn.Module):
     def __init__(self, c: RecurLMConfig, lora=(0, 0)):
         super().__init__()
         self.attn, self.mlp = nn.Module(), nn.Module()
-        self.n_head, self.n_kv, self.hd = c.n_head, c.n_kv_head, c.d_model // c.n_head
+        self.n_head, self.n_kv, self.hd, self.rope = c.n_head, c.n_kv_head, c.d_model // c.n_head, c.rope
         d, h, r = c.d_model, c.mlp_hidden, c.proj_rank
         self.attn.c_q = Linear(d, self.n_head * self.hd, r, *lora)
         self.attn.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
@@ -91,7 +91,9 @@ class Block(nn.Module):
         q = a.c_q(h, adapter).view(B, T, self.n_head, self.hd)
         k = a.c_k(h, adapter).view(B, T, self.n_kv, self.hd)
         v = a.c_v(h, adapter).view(B, T, self.n_kv, self.hd)
-        q, k = norm(rotary(q, cos, sin)).transpose(1, 2), norm(rotary(k, cos, sin)).transpose(1, 2)
+        if self.rope:
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        q, k = norm(q).transpose(1, 2), norm(k).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv != self.n_head)
         x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
         h = norm(x)
