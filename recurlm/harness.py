@@ -16,7 +16,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.engine import Engine
-from recurlm.tokenizer import BOS, significance_ids
+from recurlm.tokenizer import BOS
 
 
 @register_model("recurlm")
@@ -43,10 +43,7 @@ class RecurLM(LM):
 
     def _logprobs(self, ids: list[int]) -> torch.Tensor:
         """log p(ids[i + 1] | ids[: i + 1]) for every i: one forward at r."""
-        x = torch.tensor([ids[:-1]], device=self.engine.device)
-        digit_pos = None
-        if self.model.cfg.abacus:
-            digit_pos = torch.tensor([significance_ids(ids[:-1], len(ids) - 1, self.tok.digit_ids)], device=x.device)
+        x, digit_pos = self.engine._right_pad([ids[:-1]], [len(ids) - 1])  # the engine's ids and Abacus ids
         with torch.no_grad():
             logits = self.model(x, self.policy.recurrences, digit_pos=digit_pos)
         return F.log_softmax(logits[0].float(), dim=-1)
