@@ -12,7 +12,7 @@ import resource
 import time
 
 import torch
-from decode_speed import machine
+from common import machine
 
 from recurlm.config import load_config
 from recurlm.engine import Engine

@@ -1,63 +1,144 @@
-"""Cached greedy decoding throughput: batch 1 and batch 8, a 32-token prompt and 128 new tokens, at KV budget 1
-with warm start (recursive nanochat's engine) and at budget r without it (exact).
+"""Decoding speed and cache memory on this machine.
 
-    .venv/bin/python benchmarks/decode_speed.py [--repeats 3]
-Prints the machine, then one line per setting: new tokens per second (median of the repeats; the prompt's
-prefill included). Figures vary by +-15% run to run on shared CPUs: compare runs made back to back.
+    .venv/bin/python benchmarks/decode_speed.py [--repeats 3] [--checkpoint checkpoints/miniaxion-0.9m] [--json F]
+
+1. The reference setting ((P,R,C) = (2,4,2), width 256, head dim 128, vocab 8192; random weights): greedy decoding
+   of 128 new tokens after a 32-token prompt, batch 1 and 8, r = 1, 4, 8, with KV budget 1 + warm start (recursive
+   nanochat's engine), budget r (exact), and no cache: tokens/s and ms per effective layer per token.
+2. KV-cache bytes against r and context length, budget 1 and budget r.
+3. A trained checkpoint (default: the shipped MiniAxion) on its own test prompts, batch 1, up to 128 new tokens:
+   fixed r = 8, adaptive exit (KL and latent) capped at 8, and self-speculative decoding (drafts at r = 2) — speed,
+   core steps per token, accuracy, and the drafts' acceptance rate.
+Figures are medians of the repeats (prefill included). Shared CPUs drift: compare figures from one run.
 """
 
 import argparse
-import platform
+import json
 import statistics
 import time
 
 import torch
+from common import machine, matmul_peak
 
-from recurlm.config import InferencePolicy, ModelConfig, load_config
+from recurlm.cache import KVCache
+from recurlm.checkpoint import load_checkpoint
+from recurlm.config import InferencePolicy, ModelConfig
+from recurlm.data import prompt_ids
 from recurlm.engine import Engine
 from recurlm.model import build_model
+from recurlm.speculative import speculate
+from recurlm.tasks import get_task
+from recurlm.tasks.reasoning import SUITE
 
-# The reference table's setting (README "Speed"): (P,R,C) = (2,4,2), width 256, head dim 128, vocab 8192.
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
 
-def machine() -> str:
-    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
-    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads, {bf16}, torch {torch.__version__}"
+def median_time(repeats: int, fn, *args, **kwargs):
+    """Median seconds of fn(*args, **kwargs) over the repeats (after a warm-up call), and its last result."""
+    out = fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
 
 
-def bench(name: str, cfg: ModelConfig, r: int, repeats: int, prompt_len: int = 32, new: int = 128):
+def reference_decoding(repeats: int) -> list[dict]:
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(REFERENCE).eval()
     with torch.no_grad():  # untrained output projections are zero: perturb them so the blocks do real work
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    engine = Engine(model, set(range(10)) if cfg.abacus else None)
-    n = min(new, cfg.seq_len - prompt_len)
+    engine, rows = Engine(model), []
     for batch in (1, 8):
-        prompts = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
-        for budget, warm in ((1, True), (r, False)):
-            policy = InferencePolicy(recurrences=r, kv_budget=budget, warm_start=warm)
-            engine.generate(prompts.tolist(), 4, policy)  # warm-up
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                engine.generate(prompts.tolist(), n, policy)
-                times.append(time.perf_counter() - t0)
-            tps = batch * n / statistics.median(times)
-            print(f"{name:<24} r={r} batch {batch} kv_budget {budget:<2} warm {warm!s:<5} {tps:9.1f} tok/s", flush=True)
+        prompts = torch.randint(0, 8192, (batch, 32), generator=torch.Generator().manual_seed(1)).tolist()
+        for r in (1, 4, 8):
+            for name, budget, warm, cache in (("budget 1, warm", 1, True, True), ("budget r", r, False, True),
+                                              ("no cache", r, False, False)):  # fmt: skip
+                policy = InferencePolicy(recurrences=r, kv_budget=budget, warm_start=warm)
+                dt, _ = median_time(repeats, engine.generate, prompts, 128, policy, use_cache=cache)
+                tps = batch * 128 / dt
+                layer_ms = dt * 1000 / (128 * model.effective_depth(r))
+                rows.append(dict(batch=batch, r=r, setting=name, tok_s=tps, ms_per_layer_token=layer_ms))
+                print(f"  batch {batch} r={r} {name:<15} {tps:8.1f} tok/s {layer_ms:6.3f} ms/layer-token", flush=True)
+    return rows
+
+
+def cache_memory() -> list[dict]:
+    rows = []
+    for context in (256, 1024):
+        for r in (1, 4, 8, 16):
+            for budget in (1, r):
+                cache = KVCache(REFERENCE, 1, context, budget)
+                total = (cache.k.numel() + cache.v.numel()) * cache.k.element_size()
+                rows.append(dict(context=context, r=r, budget=budget, core_bytes=cache.core_bytes(), bytes=total))
+                print(f"  context {context:5} r={r:<2} budget {budget:<2} {total / 2**20:7.2f} MiB "
+                      f"(core {cache.core_bytes() / 2**20:.2f})")  # fmt: skip
+    return rows
+
+
+def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
+    model, tok, configs = load_checkpoint(path)
+    engine, base = Engine(model, tok.digit_ids), configs["inference"].override(temperature=0.0)
+    examples = [ex for name in SUITE for ex in get_task(name).generate("test", n_prompts, seed=0)]
+    prompts = [prompt_ids(tok, ex.prompt) for ex in examples]
+    exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
+    settings = [("r=8, budget 8", exact, None)]
+    settings += [(f"exit {e}", exact.override(exit=e), None) for e in ("kl:0.01", "kl:0.1", "latent:0.1")]
+    settings += [(f"speculative r=2, k={k}", exact, k) for k in (2, 4, 8)]
+    rows, baseline = [], None
+    for name, policy, k in settings:
+        dt, out = median_time(repeats, generate_one_by_one, engine, tok, prompts, policy, k)
+        tasks = {ex.task: get_task(ex.task) for ex in examples}
+        acc = sum(tasks[ex.task].score(ex, t) for ex, t in zip(examples, out["texts"], strict=True)) / len(examples)
+        tps = out["tokens"] / dt
+        baseline = baseline or tps
+        row = dict(setting=name, tok_s=tps, speedup=tps / baseline, accuracy=acc,
+                   steps=statistics.mean(out["steps"]), acceptance=out["acceptance"], tokens=out["tokens"])  # fmt: skip
+        rows.append(row)
+        extra = f" acceptance {row['acceptance']:.2f}" if k else ""
+        print(f"  {name:<24} {tps:7.1f} tok/s ({row['speedup']:.2f}x) accuracy {acc:.3f} "
+              f"steps {row['steps']:.2f}{extra}", flush=True)  # fmt: skip
+    return rows
+
+
+def generate_one_by_one(engine, tok, prompts, policy, draft_tokens) -> dict:
+    """Batch 1: each prompt alone, greedy (self-speculative with drafts at r = 2 when draft_tokens)."""
+    texts, steps, tokens, drafted, accepted = [], [], 0, 0, 0
+    for p in prompts:
+        if draft_tokens:
+            s = speculate(engine, [p], 128, policy, 2, draft_tokens, stop_tokens=tok.stop_ids)
+            gen, drafted, accepted = s.generation, drafted + s.drafted, accepted + s.accepted
+        else:
+            gen = engine.generate([p], 128, policy, stop_tokens=tok.stop_ids)
+        texts.append(tok.decode(gen.tokens[0]))
+        steps += gen.steps[0][1:]  # decoded tokens: the prompt pass always runs r
+        tokens += len(gen.steps[0])
+    return dict(texts=texts, steps=steps, tokens=tokens, acceptance=accepted / drafted if drafted else None)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
+    p.add_argument("--prompts", type=int, default=3, help="test prompts per task of the checkpoint's suite")
+    p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    print(machine())
-    bench("(2,4,2) width 256", REFERENCE, 4, args.repeats)
-    mini = load_config("miniaxion-0.9m")
-    bench("miniaxion-0.9m", mini["model"], mini["inference"].recurrences, args.repeats)
+    result = {"machine": machine(), "peak_gflops": {}}
+    print(result["machine"])
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        result["peak_gflops"][name] = matmul_peak(dtype)
+        print(f"matmul peak {name}: {result['peak_gflops'][name]:.0f} GFLOP/s")
+    print("reference setting, greedy, 32-token prompt, 128 new tokens:")
+    result["reference"] = reference_decoding(args.repeats)
+    print("KV cache (reference setting, fp32, batch 1):")
+    result["cache"] = cache_memory()
+    print(f"{args.checkpoint}, batch 1, its test prompts, up to 128 new tokens:")
+    result["trained"] = trained_decoding(args.checkpoint, args.repeats, args.prompts)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

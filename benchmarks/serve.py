@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-from decode_speed import machine
+from common import machine
 
 from recurlm.tasks import get_task
 from recurlm.tasks.reasoning import SUITE

@@ -1,62 +1,99 @@
-"""Training throughput on this machine: fp32 vs bf16 autocast, eager vs torch.compile (blocks compiled, the
-recurrence loop eager so a new r does not recompile). Decoding: benchmarks/decode_speed.py.
+"""Training throughput on this machine against its own matmul peak: fp32 and bf16 autocast, eager and compiled
+(`torch.compile` per block; the recurrence loop stays eager, so a new r must not recompile).
 
-    .venv/bin/python benchmarks/train_speed.py [--preset rrslm-addition] [--steps 8] [--compile]
-Prints one line per setting: median ms per step and tokens/s. Figures vary +-25% run to run on shared CPUs.
+    .venv/bin/python benchmarks/train_speed.py [--presets rrslm-addition,miniaxion-0.9m] [--steps 6] [--compile]
+        [--json F]
+
+The reference setting ((P,R,C) = (2,4,2), r = 4, width 256, head dim 128, vocab 8192, batch 8 x 256, AdamW) comes
+first, then each preset at its own r (batch capped at 8 x 256 tokens). Per setting: median ms per step, tokens/s,
+achieved GFLOP/s (3 x the forward FLOPs per token, `flops_per_token`) and its share of the matmul peak of the same
+dtype measured in this run; compiled settings add the compile time and the graphs compiled when r changes.
 """
 
 import argparse
+import json
 import statistics
 import time
 
 import torch
+from common import machine, matmul_peak
 
-from recurlm.config import load_config
+from recurlm.config import ModelConfig, load_config
 from recurlm.evaluate import loss_on
 from recurlm.model import build_model
 from recurlm.train import compile_blocks
 
+REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
-def time_steps(model, x, y, r, amp, steps, digit_pos, bptt_k):
+
+def step(model, opt, x, r, amp, digit_pos, bptt_k) -> float:
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        loss = loss_on(model, x, x, r, digit_pos, bptt_k)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randint(0, cfg.vocab_size, (batch, T))
+    digits = torch.zeros_like(x) if cfg.abacus else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = loss_on(model, x, y, r, digit_pos, bptt_k)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i >= 2:  # the first steps warm up allocators (and compile)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    row = dict(setting=name, dtype="bf16" if amp else "fp32", compiled=compiled, r=r, tokens_per_step=batch * T)
+    if compiled:
+        compile_blocks(model)
+        row["compile_s"] = step(model, opt, x, r, amp, digits, bptt_k)
+        before = graphs()
+        step(model, opt, x, r + 2, amp, digits, bptt_k)  # a new r between steps must reuse the compiled blocks
+        row["graphs_on_new_r"] = graphs() - before
+    else:
+        step(model, opt, x, r, amp, digits, bptt_k)  # allocator warm-up
+    dt = statistics.median(step(model, opt, x, r, amp, digits, bptt_k) for _ in range(steps))
+    tps = batch * T / dt
+    gflops = 3 * model.flops_per_token(r, T) * tps / 1e9
+    row.update(ms_per_step=dt * 1000, tok_s=tps, gflops=gflops, peak_share=gflops / peak[row["dtype"]])
+    label = f"{row['dtype']}{' +compile' if compiled else ''}"
+    extra = (f", compile {row['compile_s']:.0f} s, graphs on a new r: {row['graphs_on_new_r']}"
+             if compiled else "")  # fmt: skip
+    print(f"  {name:<34} {label:<13} {dt * 1000:8.1f} ms/step {tps:8,.0f} tok/s {gflops:6.1f} GFLOP/s "
+          f"({100 * row['peak_share']:.0f}% of peak){extra}", flush=True)  # fmt: skip
+    return row
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--preset", default="rrslm-addition")
-    p.add_argument("--set", action="append", default=[])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=0, help="sequence length (default: the preset's context)")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks (slow to start)")
+    p.add_argument("--presets", default="rrslm-addition,miniaxion-0.9m,addition-length")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time each)")
+    p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    configs = load_config(args.preset, overrides=args.set)
-    cfg, bptt_k = configs["model"], configs["recurrence"].bptt_k
-    T, r = args.seq or cfg.seq_len, configs["inference"].recurrences
-    torch.manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, T))
-    digits = torch.zeros_like(x) if cfg.abacus else None
-    print(f"{args.preset}: batch {args.batch} x {T} tokens, r = {r}, {torch.get_num_threads()} threads")
-    settings = [("fp32", False, False), ("bf16", True, False)]
-    if args.compile:
-        settings += [("fp32+compile", False, True), ("bf16+compile", True, True)]
-    for name, amp, compiled in settings:
-        model = build_model(cfg)
-        if compiled:
-            compile_blocks(model)
-        dt = time_steps(model, x, x, r, amp, args.steps, digits, bptt_k)
-        print(f"  train {name:<14} {dt * 1000:8.1f} ms/step {args.batch * T / dt:10,.0f} tok/s")
+    print(machine())
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak (2048^3): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    cases = [("reference (2,4,2) w256 8x256", REFERENCE, 4, 8, 256, 0)]
+    for name in filter(None, args.presets.split(",")):
+        configs = load_config(name)
+        cfg, T = configs["model"], min(configs["model"].seq_len, 256)
+        batch = max(1, min(configs["train"].batch_size, 8 * 256 // T))
+        cases.append((f"{name} {batch}x{T}", cfg, configs["inference"].recurrences, batch, T,
+                      configs["recurrence"].bptt_k))  # fmt: skip
+    rows = []
+    modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if args.compile else [])
+    for name, cfg, r, batch, T, bptt_k in cases:
+        for compiled, amp in modes:
+            rows.append(bench(name, cfg, r, batch, T, bptt_k, args.steps, peak, compiled, amp))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "peak_gflops": peak, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

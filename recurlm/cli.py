@@ -14,7 +14,7 @@ from recurlm.config import load_config, preset_names, read_preset
 from recurlm.data import prompt_ids, task_from_configs, trained_task_names
 from recurlm.engine import Engine
 from recurlm.errors import UserError
-from recurlm.evaluate import aggregate, chatcore, file_set, sweep, task_sets
+from recurlm.evaluate import aggregate, chatcore, file_sets, sweep, task_sets
 from recurlm.model import build_model
 from recurlm.tasks import get_task, write_jsonl
 from recurlm.tools import Calculator
@@ -202,12 +202,23 @@ def parse_int_list(text: str) -> list[int]:
     return values
 
 
+def parse_draft(text: str) -> tuple[int, int]:
+    r, _, k = text.partition(":")
+    try:
+        draft = int(r), int(k or 4)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R:K (draft recurrences : draft tokens), got {text!r}") from None
+    if min(draft) < 1:
+        raise argparse.ArgumentTypeError(f"draft recurrences and tokens must be >= 1, got {text!r}")
+    return draft
+
+
 def cmd_eval(args):
     from recurlm.report import by_r, scaling_table
 
     model, tok, configs = load_checkpoint(args.checkpoint)
     if args.data:
-        sets = [file_set(args.data, configs, args.limit, args.max_new_tokens)]
+        sets = file_sets(args.data, configs, args.limit, args.max_new_tokens)
     elif args.task:
         sets = task_sets(args.task, configs, args.split, args.limit or 200, args.seed, args.max_new_tokens)
     else:
@@ -222,14 +233,15 @@ def cmd_eval(args):
         f"{'max':>4} {'tok/s':>8} format"
     )
     results = []
-    for row in sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size):
+    for row in sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size, args.draft):
         results.append(row)
         diff = row["difficulty"] if row["difficulty"] is not None else "-"
         fmt = "-" if row["format"] is None else f"{row['format']:.3f}"
         print(
             f"{row['task']:<24} {diff:>4} {row['recurrences']:>3} {row['exit']:<12} {row['decode']:<6} "
             f"{row['accuracy']:>8.3f} {row['n']:>5} {row['mean_steps']:>6.2f} {row['max_steps']:>4} "
-            f"{row['tokens_per_s']:>8.0f} {fmt}",
+            f"{row['tokens_per_s']:>8.0f} {fmt}"
+            + (f" acceptance {row['acceptance']:.2f}" if row["acceptance"] is not None else ""),
             flush=True,
         )
     settings: dict[tuple, list[dict]] = {}
@@ -326,6 +338,13 @@ def build_parser() -> Parser:
         "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the run's)"
     )
     s.add_argument("--beam", type=positive_int, default=1, help="also decode by beam search of this width")
+    s.add_argument(
+        "--draft",
+        type=parse_draft,
+        metavar="R:K",
+        help="also decode self-speculatively: K-token drafts at R recurrences, checked at r (greedy's tokens, "
+        "one example at a time: compare tok/s with --batch-size 1)",
+    )
     s.add_argument("--max-new-tokens", type=positive_int, help="generation budget (default: each task's own)")
     add_policy_flags(s, sampling=False)  # evaluation decodes greedily
     s.add_argument("--split", default="test", choices=["train", "val", "test"])

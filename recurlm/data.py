@@ -32,10 +32,15 @@ def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus
     return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
 
 
-def offset(digits: list[int], top: int, rng: random.Random) -> list[int]:
-    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`."""
+def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int) -> list[int]:
+    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`. The
+    prompt's last token ('=') takes id k, significance 0 shifted: it predicts the units digit, and without it that
+    token could not tell which ids are the units (k is 0 at test time, where nothing changes)."""
     k = rng.randint(0, max(top - max(digits, default=0), 0))
-    return [d + k if d else 0 for d in digits]
+    out = [d + k if d else 0 for d in digits]
+    if 0 < n_prompt <= len(out) and not out[n_prompt - 1]:
+        out[n_prompt - 1] = k
+    return out
 
 
 def collate(rows: list, pad_id: int):
@@ -126,13 +131,14 @@ class TaskMixture:
         the reasoning suite run from 30 to 160 tokens), and as every example lands in exactly one group, each is
         trained on with the same probability."""
         k = self.stage.buckets
-        rows = [
-            encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
-            for ex in self.examples(k * n, step, rank, micro, level)
-        ]
+        examples = self.examples(k * n, step, rank, micro, level)
+        rows = [encode_example(self.tok, ex, self.stage.loss, self.abacus > 0) for ex in examples]
         if self.abacus and self.stage.abacus_offset:
             rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}/offset")
-            rows = [(ids, mask, offset(digits, self.abacus, rng)) for ids, mask, digits in rows]
+            rows = [
+                (ids, mask, offset(digits, self.abacus, rng, len(prompt_ids(self.tok, ex.prompt))))
+                for ex, (ids, mask, digits) in zip(examples, rows, strict=True)
+            ]
         if k > 1:
             rows.sort(key=lambda row: len(row[0]))
             pick = random.Random(f"{self.seed}/{step}/{rank}/{micro}/bucket").randrange(k)

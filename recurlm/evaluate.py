@@ -11,7 +11,9 @@ from recurlm.chat import is_nanochat
 from recurlm.config import InferencePolicy
 from recurlm.data import prompt_ids, task_from_configs
 from recurlm.engine import Engine
+from recurlm.errors import UserError
 from recurlm.model import RecurrentGPT
+from recurlm.speculative import speculate
 from recurlm.tasks import Example, Task, extract_answer, read_jsonl
 from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
@@ -45,16 +47,20 @@ def evaluate(
     score=None,
     batch_size: int = 128,
     beams: int = 1,
+    draft: tuple[int, int] | None = None,
 ) -> dict:
     """Accuracy and recurrence steps per generated token over `examples` (in batches), and for reasoning-trace tasks
     the share of outputs that follow the trace grammar exactly ('format'). Decoding is greedy (or beam search with
     beams > 1) under `policy`, up to max_new_tokens per example: each example decodes as it would alone, whatever
-    the batch size. `score(example, text)` replaces exact match of the extracted answer."""
+    the batch size. `score(example, text)` replaces exact match of the extracted answer. `draft` = (r, k):
+    self-speculative decoding, one example at a time (the same tokens as greedy)."""
     was_training = model.training
     model.eval()
     policy = policy.override(temperature=0.0)
     engine, tool = Engine(model, tok.digit_ids), Calculator.for_tokenizer(tok)
-    steps, n_tokens, t0 = [], 0, time.perf_counter()
+    if draft and tool is not None:
+        raise UserError("self-speculative decoding does not drive the calculator tool: drop --draft")
+    steps, n_tokens, drafted, accepted, t0 = [], 0, 0, 0, time.perf_counter()
     per_example: list[dict | None] = [None] * len(examples)
     for multiple_choice, indices in batches(examples, batch_size):
         chunk = [examples[i] for i in indices]
@@ -65,6 +71,9 @@ def evaluate(
         else:
             if beams > 1:
                 out = engine.beam_search(prompts, max_new_tokens, beams, policy, stop_tokens=tok.stop_ids)
+            elif draft:
+                spec = speculate(engine, prompts, max_new_tokens, policy, *draft, stop_tokens=tok.stop_ids)
+                out, drafted, accepted = spec.generation, drafted + spec.drafted, accepted + spec.accepted
             else:
                 out = engine.generate(prompts, max_new_tokens, policy, stop_tokens=tok.stop_ids, tool=tool)
             texts, used = [tok.decode(ids) for ids in out.tokens], out.steps
@@ -94,6 +103,7 @@ def evaluate(
         "max_steps": max(steps, default=0),
         "tokens_per_s": n_tokens / dt,
         "format": sum(formats) / len(formats) if formats else None,
+        "acceptance": accepted / drafted if drafted else None,  # of speculative drafts
         "examples": per_example,
     }
 
@@ -145,13 +155,20 @@ def task_sets(
     return sets
 
 
-def file_set(path: str, configs: dict, limit: int | None = None, max_new_tokens: int | None = None) -> EvalSet:
-    """A JSONL file of examples; scored by their task (and with its budget) when they all name the same one."""
-    examples = read_jsonl(path)[:limit]
+def file_sets(path: str, configs: dict, limit: int | None = None, max_new_tokens: int | None = None) -> list[EvalSet]:
+    """A JSONL file of examples, one set per difficulty when every example has one (at most `limit` each); scored
+    by their task (and with its budget) when they all name the same one. The budget also leaves room for the
+    longest answer written a character per token (a file of 40-digit sums for a model set up for 10)."""
+    examples = read_jsonl(path)
     names = {ex.task for ex in examples}
     task = task_from_configs(names.pop(), configs) if len(names) == 1 and None not in names else None
-    budget = max_new_tokens or (task.max_new_tokens if task else Task.max_new_tokens)
-    return EvalSet(path, None, examples, budget, task.score if task else None)
+    longest = max((len(ex.answer) for ex in examples), default=0) + 2
+    budget = max_new_tokens or max(task.max_new_tokens if task else Task.max_new_tokens, longest)
+    score = task.score if task else None
+    if any(ex.difficulty is None for ex in examples):
+        return [EvalSet(path, None, examples[:limit], budget, score)]
+    levels = sorted({ex.difficulty for ex in examples})
+    return [EvalSet(path, d, [ex for ex in examples if ex.difficulty == d][:limit], budget, score) for d in levels]
 
 
 def sweep(
@@ -163,22 +180,27 @@ def sweep(
     exits: list[str | None] = (None,),
     beams: int = 1,
     batch_size: int = 128,
+    draft: tuple[int, int] | None = None,
 ) -> Iterator[dict]:
     """One result row per (r, exit, decoding, set) under `policy` with r and the exit replaced (None: the
-    policy's own exit): greedy always, and beam search too when beams > 1."""
+    policy's own exit): greedy always, beam search too when beams > 1, self-speculative too with a draft (r, k)."""
+    decodes = [("greedy", 1, None)] + ([(f"beam{beams}", beams, None)] if beams > 1 else [])
+    decodes += [(f"draft{draft[0]}x{draft[1]}", 1, draft)] if draft else []
     for r in recurrences:
         for exit in exits:
             run = policy.override(recurrences=r, exit=exit)
-            for width in [1] + ([beams] if beams > 1 else []):
+            for decode, width, spec in decodes:
+                if spec and spec[0] >= r:
+                    continue  # nothing to draft below r
                 for s in sets:
-                    res = evaluate(model, tok, s.examples, run, s.max_new_tokens, s.score, batch_size, width)
+                    res = evaluate(model, tok, s.examples, run, s.max_new_tokens, s.score, batch_size, width, spec)
                     examples = res.pop("examples")
                     yield {
                         "task": s.task,
                         "difficulty": s.difficulty,
                         "recurrences": r,
                         "exit": run.exit,
-                        "decode": "greedy" if width == 1 else f"beam{width}",
+                        "decode": decode,
                         **res,
                         "steps_by_example": [e["steps"] for e in examples],
                     }

@@ -121,6 +121,26 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path):
     save(fig, path)
 
 
+def plot_accuracy_vs_difficulty(runs: list[Run], path: Path):
+    """Per task, accuracy against difficulty (addition: operand digits), one line per run and r (plain runs
+    dashed): where a model stops generalising, and whether more r moves that point."""
+    tasks = list(dict.fromkeys(r["task"] for run in runs for r in run.fixed() if r["difficulty"] is not None))
+    fig = Figure(figsize=(5 * len(tasks), 4))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for run in runs:
+            lines: dict[int, list] = {}
+            for r in run.fixed():
+                if r["task"] == task and r["difficulty"] is not None:
+                    lines.setdefault(r["recurrences"], []).append((r["difficulty"], r["accuracy"]))
+            for rec, pts in sorted(lines.items()):
+                label, style = (f"{run.name} (plain)", "--") if not run.model.core else (f"{run.name}, r={rec}", "-")
+                ax.plot(*zip(*sorted(pts), strict=True), style, marker="o", label=label)
+        ax.set(title=Path(task).name, xlabel="difficulty", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    save(fig, path)
+
+
 def plot_steps_vs_difficulty(runs: list[Run], path: Path):
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -219,6 +239,9 @@ def write_report(
         md += ["## Does thinking longer help?", "", "Accuracy on held-out problems (greedy, no adaptive exit).", ""]
         md += [f"### {run.name}\n\n{scaling_table(by_r(run.fixed()))}\n" for run in runs if run.fixed()]
         plots["accuracy_vs_r.png"] = plot_accuracy_vs_r
+        levels = {(r["task"], r["difficulty"]) for run in runs for r in run.fixed() if r["difficulty"] is not None}
+        if len(levels) > len({task for task, _ in levels}):  # some task at several difficulties
+            plots["accuracy_vs_difficulty.png"] = plot_accuracy_vs_difficulty
     if any(run.adaptive() for run in runs):
         md += ["## Adaptive exit", "", "Steps are recurrences per generated token; 'max r' is the cap.", ""]
         header = ["task", "exit", "max r", "accuracy", "steps", "max", "n"]

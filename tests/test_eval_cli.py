@@ -32,6 +32,21 @@ def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
     assert all(1 <= r["mean_steps"] <= r["recurrences"] for r in res)
 
 
+def test_eval_self_speculative_scores_as_greedy(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(run_dir), "--task", "addition", "--recurrences", "1,4", "--exit", "none"]
+    main([*args, "--kv-budget", "4", "--limit", "6", "--draft", "1:3", "--json", str(out)])
+    res = json.loads(out.read_text())["results"]
+    greedy = {r["difficulty"]: r for r in res if r["decode"] == "greedy" and r["recurrences"] == 4}
+    drafted = {r["difficulty"]: r for r in res if r["decode"] == "draft1x3"}
+    assert drafted.keys() == greedy.keys() and all(r["recurrences"] == 4 for r in drafted.values())  # not at r=1
+    assert all(drafted[d]["accuracy"] == greedy[d]["accuracy"] for d in greedy)
+    assert all(0 < r["acceptance"] <= 1 for r in drafted.values()) and "acceptance" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--draft", "x:2"])
+    assert "expected R:K" in capsys.readouterr().err
+
+
 def test_export_then_eval_data(run_dir, tmp_path, capsys):
     path = tmp_path / "test.jsonl"
     main(["data", "export", "--task", "addition", "--split", "test", "--n", "12", "--seed", "3", "--out", str(path)])
@@ -41,7 +56,7 @@ def test_export_then_eval_data(run_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--json", str(out)])
     res = json.loads(out.read_text())["results"]
-    assert len(res) == 1 and res[0]["n"] == 12
+    assert [r["difficulty"] for r in res] == [1, 2, 3] and sum(r["n"] for r in res) == 12  # a row per difficulty
 
 
 @pytest.mark.parametrize(

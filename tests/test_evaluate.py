@@ -92,12 +92,12 @@ def test_max_steps_caps_adaptive_exit_of_generated_tokens():
 
 def test_generation_budget_is_the_tasks_not_the_answers_length(tmp_path):
     """A trace model must not be cut off at the reference answer's length: the budget comes from the task."""
-    from recurlm.evaluate import file_set
+    from recurlm.evaluate import file_sets
     from recurlm.tasks import write_jsonl
 
     def budget(examples, override=None):
         write_jsonl(examples, tmp_path / "set.jsonl")
-        return file_set(str(tmp_path / "set.jsonl"), {}, max_new_tokens=override).max_new_tokens
+        return file_sets(str(tmp_path / "set.jsonl"), {}, max_new_tokens=override)[0].max_new_tokens
 
     task = get_task("arithmetic")
     no_trace = [Example(ex.prompt, ex.answer, task="arithmetic") for ex in task.generate("val", 3)]
@@ -106,3 +106,15 @@ def test_generation_budget_is_the_tasks_not_the_answers_length(tmp_path):
     assert get_task("addition", max_digits=3).max_new_tokens == 5  # the longest sum and the end token
     assert budget([Example("1+1=", "2")]) == Task.max_new_tokens
     assert budget([Example("1+1=", "2")], 9) == 9
+    assert budget([Example("1+1=", "9" * 70)]) == 72  # a longer answer than the task's budget gets room
+
+
+def test_data_files_are_scored_per_difficulty(tmp_path):
+    from recurlm.evaluate import file_sets
+    from recurlm.tasks import write_jsonl
+
+    examples = get_task("addition", max_digits=3).generate("test", 9, seed=0)
+    write_jsonl(examples, tmp_path / "set.jsonl")
+    sets = file_sets(str(tmp_path / "set.jsonl"), {}, limit=2)
+    assert [(s.difficulty, len(s.examples)) for s in sets] == [(1, 2), (2, 2), (3, 2)]
+    assert all(ex.difficulty == s.difficulty for s in sets for ex in s.examples)
