@@ -113,7 +113,7 @@ def test_data_files_are_scored_per_difficulty(tmp_path):
     from recurlm.evaluate import file_sets
     from recurlm.tasks import write_jsonl
 
-    examples = get_task("addition", max_digits=3).generate("test", 9, seed=0)
+    examples = get_task("addition", max_digits=3).generate("test", 30, seed=0)
     write_jsonl(examples, tmp_path / "set.jsonl")
     sets = file_sets(str(tmp_path / "set.jsonl"), {}, limit=2)
     assert [(s.difficulty, len(s.examples)) for s in sets] == [(1, 2), (2, 2), (3, 2)]
