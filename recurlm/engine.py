@@ -88,6 +88,13 @@ class DecodeState:
         return self
 
 
+def extends_in_parallel(policy: InferencePolicy) -> bool:
+    """Whether T new tokens under `policy` are one parallel pass, exactly T single steps: no warm start (a token
+    would start from its predecessor's end) and a core slot per iteration (else iteration i would read the
+    predecessors' iteration i instead of their final one)."""
+    return policy.kv_budget >= policy.steps_cap and not policy.warm_start
+
+
 def sample(logits: torch.Tensor, temperature=0.0, top_k=0, top_p=1.0, generator=None) -> torch.Tensor:
     """Next token per row from (B, V) logits; temperature 0 is greedy."""
     if temperature <= 0:
@@ -222,7 +229,7 @@ class Engine:
             raise UserError(
                 f"extend needs one row of tokens per sequence ({len(state)}), got shape {list(tokens.shape)}"
             )
-        stepwise = any(p.warm_start for p in state.policies) or state.cache.budget < state.halt.max_cap
+        stepwise = not all(extends_in_parallel(p) for p in state.policies)
         if tokens.size(1) > 1 and stepwise:
             parts = [self._extend(state, tokens[:, t : t + 1]) for t in range(tokens.size(1))]
             return state, torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)

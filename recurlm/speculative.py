@@ -27,11 +27,6 @@ class Speculation:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-def parallel_check(policy: InferencePolicy) -> bool:
-    """Whether the target checks a draft in one pass (see the module's docstring)."""
-    return policy.kv_budget >= policy.steps_cap and not policy.warm_start
-
-
 @torch.no_grad()
 def speculate(
     engine: Engine,

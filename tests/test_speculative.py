@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from helpers import policy, tiny_model
 
-from recurlm.engine import Engine
+from recurlm.engine import Engine, extends_in_parallel
 from recurlm.errors import UserError
-from recurlm.speculative import parallel_check, speculate
+from recurlm.speculative import speculate
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9]]
 
@@ -54,8 +54,8 @@ def test_abacus_model_speculates_exactly():
 
 
 def test_parallel_check_and_bad_settings():
-    assert parallel_check(policy(8, kv_budget=8)) and not parallel_check(policy(8, kv_budget=1))
-    assert not parallel_check(policy(8, kv_budget=8, warm_start=True))
+    assert extends_in_parallel(policy(8, kv_budget=8)) and not extends_in_parallel(policy(8, kv_budget=1))
+    assert not extends_in_parallel(policy(8, kv_budget=8, warm_start=True))
     engine = Engine(tiny_model())
     with pytest.raises(UserError, match="fewer recurrences"):
         speculate(engine, PROMPTS, 5, policy(4), draft_recurrences=4)
