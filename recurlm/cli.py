@@ -218,7 +218,7 @@ def cmd_eval(args):
 
     model, tok, configs = load_checkpoint(args.checkpoint)
     if args.data:
-        sets = file_sets(args.data, configs, args.limit, args.max_new_tokens)
+        sets = [s for path in args.data for s in file_sets(path, configs, args.limit, args.max_new_tokens)]
     elif args.task:
         sets = task_sets(args.task, configs, args.split, args.limit or 200, args.seed, args.max_new_tokens)
     else:
@@ -332,7 +332,7 @@ def build_parser() -> Parser:
     s = sub.add_parser("eval", help="score a checkpoint on tasks or a JSONL file at several recurrences")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--task", action="append", help="task name (repeatable)")
-    s.add_argument("--data", help="JSONL of {prompt, answer, ...} examples")
+    s.add_argument("--data", action="append", help="JSONL of {prompt, answer, ...} examples (repeatable)")
     s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the run's)")
     s.add_argument(
         "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the run's)"

@@ -50,6 +50,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope: bool = True  # False: no positional encoding (NoPE): order from the causal mask (and Abacus ids) alone
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
+    logn_attention: bool = False  # queries scaled by a learned per-head gain x log(position + 2) (scalable softmax,
+    # Nakanishi 2025): QK-norm caps attention logits, so a lookup's weight fades as keys multiply; log n keeps it
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
@@ -195,6 +197,7 @@ class StageConfig:
     loss: str = "completion"  # 'completion' (SFT: loss on the target only) or 'all' tokens
     max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
+    mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'

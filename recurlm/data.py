@@ -75,9 +75,11 @@ def task_weights(stage: StageConfig) -> dict[str, float]:
     return weights
 
 
-def stage_tasks(stage: StageConfig) -> list[Task]:
-    """The stage's tasks, built with the stage's task options."""
-    options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
+def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
+    """The stage's tasks, built with the stage's task options (those that only shape training data when
+    `training`: evaluation keeps the task's own definition)."""
+    addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
+    options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 
@@ -102,7 +104,7 @@ class TaskMixture:
     def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: int = 0, context: int = 0):
         self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
         self.context = context  # rows are cut to this many inputs (the model's context; 0: never)
-        self.tasks = stage_tasks(stage)
+        self.tasks = stage_tasks(stage, training=True)
         weights = list(task_weights(stage).values())
         self.weights = None if len(set(weights)) <= 1 else weights  # uniform: the draws of unweighted runs as before
         self.max_level = max((max(t.difficulties) for t in self.tasks), default=1)

@@ -4,6 +4,7 @@ nanochat-style blocks: pre-norm RMSNorm without weights, RoPE, QK-norm, optional
 biases. A plain GPT is the case n_core = 0.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,11 +80,16 @@ class Context:
     cache: KVCache | None = None
     start: int = 0  # the first new token's position, when every row has the same
     positions: torch.Tensor | None = None  # (B, T) each new token's position, when rows differ
+    logn: torch.Tensor | None = None  # (B or 1, 1, T, 1) log(position + 2), the query scale of logn_attention
     keys: int = 0  # how many cached positions attention reads
     # Set by the recurrence loop under adaptive exit, (B, T) bool each: which tokens still iterate, and which have
     # stopped but are still below their row's cap (their skipped iterations' slots get their final K/V, DESIGN §2).
     active: torch.Tensor | None = None
     skipping: torch.Tensor | None = None
+
+
+# logn_attention's initial gain: a query's scale starts at 1 at position 32, about the end of a 10-digit sum
+LOGN_GAIN = 1 / math.log(34)
 
 
 class Attention(nn.Module):
@@ -95,6 +101,7 @@ class Attention(nn.Module):
         self.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
         self.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
         self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=True)
+        self.logn_gain = nn.Parameter(torch.full((self.n_head,), LOGN_GAIN)) if cfg.logn_attention else None
 
     def forward(self, x, ctx: Context, slot: int | None, adapter: int | None):
         B, T, _ = x.shape
@@ -105,6 +112,8 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
         q, k = norm(q), norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.logn_gain is not None:
+            q = q * (self.logn_gain[:, None, None] * ctx.logn).to(q.dtype)
         if ctx.cache is not None:
             k, v = ctx.cache.update(slot, k, v, ctx)
         y = F.scaled_dot_product_attention(
@@ -174,6 +183,8 @@ class RecurrentGPT(nn.Module):
         for m in self.modules():
             if isinstance(m, Linear):
                 m.reset_parameters()
+            if isinstance(m, Attention) and m.logn_gain is not None:
+                m.logn_gain.fill_(LOGN_GAIN)
         # Tied weights also produce the logits, so they start small; an untied input table does not matter in
         # scale (it is normalised) and a nearly-zero head starts at the uniform distribution (nanochat).
         self.wte.weight.normal_(0.0, 0.02 if self.cfg.tie_embeddings else 1.0)
@@ -200,14 +211,28 @@ class RecurrentGPT(nn.Module):
         first = starts[0]
         if all(p == first for p in starts):
             cos, sin = self.cos[:, first : first + T], self.sin[:, first : first + T]
+            logn = self._logn(torch.arange(first, end, device=cos.device)[None])
             if first == 0 or T == 1:  # plain causal attention, or one query that sees every cached key
-                return Context(cos, sin, None, T > 1, cache, first, keys=end)
+                return Context(cos, sin, None, T > 1, cache, first, keys=end, logn=logn)
             q = torch.arange(first, end, device=cos.device)
             mask = torch.arange(end, device=cos.device)[None, :] <= q[:, None]
-            return Context(cos, sin, mask[None, None], False, cache, first, keys=end)
+            return Context(cos, sin, mask[None, None], False, cache, first, keys=end, logn=logn)
         pos = torch.tensor(starts, device=self.cos.device)[:, None] + torch.arange(T, device=self.cos.device)
         mask = torch.arange(end, device=pos.device)[None, None, :] <= pos[:, :, None]  # (B, T, keys)
-        return Context(self.cos[0, pos], self.sin[0, pos], mask[:, None], False, cache, positions=pos, keys=end)
+        return Context(
+            self.cos[0, pos],
+            self.sin[0, pos],
+            mask[:, None],
+            False,
+            cache,
+            positions=pos,
+            keys=end,
+            logn=self._logn(pos),
+        )
+
+    def _logn(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """(B or 1, 1, T, 1) log(position + 2) for logn_attention's queries (None without it)."""
+        return torch.log(positions.float() + 2)[:, None, :, None] if self.cfg.logn_attention else None
 
     def _slot(self, ctx: Context, group: str, index: int):
         return None if ctx.cache is None else (ctx.cache.slot(group, index), None)

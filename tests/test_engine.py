@@ -23,6 +23,7 @@ VARIANTS = {
     "gqa": dict(n_kv_head=2),
     "lora": dict(recur_lora_rank=4, recur_lora_count=2),
     "gate": dict(gate=True),
+    "nope-logn": dict(rope=False, logn_attention=True),
     "all": dict(n_kv_head=1, recur_lora_rank=4, recur_lora_count=2, gate=True),
 }
 

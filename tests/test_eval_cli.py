@@ -3,7 +3,7 @@ import json
 import pytest
 
 from recurlm.cli import main
-from recurlm.tasks import get_task, read_jsonl, split_of
+from recurlm.tasks import get_task, read_jsonl, split_of, write_jsonl
 
 
 def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
@@ -57,6 +57,12 @@ def test_export_then_eval_data(run_dir, tmp_path, capsys):
     main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--json", str(out)])
     res = json.loads(out.read_text())["results"]
     assert [r["difficulty"] for r in res] == [1, 2, 3] and sum(r["n"] for r in res) == 12  # a row per difficulty
+    ones = tmp_path / "ones.jsonl"
+    write_jsonl([ex for ex in examples if ex.difficulty == 1], ones)
+    main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--data", str(ones), "--json", str(out)])
+    res = json.loads(out.read_text())["results"]
+    assert [(r["task"], r["difficulty"]) for r in res] == [(str(path), d) for d in (1, 2, 3)] + [(str(ones), 1)]
+    assert res[0]["accuracy"] == res[3]["accuracy"]  # the same examples score the same from either file
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ ARCHITECTURES = {
                                               "tie_embeddings=false", "logit_softcap=15", "state_init=zero"]),
     "lora-random-state": ("miniaxion-0.9m", ["recur_lora_rank=2", "recur_lora_count=2", "state_init=random"]),
     "gate-abacus": ("rrslm-addition", ["n_core=1"]),
-    "plain-nope": ("miniaxion-0.9m", ["n_core=0", "n_prelude=2", "n_coda=1", "rope=false"]),
+    "plain-nope-logn": ("miniaxion-0.9m", ["n_core=0", "n_prelude=2", "n_coda=1", "rope=false", "logn_attention=true"]),
 }  # fmt: skip
 
 EXITS = ("latent:0.255", "latent:0.3", "latent:0.45", "kl:0.001", "kl:0.01", "kl:0.1")

@@ -381,6 +381,19 @@ def test_rows_longer_than_the_context_train_on_their_beginning():
     assert torch.equal(x, full_x[:, :24]) and torch.equal(y, full_y[:, :24])
 
 
+def test_mixed_lengths_shape_training_data_only():
+    from recurlm.data import stage_tasks, task_from_configs
+
+    configs = load_config("addition-length", overrides=["stage.train.mixed_lengths=true"])
+    mixture = TaskMixture(configs["stage"]["train"], build_tokenizer(configs), 0)
+    lengths = [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
+    assert all(max(pair) >= 1 and all(1 <= n <= 10 for n in pair) for pair in lengths)
+    assert sum(a != b for a, b in lengths) > 200 and sum(a < b for a, b in lengths) > 100  # either side shorter
+    evaluated = task_from_configs("addition", configs)  # evaluation keeps the task's definition: equal lengths
+    assert not evaluated.mixed_lengths and stage_tasks(configs["stage"]["train"], training=True)[0].mixed_lengths
+    assert all(len(set(map(len, ex.prompt[:-1].split("+")))) == 1 for ex in evaluated.generate("test", 50))
+
+
 def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table():
     from recurlm.data import offset
 

@@ -22,13 +22,13 @@ class RecurLMConfig(PretrainedConfig):
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
         mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
         abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
-        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, **kwargs,
+        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
         self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
-        self.abacus, self.digit_token_ids = abacus, list(digit_token_ids)
+        self.abacus, self.digit_token_ids, self.logn_attention = abacus, list(digit_token_ids), logn_attention
         self.inject, self.gate, self.state_init = inject, gate, state_init
         self.recur_lora_rank, self.recur_lora_count = recur_lora_rank, recur_lora_count
         self.num_steps, self.exit, self.min_steps = num_steps, exit, min_steps
@@ -79,6 +79,7 @@ class Block(nn.Module):
         self.attn.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
         self.attn.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
         self.attn.c_proj = Linear(self.n_head * self.hd, d, r, *lora)
+        self.attn.logn_gain = nn.Parameter(torch.ones(self.n_head)) if c.logn_attention else None
         self.swiglu = c.mlp == "swiglu"
         self.mlp.c_fc = Linear(d, h, r, *lora)
         if self.swiglu:
@@ -94,6 +95,9 @@ class Block(nn.Module):
         if self.rope:
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         q, k = norm(q).transpose(1, 2), norm(k).transpose(1, 2)
+        if a.logn_gain is not None:  # query scale: gain x log(position + 2)
+            logn = torch.log(torch.arange(T, device=x.device, dtype=torch.float32) + 2)[:, None]
+            q = q * (a.logn_gain[:, None, None] * logn).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv != self.n_head)
         x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
         h = norm(x)

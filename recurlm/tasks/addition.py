@@ -2,7 +2,9 @@
 
 Difficulty d = digits per operand (both operands have exactly d digits; d = 1 means 0-9). With `reverse`, the
 target is the sum written least-significant digit first, the order in which carries are computed, which small
-models learn far more easily; scoring always compares the true sum.
+models learn far more easily; scoring always compares the true sum. With `mixed_lengths` (training data only), one
+operand has d digits and the other 1 to d, as McLeish et al. train: with equal lengths only, a model can learn to
+stop after len(A) + 1 digits instead of when both operands have run out, which fails on longer numbers.
 """
 
 import random
@@ -16,20 +18,27 @@ PROMPT = re.compile(r"\d+\+\d+=")
 class Addition(Task):
     name = "addition"
 
-    def __init__(self, max_digits: int = 3, reverse: bool = False):
+    def __init__(self, max_digits: int = 3, reverse: bool = False, mixed_lengths: bool = False):
         self.difficulties = tuple(range(1, max_digits + 1))
-        self.reverse = reverse
+        self.reverse, self.mixed_lengths = reverse, mixed_lengths
         self.max_new_tokens = max_digits + 2  # the longest sum and the end token
 
     def recognises(self, prompt: str) -> bool:
         return PROMPT.fullmatch(prompt) is not None
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
-        lo = 0 if difficulty == 1 else 10 ** (difficulty - 1)
-        a, b = rng.randint(lo, 10**difficulty - 1), rng.randint(lo, 10**difficulty - 1)
+        a, b = number(rng, difficulty), number(rng, difficulty)
+        if self.mixed_lengths:
+            b = number(rng, rng.randint(1, difficulty))
+            a, b = (a, b) if rng.random() < 0.5 else (b, a)
         total = str(a + b)
         return Example(f"{a}+{b}=", total, total[::-1] if self.reverse else None, self.name, difficulty)
 
     def extract(self, text: str) -> str:
         text = text.strip()
         return text[::-1] if self.reverse else text
+
+
+def number(rng: random.Random, digits: int) -> int:
+    """A random number of exactly `digits` digits (0-9 for one)."""
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
