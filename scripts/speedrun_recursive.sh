@@ -29,10 +29,10 @@ done
 py=.venv/bin/python
 chat_tasks=arithmetic,two_step,even_odd,comparison,pattern,word_problem,sorting,spelling_bee
 sets=(--set batch_size=16 --set grad_accum=2)
-recurrences=1,2,4,8,16 limit=500
+recurrences=1,2,4,8,16 limit=500 budget=()
 if [[ $smoke == 1 ]]; then
     # The same stages and processes at a size CI trains in seconds, on a corpus written from the task generators.
-    nproc=2 recurrences=1,4 limit=8
+    nproc=2 recurrences=1,4 limit=8 budget=(--max-new-tokens 16)  # an untrained model writes to the budget
     mkdir -p "$out"
     text="$out/corpus.jsonl"
     $py - "$text" <<'EOF'
@@ -45,7 +45,7 @@ with open(sys.argv[1], "w") as f:
 EOF
     sets=(--set d_model=64 --set n_head=2 --set vocab_size=384 --set seq_len=128 --set batch_size=4
         --set stage.pretrain.steps=4 --set stage.midtrain.steps=3 --set stage.sft.steps=3
-        --set eval_every=0 --set ckpt_every=2 --set warmup_steps=1)
+        --set eval_every=0 --set ckpt_every=2 --set warmup_steps=1 --set log_every=1)
 fi
 [[ -n "$text" ]] || { echo "speedrun_recursive.sh: --text SHARDS is required (local pretraining text)" >&2; exit 2; }
 [[ $smoke == 1 ]] || $py scripts/speedrun_plan.py --nproc "$nproc"
@@ -67,7 +67,7 @@ for preset in recursive-nanochat-d20 nanochat-d20; do
     r=$([[ $preset == nanochat-d20 ]] && echo 1 || echo "$recurrences")
     echo "== $preset: chat evaluation (test split) at r = $r"
     .venv/bin/recurlm eval --checkpoint "$run" "${tasks[@]}" --recurrences "$r" --split test --limit "$limit" \
-        --json "$run/eval.json"
+        "${budget[@]}" --json "$run/eval.json"
 done
 .venv/bin/recurlm report "$out/recursive-nanochat-d20" "$out/nanochat-d20" --out "$out/report"
 echo "== report: $out/report/report.md"

@@ -48,3 +48,11 @@ def test_shipped_miniaxion_solves_word_problems_about_people_and_things_it_never
     model, tok, configs = load_checkpoint(MINIAXION)
     res = evaluate(model, tok, examples, configs["inference"], get_task("word_problem").max_new_tokens)
     assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 0.625 here, 0.747 on 300 such problems (README)
+
+
+def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
+    model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
+    task = get_task("addition", reverse=True, max_digits=10)  # scored in normal digit order
+    examples = task.generate("test", 20, seed=0, difficulty=30)
+    res = evaluate(model, tok, examples, configs["inference"], 33, task.score)
+    assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.945 on 200 such problems
