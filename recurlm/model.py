@@ -211,7 +211,7 @@ class RecurrentGPT(nn.Module):
         first = starts[0]
         if all(p == first for p in starts):
             cos, sin = self.cos[:, first : first + T], self.sin[:, first : first + T]
-            logn = self._logn(torch.arange(first, end, device=cos.device)[None])
+            logn = self._logn(torch.arange(first, end, device=cos.device)[None]) if self.cfg.logn_attention else None
             if first == 0 or T == 1:  # plain causal attention, or one query that sees every cached key
                 return Context(cos, sin, None, T > 1, cache, first, keys=end, logn=logn)
             q = torch.arange(first, end, device=cos.device)
@@ -227,12 +227,13 @@ class RecurrentGPT(nn.Module):
             cache,
             positions=pos,
             keys=end,
-            logn=self._logn(pos),
+            logn=self._logn(pos) if self.cfg.logn_attention else None,
         )
 
-    def _logn(self, positions: torch.Tensor) -> torch.Tensor | None:
-        """(B or 1, 1, T, 1) log(position + 2) for logn_attention's queries (None without it)."""
-        return torch.log(positions.float() + 2)[:, None, :, None] if self.cfg.logn_attention else None
+    @staticmethod
+    def _logn(positions: torch.Tensor) -> torch.Tensor:
+        """(B or 1, 1, T, 1) log(position + 2): logn_attention's query scale."""
+        return torch.log(positions.float() + 2)[:, None, :, None]
 
     def _slot(self, ctx: Context, group: str, index: int):
         return None if ctx.cache is None else (ctx.cache.slot(group, index), None)
