@@ -27,10 +27,10 @@ class Addition(Task):
         return PROMPT.fullmatch(prompt) is not None
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
-        a, b = number(rng, difficulty), number(rng, difficulty)
-        if self.mixed_lengths:
-            b = number(rng, rng.randint(1, difficulty))
-            a, b = (a, b) if rng.random() < 0.5 else (b, a)
+        a = number(rng, difficulty)
+        b = number(rng, rng.randint(1, difficulty) if self.mixed_lengths else difficulty)
+        if self.mixed_lengths and rng.random() < 0.5:  # the shorter operand on either side
+            a, b = b, a
         total = str(a + b)
         return Example(f"{a}+{b}=", total, total[::-1] if self.reverse else None, self.name, difficulty)
 
