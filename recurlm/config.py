@@ -143,14 +143,16 @@ class InferencePolicy:
 class TokenizerConfig:
     kind: str = "bpe"  # 'char' (a fixed alphabet) or 'bpe' (byte-level, trained to model.vocab_size)
     alphabet: str = ""  # for 'char'
-    specials: str = "all"  # 'all' project special tokens, or 'pad' only (the 13-symbol RR-SLM vocab)
+    # 'all' project special tokens; 'nanochat': nanochat's chat tokens (tasks become chat turns) and the trace tags;
+    # 'pad' only (the 13-symbol RR-SLM vocab)
+    specials: str = "all"
     split_digits: bool = False  # bpe: every digit its own token (no merges across or into numbers)
 
     def __post_init__(self):
         if self.kind not in ("char", "bpe"):
             raise UserError(f"tokenizer.kind must be char or bpe, got {self.kind!r}")
-        if self.specials not in ("all", "pad"):
-            raise UserError(f"tokenizer.specials must be all or pad, got {self.specials!r}")
+        if self.specials not in ("all", "nanochat", "pad"):
+            raise UserError(f"tokenizer.specials must be all, nanochat or pad, got {self.specials!r}")
         if self.kind == "char" and not self.alphabet:
             raise UserError("tokenizer.alphabet must be set for a char tokenizer")
 

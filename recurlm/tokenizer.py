@@ -15,8 +15,13 @@ from recurlm.errors import UserError
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 CHAT = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TRACE = ["<INST>", "</INST>", "<THINK>", "</THINK>", "<STEP>", "</STEP>", "<ANS>", "</ANS>"]
+# nanochat's own special tokens: a tokenizer holding them poses every task as a user turn answered by the assistant
+# (recurlm/chat.py), as nanochat's chat models are trained and evaluated
+NANOCHAT = ["<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>"]
+NANOCHAT += ["<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
 SPECIALS = {
     "all": [BOS, EOS, PAD, *CHAT, *TRACE],
+    "nanochat": [BOS, *NANOCHAT, *TRACE],
     "pad": [PAD],  # the 13-symbol RR-SLM addition vocab: digits, '+', '=' and pad (which also ends the answer)
 }
 

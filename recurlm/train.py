@@ -261,7 +261,8 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                 state["elapsed"] = elapsed0 + time.perf_counter() - t_start
                 if state["step"] % tcfg.log_every == 0 or state["stage_step"] == stage.steps:
                     done_frac = state["step"] / total_steps
-                    eta = state["elapsed"] / max(steps_this_call, 1) * (total_steps - state["step"])
+                    # this call's pace only: a resumed run's elapsed includes steps taken before
+                    eta = (time.perf_counter() - t_start) / steps_this_call * (total_steps - state["step"])
                     tps = n_tok * world / dt
                     record = {
                         "step": state["step"],

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recurlm.chat import parse_reply, render_conversation, render_prompt
+from recurlm.data import encode_example
 from recurlm.errors import UserError
 from recurlm.tasks import extract_answer, get_task, read_jsonl, split_of, write_jsonl
 from recurlm.tasks.reasoning import NAMES, THINGS, format_ok
@@ -111,6 +112,19 @@ def test_bpe_specials_are_single_tokens(bpe, tmp_path):
     assert len(ids) < len(ex.prompt + ex.completion) / 2  # merges learnt from the training text
     bpe.save(tmp_path / "b.json")
     assert Tokenizer.load(tmp_path / "b.json").encode("What is 2 + 2?") == bpe.encode("What is 2 + 2?")
+
+
+def test_nanochat_specials_train_tasks_as_chat_turns():
+    """specials = 'nanochat': a task's prompt becomes a user turn, its answer the assistant's, the loss (completion)
+    on the assistant's tokens and its closing <|assistant_end|> only."""
+    tok = Tokenizer.char("0123456789+=", specials="nanochat")
+    ex = get_task("addition").generate("train", 1, difficulty=2)[0]
+    ids, mask, _ = encode_example(tok, ex)
+    user = [tok.token_id(t) for t in ("<|bos|>", "<|user_start|>")] + tok.encode(ex.prompt)
+    reply = tok.encode(ex.target) + [tok.token_id("<|assistant_end|>")]
+    assert ids == user + [tok.token_id("<|user_end|>"), tok.token_id("<|assistant_start|>")] + reply
+    assert mask == [0] * (len(ids) - len(reply)) + [1] * len(reply)
+    assert tok.stop_ids == [tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")]
 
 
 @settings(max_examples=200, deadline=None)
