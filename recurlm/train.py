@@ -262,7 +262,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                 if state["step"] % tcfg.log_every == 0 or state["stage_step"] == stage.steps:
                     done_frac = state["step"] / total_steps
                     # this call's pace only: a resumed run's elapsed includes steps taken before
-                    eta = (time.perf_counter() - t_start) / steps_this_call * (total_steps - state["step"])
+                    eta = (state["elapsed"] - elapsed0) / steps_this_call * (total_steps - state["step"])
                     tps = n_tok * world / dt
                     record = {
                         "step": state["step"],
