@@ -14,28 +14,30 @@ from recurlm.engine import Engine
 from recurlm.errors import UserError
 from recurlm.model import RecurrentGPT
 from recurlm.speculative import speculate
-from recurlm.tasks import Example, Task, extract_answer, read_jsonl
+from recurlm.tasks import Example, Task, extract_answer, read_jsonl, registry
 from recurlm.tasks.reasoning import format_ok
 from recurlm.tokenizer import Tokenizer
 from recurlm.tools import Calculator
 
-# ChatCORE (nanochat): the mean over these tasks of (accuracy - baseline) / (1 - baseline), chance being 0.25 for
-# the 4-way multiple-choice tasks and 0 for the generative ones.
-CHATCORE_BASELINES = {
-    "arc_easy": 0.25,
-    "arc_challenge": 0.25,
-    "mmlu": 0.25,
-    "gsm8k": 0.0,
-    "humaneval": 0.0,
-    "spelling_bee": 0.0,
-}
+# ChatCORE (nanochat): the centred mean (below) over these tasks, whose chance is 0.25 for the 4-way multiple-choice
+# tasks and 0 for the generative ones.
+CHATCORE_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spelling_bee")
+
+
+def chance(task: str) -> float:
+    """A task's accuracy by guessing ('mmlu:FILE' is MMLU's); 0 for names that are not tasks (a --data file)."""
+    return getattr(registry().get(task.partition(":")[0]), "chance", 0.0)
+
+
+def centred_mean(accuracy: dict[str, float]) -> float | None:
+    """The mean over tasks (task -> accuracy) of (accuracy - chance) / (1 - chance): 0 is guessing, 1 is perfect."""
+    centred = [(a - chance(t)) / (1 - chance(t)) for t, a in accuracy.items()]
+    return sum(centred) / len(centred) if centred else None
 
 
 def chatcore(accuracy: dict[str, float]) -> float | None:
-    """Centred mean accuracy over whichever ChatCORE tasks are in `accuracy` (task -> accuracy); None if none."""
-    base = {t: CHATCORE_BASELINES.get(t.partition(":")[0]) for t in accuracy}  # 'mmlu:FILE' is MMLU
-    centred = [(a - base[t]) / (1 - base[t]) for t, a in accuracy.items() if base[t] is not None]
-    return sum(centred) / len(centred) if centred else None
+    """ChatCORE over whichever of its tasks are in `accuracy`; None if none."""
+    return centred_mean({t: a for t, a in accuracy.items() if t.partition(":")[0] in CHATCORE_TASKS})
 
 
 def evaluate(

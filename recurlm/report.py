@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state and no displa
 from recurlm.checkpoint import load_checkpoint
 from recurlm.data import trained_task_names
 from recurlm.errors import UserError
-from recurlm.evaluate import aggregate, chatcore, sweep, task_sets
+from recurlm.evaluate import aggregate, centred_mean, chance, chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
 EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
@@ -35,17 +35,37 @@ def row_label(row: dict) -> str:
 
 def scaling_table(columns: dict[str, list[dict]]) -> str:
     """Accuracy with tasks (and difficulties) as rows and one column per setting (e.g. 'r=4': its result rows),
-    plus the aggregate: ChatCORE when ChatCORE tasks were evaluated, else the mean task accuracy."""
+    plus the aggregate: ChatCORE when ChatCORE tasks were evaluated, else the mean task accuracy (and, when some
+    task can be guessed, that mean centred on chance: ChatCORE's rule over every task)."""
     labels = list(dict.fromkeys(row_label(r) for rows in columns.values() for r in rows))
     cells = {name: {row_label(r): r["accuracy"] for r in rows} for name, rows in columns.items()}
     table = [[label] + [cells[name].get(label) for name in columns] for label in labels]
-    core = {name: chatcore(aggregate(rows)) for name, rows in columns.items()}
-    if any(v is not None for v in core.values()):
-        table.append(["ChatCORE"] + list(core.values()))
+    accuracy = [aggregate(rows) for rows in columns.values()]
+    core = [chatcore(a) for a in accuracy]
+    if any(v is not None for v in core):
+        table.append(["ChatCORE"] + core)
     else:
-        means = [list(aggregate(rows).values()) for rows in columns.values()]
-        table.append(["mean over tasks"] + [sum(m) / len(m) if m else None for m in means])
+        table.append(["mean over tasks"] + [sum(a.values()) / len(a) if a else None for a in accuracy])
+        if any(chance(t) for a in accuracy for t in a):
+            table.append(["mean over tasks, centred on chance"] + [centred_mean(a) for a in accuracy])
     return markdown_table(["task"] + list(columns), table)
+
+
+def per_task(rows: list[dict]) -> list[dict]:
+    """Rows of one setting pooled over difficulties: one row per task."""
+    n: dict[str, int] = {}
+    for row in rows:
+        n[row["task"]] = n.get(row["task"], 0) + row["n"]
+    return [{"task": t, "difficulty": None, "accuracy": a, "n": n[t]} for t, a in aggregate(rows).items()]
+
+
+def side_by_side(runs: list["Run"]) -> dict[str, list[dict]]:
+    """Every run's fixed-r settings as columns ('run r=4'; a plain run's one depth as 'run'), tasks pooled."""
+    columns = {}
+    for run in runs:
+        for name, rows in by_r(run.fixed()).items():
+            columns[f"{run.name} {name}" if run.model.core else run.name] = per_task(rows)
+    return columns
 
 
 def by_r(rows: list[dict]) -> dict[str, list[dict]]:
@@ -102,17 +122,46 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     return rows
 
 
+def headline(rows: list[dict]) -> float | None:
+    """One number for a setting's rows: ChatCORE if its tasks were evaluated, else the chance-centred task mean."""
+    accuracy = aggregate(rows)
+    core = chatcore(accuracy)
+    return core if core is not None else centred_mean(accuracy)
+
+
+def plot_aggregate_vs_r(runs: list[Run], path: Path):
+    """The headline number against r, one line per looped run and a dashed level per plain run."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for i, run in enumerate(runs):
+        pts = [(rows[0]["recurrences"], headline(rows)) for rows in by_r(run.fixed()).values()]
+        if pts and run.model.core:
+            ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=run.name)
+        elif pts:
+            ax.axhline(pts[0][1], linestyle="--", color=f"C{i}", label=f"{run.name} (plain)")
+    rs = sorted({r["recurrences"] for run in runs if run.model.core for r in run.fixed()})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(rs, [str(r) for r in rs])
+    ax.set(xlabel="recurrences r", ylabel="aggregate (centred on chance)", title="all tasks")
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
 def plot_accuracy_vs_r(runs: list[Run], path: Path):
     tasks = list(dict.fromkeys(row_label(r) for run in runs for r in run.fixed()))
-    fig = Figure(figsize=(4 * len(tasks), 3.5))
-    axes = fig.subplots(1, len(tasks), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for run in runs:
+    ncols = min(len(tasks), 4)  # many tasks wrap into rows, so the figure stays readable
+    nrows = -(-len(tasks) // ncols)
+    fig = Figure(figsize=(4 * ncols, 3.5 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for ax in axes[len(tasks) :]:
+        ax.set_axis_off()
+    for ax, task in zip(axes, tasks, strict=False):
+        for i, run in enumerate(runs):
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
             if pts and not run.model.core:  # a plain GPT has one depth: a reference line across the r axis
-                ax.axhline(pts[0][1], linestyle="--", color="gray", label=f"{run.name} (plain)")
+                ax.axhline(pts[0][1], linestyle="--", color=f"C{i}", label=f"{run.name} (plain)")
             elif pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=run.name)
+                ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=run.name)
         ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.set_xscale("log", base=2)
         rs = sorted({r["recurrences"] for run in runs for r in run.fixed()})
@@ -238,6 +287,9 @@ def write_report(
     if any(run.fixed() for run in runs):
         md += ["## Does thinking longer help?", "", "Accuracy on held-out problems (greedy, no adaptive exit).", ""]
         md += [f"### {run.name}\n\n{scaling_table(by_r(run.fixed()))}\n" for run in runs if run.fixed()]
+        if sum(bool(run.fixed()) for run in runs) > 1:
+            md += ["### Side by side, tasks pooled over difficulties", "", scaling_table(side_by_side(runs)), ""]
+            plots["aggregate_vs_r.png"] = plot_aggregate_vs_r
         plots["accuracy_vs_r.png"] = plot_accuracy_vs_r
         levels = {(r["task"], r["difficulty"]) for run in runs for r in run.fixed() if r["difficulty"] is not None}
         if len(levels) > len({task for task, _ in levels}):  # some task at several difficulties

@@ -6,7 +6,7 @@ from helpers import policy, tiny_model
 
 from recurlm.data import prompt_ids
 from recurlm.engine import Engine
-from recurlm.evaluate import chatcore, evaluate
+from recurlm.evaluate import centred_mean, chatcore, evaluate
 from recurlm.tasks import Example, Task, get_task
 from recurlm.tokenizer import Tokenizer
 
@@ -21,6 +21,15 @@ def test_chatcore_centres_on_chance():
     assert chatcore({"arc_easy": 0.25, "mmlu": 1.0, "gsm8k": 0.1}) == pytest.approx((0 + 1 + 0.1) / 3)
     assert chatcore({"addition": 0.9, "spelling_bee": 0.5}) == pytest.approx(0.5)  # non-ChatCORE tasks ignored
     assert chatcore({"addition": 0.9}) is None
+
+
+def test_centred_mean_counts_every_task_from_its_chance():
+    # even_odd is a coin toss (0.5 is guessing), addition and a --data file's rows are not
+    assert centred_mean({"even_odd": 0.75, "addition": 0.5, "runs/x.jsonl": 0.2}) == pytest.approx(
+        (0.5 + 0.5 + 0.2) / 3
+    )
+    assert centred_mean({"mmlu:/data/mmlu.csv": 0.25}) == 0.0
+    assert centred_mean({}) is None
 
 
 def test_multiple_choice_scores_the_letter_logits_in_one_forward():

@@ -76,7 +76,12 @@ def test_compare_trains_both_baselines_on_the_same_tokens(run_dir, tmp_path):
     assert {r["recurrences"] for r in json.loads((plain / "eval.json").read_text())["results"]} == {1}
     md = (out / "report.md").read_text()
     assert "### tiny" in md and "### plain-3L" in md and "| plain-3L | " in md
-    assert_real_png(out / "accuracy_vs_r.png")
+    # the runs side by side, tasks pooled over difficulties: one row per task, a column per run and r
+    side = md.split("### Side by side")[1].split("\n\n")[1].splitlines()
+    assert side[0] == "| task | tiny r=1 | tiny r=2 | plain-3L |"
+    assert [line.split(" |")[0] for line in side[2:]] == ["| addition", "| mean over tasks"]
+    for png in ("accuracy_vs_r.png", "aggregate_vs_r.png"):
+        assert_real_png(out / png)
 
 
 def test_scaling_table_aggregates_chatcore_tasks():
@@ -89,3 +94,14 @@ def test_scaling_table_aggregates_chatcore_tasks():
     }
     last = scaling_table(rows).splitlines()[-1]
     assert last == f"| ChatCORE | {((0.5 - 0.25) / 0.75 + 0.1) / 2:.3f} | 0.000 |"
+
+
+def test_scaling_table_centres_guessable_tasks_on_chance():
+    rows = {
+        "r=1": [
+            {"task": "even_odd", "difficulty": 1, "accuracy": 0.5, "n": 10},
+            {"task": "sorting", "difficulty": 1, "accuracy": 0.3, "n": 10},
+        ]
+    }
+    *_, mean, centred = scaling_table(rows).splitlines()
+    assert mean == "| mean over tasks | 0.400 |" and centred == "| mean over tasks, centred on chance | 0.150 |"

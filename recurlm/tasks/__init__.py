@@ -56,6 +56,7 @@ class Task:
     trainable = True  # can draw training examples (benchmarks read from files cannot)
     max_new_tokens = 256  # generation budget when scoring: room to think, not the reference answer's length
     prompt_template = "{}"  # how a question is put to the model (the reasoning suite: '<INST>{}</INST>')
+    chance = 0.0  # accuracy of guessing (0.25 for 4-way multiple choice): aggregates centre on it
 
     def recognises(self, prompt: str) -> bool:
         """Whether a free-form prompt is one of this task's, so `generate` shows the answer as `extract` reads it."""

@@ -63,6 +63,7 @@ def multiple_choice(question: str, choices: list[str], letters: str | list[str] 
 
 class ARC(FileTask):
     name = "arc"
+    chance = 0.25
 
     def load(self):
         """AI2's jsonl ({question: {stem, choices: [{label, text}]}, answerKey}) or the Hugging Face rows
@@ -98,6 +99,7 @@ class ARCChallenge(ARC):
 
 class MMLU(FileTask):
     name = "mmlu"
+    chance = 0.25
     extract = ARC.extract
 
     def load(self):

@@ -85,6 +85,7 @@ class EvenOdd(TraceTask):
     """'Is N even or odd?' (0-999; difficulty = digits of N, up to 3)."""
 
     name = "even_odd"
+    chance = 0.5
     difficulties = (1, 2, 3)
 
     def problem(self, rng, difficulty):
@@ -98,6 +99,7 @@ class Comparison(TraceTask):
     """'Which is larger: A or B?' (0-999, A != B; difficulty = digits of the larger, up to 3)."""
 
     name = "comparison"
+    chance = 0.5
     difficulties = (1, 2, 3)
 
     def problem(self, rng, difficulty):
