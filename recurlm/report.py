@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state and no displa
 from recurlm.checkpoint import load_checkpoint
 from recurlm.data import trained_task_names
 from recurlm.errors import UserError
-from recurlm.evaluate import aggregate, centred_mean, chance, chatcore, sweep, task_sets
+from recurlm.evaluate import CHATCORE_TASKS, aggregate, centred_mean, chance, chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
 EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
@@ -35,19 +35,19 @@ def row_label(row: dict) -> str:
 
 def scaling_table(columns: dict[str, list[dict]]) -> str:
     """Accuracy with tasks (and difficulties) as rows and one column per setting (e.g. 'r=4': its result rows),
-    plus the aggregate: ChatCORE when ChatCORE tasks were evaluated, else the mean task accuracy (and, when some
-    task can be guessed, that mean centred on chance: ChatCORE's rule over every task)."""
+    plus the aggregates: the mean task accuracy (and, when some task can be guessed, that mean centred on chance:
+    ChatCORE's rule over every task) unless all tasks are ChatCORE's, and ChatCORE over those of its tasks present."""
     labels = list(dict.fromkeys(row_label(r) for rows in columns.values() for r in rows))
     cells = {name: {row_label(r): r["accuracy"] for r in rows} for name, rows in columns.items()}
     table = [[label] + [cells[name].get(label) for name in columns] for label in labels]
     accuracy = [aggregate(rows) for rows in columns.values()]
-    core = [chatcore(a) for a in accuracy]
-    if any(v is not None for v in core):
-        table.append(["ChatCORE"] + core)
-    else:
+    if any(t.partition(":")[0] not in CHATCORE_TASKS for a in accuracy for t in a):
         table.append(["mean over tasks"] + [sum(a.values()) / len(a) if a else None for a in accuracy])
         if any(chance(t) for a in accuracy for t in a):
             table.append(["mean over tasks, centred on chance"] + [centred_mean(a) for a in accuracy])
+    core = [chatcore(a) for a in accuracy]
+    if any(v is not None for v in core):
+        table.append(["ChatCORE"] + core)
     return markdown_table(["task"] + list(columns), table)
 
 
@@ -122,19 +122,12 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     return rows
 
 
-def headline(rows: list[dict]) -> float | None:
-    """One number for a setting's rows: ChatCORE if its tasks were evaluated, else the chance-centred task mean."""
-    accuracy = aggregate(rows)
-    core = chatcore(accuracy)
-    return core if core is not None else centred_mean(accuracy)
-
-
 def plot_aggregate_vs_r(runs: list[Run], path: Path):
-    """The headline number against r, one line per looped run and a dashed level per plain run."""
+    """The task mean centred on chance (ChatCORE's rule) against r: a line per looped run, a level per plain run."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for i, run in enumerate(runs):
-        pts = [(rows[0]["recurrences"], headline(rows)) for rows in by_r(run.fixed()).values()]
+        pts = [(rows[0]["recurrences"], centred_mean(aggregate(rows))) for rows in by_r(run.fixed()).values()]
         if pts and run.model.core:
             ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=run.name)
         elif pts:
@@ -147,15 +140,20 @@ def plot_aggregate_vs_r(runs: list[Run], path: Path):
     save(fig, path)
 
 
+def panels(n: int, width: float, height: float) -> tuple[Figure, list]:
+    """A figure of n panels, wrapped four to a row so that many tasks stay readable."""
+    ncols = min(n, 4)
+    fig = Figure(figsize=(width * ncols, height * -(-n // ncols)))
+    axes = fig.subplots(-(-n // ncols), ncols, squeeze=False).flatten()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, list(axes[:n])
+
+
 def plot_accuracy_vs_r(runs: list[Run], path: Path):
     tasks = list(dict.fromkeys(row_label(r) for run in runs for r in run.fixed()))
-    ncols = min(len(tasks), 4)  # many tasks wrap into rows, so the figure stays readable
-    nrows = -(-len(tasks) // ncols)
-    fig = Figure(figsize=(4 * ncols, 3.5 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    for ax in axes[len(tasks) :]:
-        ax.set_axis_off()
-    for ax, task in zip(axes, tasks, strict=False):
+    fig, axes = panels(len(tasks), 4, 3.5)
+    for ax, task in zip(axes, tasks, strict=True):
         for i, run in enumerate(runs):
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
             if pts and not run.model.core:  # a plain GPT has one depth: a reference line across the r axis
@@ -174,9 +172,8 @@ def plot_accuracy_vs_difficulty(runs: list[Run], path: Path):
     """Per task, accuracy against difficulty (addition: operand digits), one line per run and r (plain runs
     dashed): where a model stops generalising, and whether more r moves that point."""
     tasks = list(dict.fromkeys(r["task"] for run in runs for r in run.fixed() if r["difficulty"] is not None))
-    fig = Figure(figsize=(5 * len(tasks), 4))
-    axes = fig.subplots(1, len(tasks), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = panels(len(tasks), 5, 4)
+    for ax, task in zip(axes, tasks, strict=True):
         for run in runs:
             lines: dict[int, list] = {}
             for r in run.fixed():
