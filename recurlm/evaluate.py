@@ -31,13 +31,17 @@ def chance(task: str) -> float:
 
 def centred_mean(accuracy: dict[str, float]) -> float | None:
     """The mean over tasks (task -> accuracy) of (accuracy - chance) / (1 - chance): 0 is guessing, 1 is perfect."""
-    centred = [(a - chance(t)) / (1 - chance(t)) for t, a in accuracy.items()]
+    centred = [(a - c) / (1 - c) for t, a in accuracy.items() for c in [chance(t)]]
     return sum(centred) / len(centred) if centred else None
+
+
+def in_chatcore(task: str) -> bool:
+    return task.partition(":")[0] in CHATCORE_TASKS  # 'mmlu:FILE' is MMLU
 
 
 def chatcore(accuracy: dict[str, float]) -> float | None:
     """ChatCORE over whichever of its tasks are in `accuracy`; None if none."""
-    return centred_mean({t: a for t, a in accuracy.items() if t.partition(":")[0] in CHATCORE_TASKS})
+    return centred_mean({t: a for t, a in accuracy.items() if in_chatcore(t)})
 
 
 def evaluate(

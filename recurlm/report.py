@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state and no displa
 from recurlm.checkpoint import load_checkpoint
 from recurlm.data import trained_task_names
 from recurlm.errors import UserError
-from recurlm.evaluate import CHATCORE_TASKS, aggregate, centred_mean, chance, chatcore, sweep, task_sets
+from recurlm.evaluate import aggregate, centred_mean, chance, chatcore, in_chatcore, sweep, task_sets
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
 EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
@@ -41,7 +41,7 @@ def scaling_table(columns: dict[str, list[dict]]) -> str:
     cells = {name: {row_label(r): r["accuracy"] for r in rows} for name, rows in columns.items()}
     table = [[label] + [cells[name].get(label) for name in columns] for label in labels]
     accuracy = [aggregate(rows) for rows in columns.values()]
-    if any(t.partition(":")[0] not in CHATCORE_TASKS for a in accuracy for t in a):
+    if not all(in_chatcore(t) for a in accuracy for t in a):
         table.append(["mean over tasks"] + [sum(a.values()) / len(a) if a else None for a in accuracy])
         if any(chance(t) for a in accuracy for t in a):
             table.append(["mean over tasks, centred on chance"] + [centred_mean(a) for a in accuracy])
@@ -53,10 +53,15 @@ def scaling_table(columns: dict[str, list[dict]]) -> str:
 
 def per_task(rows: list[dict]) -> list[dict]:
     """Rows of one setting pooled over difficulties: one row per task."""
-    n: dict[str, int] = {}
+    by_task: dict[str, list[dict]] = {}
     for row in rows:
-        n[row["task"]] = n.get(row["task"], 0) + row["n"]
-    return [{"task": t, "difficulty": None, "accuracy": a, "n": n[t]} for t, a in aggregate(rows).items()]
+        by_task.setdefault(row["task"], []).append(row)
+    totals = {t: sum(r["n"] for r in task_rows) for t, task_rows in by_task.items()}
+    return [
+        {"task": t, "difficulty": None, "accuracy": pooled(by_task[t], "accuracy"), "n": n}
+        for t, n in totals.items()
+        if n
+    ]
 
 
 def side_by_side(runs: list["Run"]) -> dict[str, list[dict]]:
@@ -122,16 +127,25 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     return rows
 
 
+def draw_against_r(ax, run: Run, pts: list[tuple], color: str):
+    """A looped run's (r, value) points as a line; a plain GPT has one depth: a dashed level across the r axis."""
+    if pts and run.model.core:
+        ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=run.name)
+    elif pts:
+        ax.axhline(pts[0][1], linestyle="--", color=color, label=f"{run.name} (plain)")
+
+
 def plot_aggregate_vs_r(runs: list[Run], path: Path):
     """The task mean centred on chance (ChatCORE's rule) against r: a line per looped run, a level per plain run."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for i, run in enumerate(runs):
-        pts = [(rows[0]["recurrences"], centred_mean(aggregate(rows))) for rows in by_r(run.fixed()).values()]
-        if pts and run.model.core:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=run.name)
-        elif pts:
-            ax.axhline(pts[0][1], linestyle="--", color=f"C{i}", label=f"{run.name} (plain)")
+        draw_against_r(
+            ax,
+            run,
+            [(rows[0]["recurrences"], centred_mean(aggregate(rows))) for rows in by_r(run.fixed()).values()],
+            f"C{i}",
+        )
     rs = sorted({r["recurrences"] for run in runs if run.model.core for r in run.fixed()})
     ax.set_xscale("log", base=2)
     ax.set_xticks(rs, [str(r) for r in rs])
@@ -156,10 +170,7 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path):
     for ax, task in zip(axes, tasks, strict=True):
         for i, run in enumerate(runs):
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
-            if pts and not run.model.core:  # a plain GPT has one depth: a reference line across the r axis
-                ax.axhline(pts[0][1], linestyle="--", color=f"C{i}", label=f"{run.name} (plain)")
-            elif pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i}", label=run.name)
+            draw_against_r(ax, run, pts, f"C{i}")
         ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.set_xscale("log", base=2)
         rs = sorted({r["recurrences"] for run in runs for r in run.fixed()})
