@@ -5,14 +5,19 @@
 1. The reference setting ((P,R,C) = (2,4,2), width 256, head dim 128, vocab 8192; random weights): greedy decoding
    of 128 new tokens after a 32-token prompt, batch 1 and 8, r = 1, 4, 8, with KV budget 1 + warm start (recursive
    nanochat's engine), budget r (exact), and no cache: tokens/s and ms per effective layer per token.
+   Then the fast paths at batch 1, budget 1 + warm start, r = 4 and 8: the compiled decode step
+   (`Engine(compile=True)`, its compile time apart), bf16 weights, and both; and whether their tokens equal the
+   eager fp32 engine's.
 2. KV-cache bytes against r and context length, budget 1 and budget r.
-3. A trained checkpoint (default: the shipped MiniAxion) on its own test prompts, batch 1, up to 128 new tokens:
+3. A trained checkpoint (default: the shipped MiniAxion) on test prompts of the tasks it trained on, batch 1, up to
+   128 new tokens:
    fixed r = 8, adaptive exit (KL and latent) capped at 8, and self-speculative decoding (drafts at r = 2) — speed,
    core steps per token, accuracy, and the drafts' acceptance rate.
 Figures are medians of the repeats (prefill included). Shared CPUs drift: compare figures from one run.
 """
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -23,12 +28,11 @@ from common import machine, matmul_peak
 from recurlm.cache import KVCache
 from recurlm.checkpoint import load_checkpoint
 from recurlm.config import InferencePolicy, ModelConfig
-from recurlm.data import prompt_ids
+from recurlm.data import prompt_ids, task_from_configs, trained_task_names
 from recurlm.engine import Engine
+from recurlm.evaluate import question
 from recurlm.model import build_model
 from recurlm.speculative import speculate
-from recurlm.tasks import get_task
-from recurlm.tasks.reasoning import SUITE
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
@@ -44,12 +48,17 @@ def median_time(repeats: int, fn, *args, **kwargs):
     return statistics.median(times), out
 
 
-def reference_decoding(repeats: int) -> list[dict]:
+def reference_model():
     torch.manual_seed(0)
     model = build_model(REFERENCE).eval()
     with torch.no_grad():  # untrained output projections are zero: perturb them so the blocks do real work
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def reference_decoding(repeats: int) -> list[dict]:
+    model = reference_model()
     engine, rows = Engine(model), []
     for batch in (1, 8):
         prompts = torch.randint(0, 8192, (batch, 32), generator=torch.Generator().manual_seed(1)).tolist()
@@ -62,6 +71,32 @@ def reference_decoding(repeats: int) -> list[dict]:
                 layer_ms = dt * 1000 / (128 * model.effective_depth(r))
                 rows.append(dict(batch=batch, r=r, setting=name, tok_s=tps, ms_per_layer_token=layer_ms))
                 print(f"  batch {batch} r={r} {name:<15} {tps:8.1f} tok/s {layer_ms:6.3f} ms/layer-token", flush=True)
+    return rows
+
+
+def fast_decoding(repeats: int) -> list[dict]:
+    """Batch 1, budget 1 + warm start: the eager fp32 engine against the compiled step and bf16 weights."""
+    fp32 = reference_model()
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    prompt = torch.randint(0, 8192, (1, 32), generator=torch.Generator().manual_seed(1)).tolist()
+    rows = []
+    for r in (4, 8):
+        policy, reference = InferencePolicy(recurrences=r, kv_budget=1, warm_start=True), None
+        for name, model, compile in (("eager fp32", fp32, False), ("compiled fp32", fp32, True),
+                                     ("eager bf16", bf16, False), ("compiled bf16", bf16, True)):  # fmt: skip
+            engine = Engine(model, compile=compile)
+            t0 = time.perf_counter()
+            engine.generate(prompt, 128, policy)  # compiles, once per r
+            first = time.perf_counter() - t0
+            dt, out = median_time(repeats, engine.generate, prompt, 128, policy)
+            reference = reference or out.tokens
+            same = sum(a == b for a, b in zip(out.tokens[0], reference[0], strict=True))
+            layer_ms = dt * 1000 / (128 * fp32.effective_depth(r))
+            row = dict(r=r, setting=name, tok_s=128 / dt, ms_per_layer_token=layer_ms, first_call_s=first,
+                       tokens_as_eager_fp32=same)  # fmt: skip
+            rows.append(row)
+            print(f"  r={r} {name:<14} {row['tok_s']:7.1f} tok/s {row['ms_per_layer_token']:6.3f} ms/layer-token, "
+                  f"first call {first:5.1f} s, {same}/128 tokens as eager fp32", flush=True)  # fmt: skip
     return rows
 
 
@@ -81,8 +116,10 @@ def cache_memory() -> list[dict]:
 def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
     model, tok, configs = load_checkpoint(path)
     engine, base = Engine(model, tok.digit_ids), configs["inference"].override(temperature=0.0)
-    examples = [ex for name in SUITE for ex in get_task(name).generate("test", n_prompts, seed=0)]
-    prompts = [prompt_ids(tok, ex.prompt) for ex in examples]
+    tasks = {name: task_from_configs(name, configs) for name in trained_task_names(configs)}
+    pairs = [(task, ex) for task in tasks.values() for ex in task.generate("test", n_prompts)]
+    owners, examples = zip(*pairs, strict=True)
+    prompts = [prompt_ids(tok, question(tok, ex)) for ex in examples]
     exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
     settings = [("r=8, budget 8", exact, None)]
     settings += [(f"exit {e}", exact.override(exit=e), None) for e in ("kl:0.01", "kl:0.1", "latent:0.1")]
@@ -90,8 +127,8 @@ def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
     rows, baseline = [], None
     for name, policy, k in settings:
         dt, out = median_time(repeats, generate_one_by_one, engine, tok, prompts, policy, k)
-        tasks = {ex.task: get_task(ex.task) for ex in examples}
-        acc = sum(tasks[ex.task].score(ex, t) for ex, t in zip(examples, out["texts"], strict=True)) / len(examples)
+        scores = [task.score(ex, t) for task, ex, t in zip(owners, examples, out["texts"], strict=True)]
+        acc = sum(scores) / len(examples)
         tps = out["tokens"] / dt
         baseline = baseline or tps
         row = dict(setting=name, tok_s=tps, speedup=tps / baseline, accuracy=acc,
@@ -132,6 +169,8 @@ def main():
         print(f"matmul peak {name}: {result['peak_gflops'][name]:.0f} GFLOP/s")
     print("reference setting, greedy, 32-token prompt, 128 new tokens:")
     result["reference"] = reference_decoding(args.repeats)
+    print("fast paths, batch 1, budget 1 + warm start:")
+    result["fast"] = fast_decoding(args.repeats)
     print("KV cache (reference setting, fp32, batch 1):")
     result["cache"] = cache_memory()
     print(f"{args.checkpoint}, batch 1, its test prompts, up to 128 new tokens:")

@@ -101,6 +101,8 @@ def cmd_generate(args):
     else:
         raise UserError("generate needs --checkpoint DIR or --preset NAME")
     model.eval()
+    if args.bf16:
+        model.to(torch.bfloat16)
     policy = policy_from(args, configs["inference"]).override(recurrences=args.recurrences, exit=args.exit)
     if args.no_cache:
         if args.exit not in (None, "none"):
@@ -119,7 +121,7 @@ def cmd_generate(args):
         prompt = prompt if prompt.startswith(head) else template.format(prompt)
     task = next((t for t in tasks if t.recognises(prompt)), None)
     ids, steps, shown, stops, t0 = [], [], "", tok.stop_ids, time.perf_counter()
-    stream = Engine(model, tok.digit_ids).stream(
+    stream = Engine(model, tok.digit_ids, compile=args.compile).stream(
         [prompt_ids(tok, prompt)],
         args.max_new_tokens,
         policy,
@@ -444,6 +446,8 @@ def build_parser() -> Parser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence for every token")
     s.add_argument("--raw", action="store_true", help="print the tokens as generated, not the task's answer form")
     s.add_argument("--show-steps", action="store_true", help="print the recurrences used by each token")
+    s.add_argument("--bf16", action="store_true", help="bf16 weights and cache: faster, outputs may differ from fp32")
+    s.add_argument("--compile", action="store_true", help="torch.compile the decode step (fixed r; compiles first)")
     s.set_defaults(func=cmd_generate)
     return p
 

@@ -126,7 +126,12 @@ def _put_rows(buf: torch.Tensor, ctx: Context, value: torch.Tensor):
 
 
 class Engine:
-    def __init__(self, model: RecurrentGPT, digit_ids: set[int] | None = None):
+    """`compile=True` runs each single-token step at a fixed number of recurrences (no adaptive exit) through a
+    `torch.compile`d function whose shapes never change: attention reads the whole cache under a mask, so one
+    compilation per (batch size, r, warm start) serves every position. The prompt pass, multi-token extends and
+    steps under adaptive exit stay eager."""
+
+    def __init__(self, model: RecurrentGPT, digit_ids: set[int] | None = None, compile: bool = False):
         cfg = model.cfg
         if cfg.abacus and not digit_ids:
             raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
@@ -134,6 +139,7 @@ class Engine:
         self.device = model.wte.weight.device  # build the engine after moving the model
         self.digit_ids = set(digit_ids or ())
         self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long, device=self.device)
+        self.compiled_step = torch.compile(self._fixed_step) if compile else None
 
     def _noise(self, seeds: list[int], starts: list[int], T: int) -> torch.Tensor | None:
         """Huginn's random initial state, drawn per sequence and position (so independent of the batch)."""
@@ -198,6 +204,8 @@ class Engine:
         B, L = idx.shape
         if L > max_len:
             raise UserError(f"prompt of {L} tokens is longer than the room asked for ({max_len} tokens)")
+        if self.compiled_step is not None:  # every cache spans the context: one shape for the compiled step
+            max_len = self.cfg.seq_len
         dtype = self.model.wte.weight.dtype
         state = DecodeState(
             KVCache(self.cfg, B, max_len, policies[0].kv_budget, self.device, dtype),
@@ -244,10 +252,31 @@ class Engine:
         logits, steps = self._extend(state, tokens)
         return state, logits[:, 0], steps[:, 0]
 
+    def _fixed_step(self, tokens, positions, prev, cache: KVCache, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row at `positions` (B, 1), r recurrences, starting from `prev` (warm) or init_state: the
+        (B, 1, V) logits and the final states. Every shape is fixed by the cache: the body `compile=True` compiles."""
+        ctx = self.model.context_at(positions, cache, cache.max_len)
+        e = self.model.embed(tokens, ctx)
+        s, _ = self.model.recur(e, self.model.init_state(e) if prev is None else prev, r, ctx)
+        return self.model.head(s, ctx), s
+
+    def _compiles(self, state: DecodeState, T: int) -> bool:
+        warm = {p.warm_start for p in state.policies}
+        plain = state.runs is None and self.cfg.state_init != "random"  # no digit runs, no per-sequence noise
+        return self.compiled_step is not None and T == 1 and state.halt.uniform and len(warm) == 1 and plain
+
     def _extend(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model, T = self.model, tokens.size(1)
         if max(state.lengths) + T > state.max_len:
             raise UserError(f"sequence of {max(state.lengths) + T} tokens is longer than its room ({state.max_len})")
+        if self._compiles(state, T):
+            r = state.halt.max_cap
+            prev = self._last(state.final, state.lengths)[:, None] if state.policies[0].warm_start else None
+            positions = torch.tensor(state.lengths, device=self.device)[:, None]
+            logits, s = self.compiled_step(tokens, positions, prev, state.cache, r)
+            state.final[torch.arange(len(state), device=self.device)[:, None], positions] = s
+            state.lengths = [n + 1 for n in state.lengths]
+            return logits, torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
         ctx = model.context(T, state.lengths, state.cache)
         digit_pos = None
         if state.runs is not None:

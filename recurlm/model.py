@@ -218,7 +218,13 @@ class RecurrentGPT(nn.Module):
             mask = torch.arange(end, device=cos.device)[None, :] <= q[:, None]
             return Context(cos, sin, mask[None, None], False, cache, first, keys=end, logn=logn)
         pos = torch.tensor(starts, device=self.cos.device)[:, None] + torch.arange(T, device=self.cos.device)
-        mask = torch.arange(end, device=pos.device)[None, None, :] <= pos[:, :, None]  # (B, T, keys)
+        return self.context_at(pos, cache, end)
+
+    def context_at(self, pos: torch.Tensor, cache: KVCache | None, keys: int) -> Context:
+        """For new tokens at (B, T) positions `pos`, attending to the first `keys` cached positions under a mask. With
+        keys = the cache's length every shape is fixed, whatever the positions: a compiled decode step
+        (`Engine(compile=True)`) then serves every position without recompiling."""
+        mask = torch.arange(keys, device=pos.device)[None, None, :] <= pos[:, :, None]  # (B, T, keys)
         return Context(
             self.cos[0, pos],
             self.sin[0, pos],
@@ -226,7 +232,7 @@ class RecurrentGPT(nn.Module):
             False,
             cache,
             positions=pos,
-            keys=end,
+            keys=keys,
             logn=self._logn(pos) if self.cfg.logn_attention else None,
         )
 

@@ -295,3 +295,23 @@ def test_abacus_ids_and_cached_decoding():
     assert not torch.allclose(
         model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)])), other, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("warm, budget", [(True, 1), (False, 3)])
+def test_compiled_decode_step_matches_eager_without_recompiling(warm, budget):
+    model = tiny_model()
+    eager, compiled = Engine(model), Engine(model, compile=True)
+    pol = policy(3, kv_budget=budget, warm_start=warm)
+    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()]
+    a, b = eager.generate(prompts, 12, pol), compiled.generate(prompts, 12, pol)
+    assert a.tokens == b.tokens and a.steps == b.steps
+    s1, l1 = eager.start(prompts, pol)
+    s2, l2 = compiled.start(prompts, pol)
+    for t in range(4):
+        s1, l1, _ = eager.decode(s1, IDX[:, t].tolist() + [t])
+        s2, l2, _ = compiled.decode(s2, IDX[:, t].tolist() + [t])
+        assert (l1 - l2).abs().max() <= 1e-5
+    # every shape is the cache's: other prompts and positions reuse the compiled step
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        other = [IDX[1, 4:6].tolist(), IDX[0, :11].tolist(), IDX[1, :1].tolist()]
+        assert compiled.generate(other, 9, pol).tokens == eager.generate(other, 9, pol).tokens
