@@ -8,6 +8,7 @@ engine serves any number of independent batches; rows can join a batch (`DecodeS
 once its row's exit criterion fires.
 """
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -140,6 +141,12 @@ class Engine:
         self.digit_ids = set(digit_ids or ())
         self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long, device=self.device)
         self.compiled_step = torch.compile(self._fixed_step) if compile else None
+        if compile:
+            from torch._inductor import config as inductor  # here, not at the top: importing it takes a second
+
+            # Frozen: the weights are constants of the compiled step (build a new engine after changing them).
+            # Without freezing, inductor (torch 2.13, CPU) computed a gated model's final state wrongly.
+            self.frozen = functools.partial(inductor.patch, freezing=True)
 
     def _noise(self, seeds: list[int], starts: list[int], T: int) -> torch.Tensor | None:
         """Huginn's random initial state, drawn per sequence and position (so independent of the batch)."""
@@ -252,31 +259,23 @@ class Engine:
         logits, steps = self._extend(state, tokens)
         return state, logits[:, 0], steps[:, 0]
 
-    def _fixed_step(self, tokens, positions, prev, cache: KVCache, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fixed_step(self, tokens, positions, prev, cache: KVCache, r: int, digit_pos) -> tuple[torch.Tensor, ...]:
         """One token per row at `positions` (B, 1), r recurrences, starting from `prev` (warm) or init_state: the
         (B, 1, V) logits and the final states. Every shape is fixed by the cache: the body `compile=True` compiles."""
         ctx = self.model.context_at(positions, cache, cache.max_len)
-        e = self.model.embed(tokens, ctx)
+        e = self.model.embed(tokens, ctx, digit_pos)
         s, _ = self.model.recur(e, self.model.init_state(e) if prev is None else prev, r, ctx)
         return self.model.head(s, ctx), s
 
     def _compiles(self, state: DecodeState, T: int) -> bool:
         warm = {p.warm_start for p in state.policies}
-        plain = state.runs is None and self.cfg.state_init != "random"  # no digit runs, no per-sequence noise
-        return self.compiled_step is not None and T == 1 and state.halt.uniform and len(warm) == 1 and plain
+        noise = self.cfg.state_init == "random"  # drawn per sequence and position, in Python
+        return self.compiled_step is not None and T == 1 and state.halt.uniform and len(warm) == 1 and not noise
 
     def _extend(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model, T = self.model, tokens.size(1)
         if max(state.lengths) + T > state.max_len:
             raise UserError(f"sequence of {max(state.lengths) + T} tokens is longer than its room ({state.max_len})")
-        if self._compiles(state, T):
-            r = state.halt.max_cap
-            prev = self._last(state.final, state.lengths)[:, None] if state.policies[0].warm_start else None
-            positions = torch.tensor(state.lengths, device=self.device)[:, None]
-            logits, s = self.compiled_step(tokens, positions, prev, state.cache, r)
-            state.final[torch.arange(len(state), device=self.device)[:, None], positions] = s
-            state.lengths = [n + 1 for n in state.lengths]
-            return logits, torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
         ctx = model.context(T, state.lengths, state.cache)
         digit_pos = None
         if state.runs is not None:
@@ -286,6 +285,15 @@ class Engine:
                 run = torch.where(torch.isin(tokens[:, t], self.digit_tensor), run + 1, 0)
                 digit_pos[:, t] = run
             _put_rows(state.runs, ctx, digit_pos)
+        if self._compiles(state, T):
+            r = state.halt.max_cap
+            prev = self._last(state.final, state.lengths)[:, None] if state.policies[0].warm_start else None
+            positions = torch.tensor(state.lengths, device=self.device)[:, None]
+            with self.frozen():
+                logits, s = self.compiled_step(tokens, positions, prev, state.cache, r, digit_pos)
+            _put_rows(state.final, ctx, s)
+            state.lengths = [n + 1 for n in state.lengths]
+            return logits, torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
         e = model.embed(tokens, ctx, digit_pos)
         warm = [p.warm_start for p in state.policies]
         s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))

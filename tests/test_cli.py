@@ -64,6 +64,10 @@ def test_generate_from_random_preset(capsys):
     again = capsys.readouterr().out
     main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])
     assert capsys.readouterr().out == again  # warm start is off in this preset: kv-budget r equals no cache
+    main([*GENERATE, "--exit", "none", "--kv-budget", "5", "--compile"])
+    assert capsys.readouterr().out == again
+    main([*GENERATE, "--exit", "none", "--kv-budget", "5", "--bf16"])
+    assert set(capsys.readouterr().out.strip()) <= set("0123456789+=<|pad>")
 
 
 def test_preset_default_exit_does_not_forbid_no_cache(capsys):
