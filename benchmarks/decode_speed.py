@@ -1,6 +1,7 @@
 """Decoding speed and cache memory on this machine.
 
     .venv/bin/python benchmarks/decode_speed.py [--repeats 3] [--checkpoint checkpoints/miniaxion-0.9m] [--json F]
+        [--only reference,fast,cache,trained]
 
 1. The reference setting ((P,R,C) = (2,4,2), width 256, head dim 128, vocab 8192; random weights): greedy decoding
    of 128 new tokens after a 32-token prompt, batch 1 and 8, r = 1, 4, 8, with KV budget 1 + warm start (recursive
@@ -155,26 +156,36 @@ def generate_one_by_one(engine, tok, prompts, policy, draft_tokens) -> dict:
     return dict(texts=texts, steps=steps, tokens=tokens, acceptance=accepted / drafted if drafted else None)
 
 
+SECTIONS = {
+    "reference": ("reference setting, greedy, 32-token prompt, 128 new tokens:",
+                  lambda a: reference_decoding(a.repeats)),
+    "fast": ("fast paths, batch 1, budget 1 + warm start:", lambda a: fast_decoding(a.repeats)),
+    "cache": ("KV cache (reference setting, fp32, batch 1):", lambda a: cache_memory()),
+    "trained": ("{checkpoint}, batch 1, its test prompts, up to 128 new tokens:",
+                lambda a: trained_decoding(a.checkpoint, a.repeats, a.prompts)),
+}  # fmt: skip
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
     p.add_argument("--prompts", type=int, default=3, help="test prompts per task of the checkpoint's suite")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--only", help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
     args = p.parse_args()
+    only = args.only.split(",") if args.only else list(SECTIONS)
+    if unknown := set(only) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
     result = {"machine": machine(), "peak_gflops": {}}
     print(result["machine"])
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         result["peak_gflops"][name] = matmul_peak(dtype)
         print(f"matmul peak {name}: {result['peak_gflops'][name]:.0f} GFLOP/s")
-    print("reference setting, greedy, 32-token prompt, 128 new tokens:")
-    result["reference"] = reference_decoding(args.repeats)
-    print("fast paths, batch 1, budget 1 + warm start:")
-    result["fast"] = fast_decoding(args.repeats)
-    print("KV cache (reference setting, fp32, batch 1):")
-    result["cache"] = cache_memory()
-    print(f"{args.checkpoint}, batch 1, its test prompts, up to 128 new tokens:")
-    result["trained"] = trained_decoding(args.checkpoint, args.repeats, args.prompts)
+    for section in only:
+        title, run = SECTIONS[section]
+        print(title.format(checkpoint=args.checkpoint))
+        result[section] = run(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
