@@ -117,8 +117,8 @@ def cache_memory() -> list[dict]:
 def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
     model, tok, configs = load_checkpoint(path)
     engine, base = Engine(model, tok.digit_ids), configs["inference"].override(temperature=0.0)
-    tasks = {name: task_from_configs(name, configs) for name in trained_task_names(configs)}
-    pairs = [(task, ex) for task in tasks.values() for ex in task.generate("test", n_prompts)]
+    tasks = [task_from_configs(name, configs) for name in trained_task_names(configs)]
+    pairs = [(task, ex) for task in tasks for ex in task.generate("test", n_prompts)]
     owners, examples = zip(*pairs, strict=True)
     prompts = [prompt_ids(tok, question(tok, ex)) for ex in examples]
     exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")

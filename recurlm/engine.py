@@ -291,19 +291,22 @@ class Engine:
             positions = torch.tensor(state.lengths, device=self.device)[:, None]
             with self.frozen():
                 logits, s = self.compiled_step(tokens, positions, prev, state.cache, r, digit_pos)
-            _put_rows(state.final, ctx, s)
-            state.lengths = [n + 1 for n in state.lengths]
-            return logits, torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
-        e = model.embed(tokens, ctx, digit_pos)
-        warm = [p.warm_start for p in state.policies]
-        s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))
-        if any(warm):  # one token per row here (see extend)
-            prev = self._last(state.final, state.lengths)[:, None]
-            s0 = prev if s0 is None else torch.where(torch.tensor(warm, device=self.device)[:, None, None], prev, s0)
-        s, steps = model.recur(e, s0, state.halt, ctx)
+            steps = torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
+        else:
+            e = model.embed(tokens, ctx, digit_pos)
+            warm = [p.warm_start for p in state.policies]
+            s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))
+            if any(warm):  # one token per row here (see extend)
+                prev = self._last(state.final, state.lengths)[:, None]
+                if s0 is None:
+                    s0 = prev
+                else:
+                    s0 = torch.where(torch.tensor(warm, device=self.device)[:, None, None], prev, s0)
+            s, steps = model.recur(e, s0, state.halt, ctx)
+            logits = model.head(s, ctx)
         _put_rows(state.final, ctx, s)
         state.lengths = [n + T for n in state.lengths]
-        return model.head(s, ctx), steps
+        return logits, steps
 
     @torch.no_grad()
     def full_forward(self, seqs: list[list[int]], n_prompt: list[int], policy, seeds=None) -> torch.Tensor:
