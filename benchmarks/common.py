@@ -25,3 +25,29 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_addmm_activation"}
+
+
+def op_profile(fn, label: str, rows: int = 12) -> dict:
+    """Run fn under torch.profiler and print where its time goes: the share of matmuls (the only work near the
+    peak) and the ops taking the most self time. Returns {op: self seconds} of those ops and the matmul share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up, compilation
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
+    print(f"  profile of {label}: {total / 1e3:.1f} ms, matmuls {100 * matmul:.0f}% of it; most self time:")
+    for e in top:
+        print(f"    {e.key[:60]:<60} {e.self_cpu_time_total / 1e3:8.2f} ms {100 * e.self_cpu_time_total / total:5.1f}%"
+              f" x{e.count}")  # fmt: skip
+    return {
+        "total_ms": total / 1e3,
+        "matmul_share": matmul,
+        "top_ms": {e.key: e.self_cpu_time_total / 1e3 for e in top},
+    }

@@ -38,7 +38,7 @@ def main():
     for r in map(int, args.recurrences.split(",")):
         policy = configs["inference"].override(recurrences=r, temperature=0.0, kv_budget=1, warm_start=True)
         with torch.no_grad():
-            state, _ = engine.start(prompt.tolist(), policy, max_len=64 + args.new)
+            state, _, _ = engine.start(prompt.tolist(), policy, max_len=64 + args.new)
             cache = state.cache
             cache_mb = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 2**20
             t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Decoding speed and cache memory on this machine.
 
     .venv/bin/python benchmarks/decode_speed.py [--repeats 3] [--checkpoint checkpoints/miniaxion-0.9m] [--json F]
-        [--only reference,fast,cache,trained]
+        [--only reference,fast,profile,cache,trained,long] [--split val --exits kl:0.1,kl:0.1+prompt] [--prompts 3]
 
 1. The reference setting ((P,R,C) = (2,4,2), width 256, head dim 128, vocab 8192; random weights): greedy decoding
    of 128 new tokens after a 32-token prompt, batch 1 and 8, r = 1, 4, 8, with KV budget 1 + warm start (recursive
@@ -9,11 +9,16 @@
    Then the fast paths at batch 1, budget 1 + warm start, r = 4 and 8: the compiled decode step
    (`Engine(compile=True)`, its compile time apart), bf16 weights, and both; and whether their tokens equal the
    eager fp32 engine's.
+   `profile`: where a batch-1 step spends its time, eager and compiled (torch.profiler).
 2. KV-cache bytes against r and context length, budget 1 and budget r.
 3. A trained checkpoint (default: the shipped MiniAxion) on test prompts of the tasks it trained on, batch 1, up to
    128 new tokens:
-   fixed r = 8, adaptive exit (KL and latent) capped at 8, and self-speculative decoding (drafts at r = 2) — speed,
-   core steps per token, accuracy, and the drafts' acceptance rate.
+   fixed r = 8, adaptive exit (KL and latent, of generated tokens or of the prompt's too) capped at 8, and
+   self-speculative decoding (drafts at r = 2) — speed, core steps per token, accuracy, and the drafts' acceptance
+   rate. Tune exit thresholds on `--split val`, report them on test.
+4. The same checkpoint, 128 new tokens from each test prompt (stop tokens ignored): greedy at r = 8 against
+   self-speculative decoding with drafts at r = 2, k = 2, 4, 8 — speed, acceptance, and whether the tokens are the
+   same.
 Figures are medians of the repeats (prefill included). Shared CPUs drift: compare figures from one run.
 """
 
@@ -24,7 +29,7 @@ import statistics
 import time
 
 import torch
-from common import machine, matmul_peak
+from common import machine, matmul_peak, op_profile
 
 from recurlm.cache import KVCache
 from recurlm.checkpoint import load_checkpoint
@@ -101,6 +106,18 @@ def fast_decoding(repeats: int) -> list[dict]:
     return rows
 
 
+def decode_profiles() -> dict:
+    """Where a batch-1 decoding step goes (reference setting, r = 4, budget 1 + warm start): 16 new tokens."""
+    model, out = reference_model(), {}
+    prompt = torch.randint(0, 8192, (1, 32), generator=torch.Generator().manual_seed(1)).tolist()
+    policy = InferencePolicy(recurrences=4, kv_budget=1, warm_start=True)
+    for compile in (False, True):
+        engine = Engine(model, compile=compile)
+        label = f"16 {'compiled' if compile else 'eager'} fp32 decoding steps, r = 4, batch 1"
+        out[label] = op_profile(lambda: engine.generate(prompt, 16, policy), label)  # noqa: B023
+    return out
+
+
 def cache_memory() -> list[dict]:
     rows = []
     for context in (256, 1024):
@@ -114,26 +131,40 @@ def cache_memory() -> list[dict]:
     return rows
 
 
-def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
+def trained_prompts(path: str, split: str, n_prompts: int):
+    """The checkpoint's engine, tokenizer and inference policy, and n test (or val) prompts of each task it trained
+    on, with the tasks and examples that score the answers."""
     model, tok, configs = load_checkpoint(path)
     engine, base = Engine(model, tok.digit_ids), configs["inference"].override(temperature=0.0)
     tasks = [task_from_configs(name, configs) for name in trained_task_names(configs)]
-    pairs = [(task, ex) for task in tasks for ex in task.generate("test", n_prompts)]
+    pairs = [(task, ex) for task in tasks for ex in task.generate(split, n_prompts)]
     owners, examples = zip(*pairs, strict=True)
     prompts = [prompt_ids(tok, question(tok, ex)) for ex in examples]
+    return engine, tok, base, prompts, owners, examples
+
+
+def exit_policy(exact: InferencePolicy, spec: str) -> InferencePolicy:
+    """'kl:0.1' exits generated tokens; 'kl:0.1+prompt' the prompt's tokens too."""
+    criterion, plus, _ = spec.partition("+prompt")
+    return exact.override(exit=criterion, prompt_exit=bool(plus))
+
+
+def trained_decoding(path: str, repeats: int, n_prompts: int, split: str, exits: list[str]) -> list[dict]:
+    engine, tok, base, prompts, owners, examples = trained_prompts(path, split, n_prompts)
     exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
     settings = [("r=8, budget 8", exact, None)]
-    settings += [(f"exit {e}", exact.override(exit=e), None) for e in ("kl:0.01", "kl:0.1", "latent:0.1")]
+    settings += [(f"exit {e}", exit_policy(exact, e), None) for e in exits]
     settings += [(f"speculative r=2, k={k}", exact, k) for k in (2, 4, 8)]
     rows, baseline = [], None
     for name, policy, k in settings:
-        dt, out = median_time(repeats, generate_one_by_one, engine, tok, prompts, policy, k)
-        scores = [task.score(ex, t) for task, ex, t in zip(owners, examples, out["texts"], strict=True)]
+        dt, out = median_time(repeats, generate_one_by_one, engine, prompts, policy, k, tok.stop_ids)
+        texts = [tok.decode(t) for t in out["tokens"]]
+        scores = [task.score(ex, t) for task, ex, t in zip(owners, examples, texts, strict=True)]
         acc = sum(scores) / len(examples)
-        tps = out["tokens"] / dt
+        tps = out["count"] / dt
         baseline = baseline or tps
         row = dict(setting=name, tok_s=tps, speedup=tps / baseline, accuracy=acc,
-                   steps=statistics.mean(out["steps"]), acceptance=out["acceptance"], tokens=out["tokens"])  # fmt: skip
+                   steps=statistics.mean(out["steps"]), acceptance=out["acceptance"], tokens=out["count"])  # fmt: skip
         rows.append(row)
         extra = f" acceptance {row['acceptance']:.2f}" if k else ""
         print(f"  {name:<24} {tps:7.1f} tok/s ({row['speedup']:.2f}x) accuracy {acc:.3f} "
@@ -141,28 +172,53 @@ def trained_decoding(path: str, repeats: int, n_prompts: int) -> list[dict]:
     return rows
 
 
-def generate_one_by_one(engine, tok, prompts, policy, draft_tokens) -> dict:
-    """Batch 1: each prompt alone, greedy (self-speculative with drafts at r = 2 when draft_tokens)."""
-    texts, steps, tokens, drafted, accepted = [], [], 0, 0, 0
+def long_speculation(path: str, repeats: int, n_prompts: int) -> list[dict]:
+    """128 new tokens from each prompt whatever they are (stop tokens ignored, as serving benchmarks do): greedy at
+    r = 8 against self-speculative decoding with drafts at r = 2, which must give the same tokens."""
+    engine, tok, base, prompts, _, _ = trained_prompts(path, "test", n_prompts)
+    exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
+    rows, greedy, baseline = [], None, None
+    for k in (None, 2, 4, 8):
+        dt, out = median_time(repeats, generate_one_by_one, engine, prompts, exact, k, ())
+        greedy = greedy or out["tokens"]
+        tps = out["count"] / dt
+        baseline = baseline or tps
+        same = sum(a == b for a, b in zip(out["tokens"], greedy, strict=True))
+        name = f"speculative r=2, k={k}" if k else "r=8, budget 8"
+        rows.append(dict(setting=name, tok_s=tps, speedup=tps / baseline, acceptance=out["acceptance"],
+                         tokens=out["count"], identical_generations=same))  # fmt: skip
+        extra = f" acceptance {out['acceptance']:.2f}" if k else ""
+        print(f"  {name:<24} {tps:7.1f} tok/s ({tps / baseline:.2f}x){extra}, "
+              f"{same}/{len(prompts)} generations as greedy r=8", flush=True)  # fmt: skip
+    return rows
+
+
+def generate_one_by_one(engine, prompts, policy, draft_tokens, stop_ids) -> dict:
+    """Batch 1: each prompt alone, greedy, up to 128 new tokens (self-speculative with drafts at r = 2 when
+    draft_tokens)."""
+    tokens, steps, count, drafted, accepted = [], [], 0, 0, 0
     for p in prompts:
         if draft_tokens:
-            s = speculate(engine, [p], 128, policy, 2, draft_tokens, stop_tokens=tok.stop_ids)
+            s = speculate(engine, [p], 128, policy, 2, draft_tokens, stop_tokens=stop_ids)
             gen, drafted, accepted = s.generation, drafted + s.drafted, accepted + s.accepted
         else:
-            gen = engine.generate([p], 128, policy, stop_tokens=tok.stop_ids)
-        texts.append(tok.decode(gen.tokens[0]))
-        steps += gen.steps[0][1:]  # decoded tokens: the prompt pass always runs r
-        tokens += len(gen.steps[0])
-    return dict(texts=texts, steps=steps, tokens=tokens, acceptance=accepted / drafted if drafted else None)
+            gen = engine.generate([p], 128, policy, stop_tokens=stop_ids)
+        tokens.append(gen.tokens[0])
+        steps += gen.steps[0]  # every pass, the prompt's included
+        count += len(gen.steps[0])
+    return dict(tokens=tokens, steps=steps, count=count, acceptance=accepted / drafted if drafted else None)
 
 
 SECTIONS = {
     "reference": ("reference setting, greedy, 32-token prompt, 128 new tokens:",
                   lambda a: reference_decoding(a.repeats)),
     "fast": ("fast paths, batch 1, budget 1 + warm start:", lambda a: fast_decoding(a.repeats)),
+    "profile": ("profiles, reference setting:", lambda a: decode_profiles()),
     "cache": ("KV cache (reference setting, fp32, batch 1):", lambda a: cache_memory()),
-    "trained": ("{checkpoint}, batch 1, its test prompts, up to 128 new tokens:",
-                lambda a: trained_decoding(a.checkpoint, a.repeats, a.prompts)),
+    "trained": ("{checkpoint}, batch 1, its {split} prompts, up to 128 new tokens:",
+                lambda a: trained_decoding(a.checkpoint, a.repeats, a.prompts, a.split, a.exits.split(","))),
+    "long": ("{checkpoint}, batch 1, its test prompts, 128 new tokens each (stop tokens ignored):",
+             lambda a: long_speculation(a.checkpoint, a.repeats, a.long_prompts)),
 }  # fmt: skip
 
 
@@ -171,6 +227,13 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
     p.add_argument("--prompts", type=int, default=3, help="test prompts per task of the checkpoint's suite")
+    p.add_argument("--split", default="test", help="the trained section's prompts: test, or val to tune exits on")
+    p.add_argument(
+        "--exits",
+        default="kl:0.01,kl:0.1,latent:0.1",
+        help="the trained section's exit criteria; CRIT:EPS+prompt exits the prompt's tokens too",
+    )
+    p.add_argument("--long-prompts", type=int, default=1, help="prompts per task of the long section")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--only", help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
     args = p.parse_args()
@@ -184,7 +247,7 @@ def main():
         print(f"matmul peak {name}: {result['peak_gflops'][name]:.0f} GFLOP/s")
     for section in only:
         title, run = SECTIONS[section]
-        print(title.format(checkpoint=args.checkpoint))
+        print(title.format(checkpoint=args.checkpoint, split=args.split))
         result[section] = run(args)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,12 +2,13 @@
 (`torch.compile` per block; the recurrence loop stays eager, so a new r must not recompile).
 
     .venv/bin/python benchmarks/train_speed.py [--presets rrslm-addition,miniaxion-0.9m] [--steps 6] [--compile]
-        [--json F]
+        [--profile] [--json F]
 
 The reference setting ((P,R,C) = (2,4,2), r = 4, width 256, head dim 128, vocab 8192, batch 8 x 256, AdamW) comes
 first, then each preset at its own r (batch capped at 8 x 256 tokens). Per setting: median ms per step, tokens/s,
 achieved GFLOP/s (3 x the forward FLOPs per token, `flops_per_token`) and its share of the matmul peak of the same
 dtype measured in this run; compiled settings add the compile time and the graphs compiled when r changes.
+`--profile` then shows where a bf16 step of the reference setting spends its time (torch.profiler).
 """
 
 import argparse
@@ -16,7 +17,7 @@ import statistics
 import time
 
 import torch
-from common import machine, matmul_peak
+from common import machine, matmul_peak, op_profile
 
 from recurlm.config import ModelConfig, load_config
 from recurlm.evaluate import loss_on
@@ -74,6 +75,7 @@ def main():
     p.add_argument("--presets", default="rrslm-addition,miniaxion-0.9m,addition-length")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time each)")
+    p.add_argument("--profile", action="store_true", help="then profile a bf16 step of the reference setting")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     print(machine())
@@ -91,9 +93,19 @@ def main():
     for name, cfg, r, batch, T, bptt_k in cases:
         for compiled, amp in modes:
             rows.append(bench(name, cfg, r, batch, T, bptt_k, args.steps, peak, compiled, amp))
+    profiles = {}
+    if args.profile:
+        for compiled in (False, True) if args.compile else (False,):
+            torch.manual_seed(0)
+            model = build_model(REFERENCE)
+            if compiled:
+                compile_blocks(model)
+            x, opt = torch.randint(0, REFERENCE.vocab_size, (8, 256)), torch.optim.AdamW(model.parameters(), lr=1e-4)
+            label = f"a bf16{' compiled' if compiled else ''} training step, reference setting"
+            profiles[label] = op_profile(lambda: step(model, opt, x, 4, True, None, 0), label)  # noqa: B023
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "peak_gflops": peak, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(), "peak_gflops": peak, "rows": rows, "profiles": profiles}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def add_policy_flags(s: argparse.ArgumentParser, sampling: bool = True):
     s.add_argument(
         "--max-steps", type=positive_int, help="cap on adaptive exit's steps per generated token (default: r)"
     )
+    s.add_argument(
+        "--prompt-exit", action="store_true", default=None, help="the prompt's tokens exit under the same criterion"
+    )
     s.add_argument("--kv-budget", type=positive_int, help="core KV slots per block (r: exact; 1: memory flat in r)")
     s.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
     if sampling:
@@ -86,7 +89,7 @@ def add_policy_flags(s: argparse.ArgumentParser, sampling: bool = True):
 
 def policy_from(args, base):
     """The run's policy with the flags given on the command line replacing its fields."""
-    values = {k: getattr(args, k, None) for k in ("min_steps", "max_steps", "kv_budget", "warm_start")}
+    values = {k: getattr(args, k, None) for k in ("min_steps", "max_steps", "prompt_exit", "kv_budget", "warm_start")}
     values |= {k: getattr(args, k, None) for k in ("temperature", "top_k", "top_p")}
     return base.override(**values)
 

@@ -114,6 +114,9 @@ class InferencePolicy:
     exit: str = "none"  # adaptive exit of generated tokens: 'none', 'latent:EPS' or 'kl:EPS'
     min_steps: int = 1  # an exit may fire after this many recurrences
     max_steps: int = 0  # a generated token runs at most this many with an exit (0: r); the prompt runs r
+    # the prompt's tokens exit too, each under the same criterion and cap, and the prompt pass ends once all have
+    # (its tokens then attend to each other's states at the iteration they stopped): a shorter prompt pass
+    prompt_exit: bool = False
     kv_budget: int = 1  # core KV slots per block (DESIGN §2): r reproduces the uncached forward, 1 = recursive nanochat
     warm_start: bool = True  # a generated token's state starts from the previous token's final state
     temperature: float = 0.0  # sampling defaults (0: greedy)

@@ -188,6 +188,11 @@ class Engine:
                 digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids))
         return idx.to(self.device), None if digit_pos is None else digit_pos.to(self.device)
 
+    @staticmethod
+    def _prompt_depth(p: InferencePolicy) -> tuple[int, int, str]:
+        """(cap, min steps, exit) of a prompt's tokens: all r, unless the policy lets them exit too."""
+        return (p.steps_cap, p.min_steps, p.exit) if p.prompt_exit else (p.recurrences, 1, "none")
+
     def _last(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """x (B, L, ...) at each row's last position."""
         if min(lengths) == max(lengths):
@@ -201,9 +206,10 @@ class Engine:
         policy: InferencePolicy | list[InferencePolicy],
         seeds: list[int] | None = None,
         max_len: int | None = None,
-    ) -> tuple[DecodeState, torch.Tensor]:
-        """Prefill the prompts in parallel (each at its policy's r) into a new state; returns it and each row's
-        (B, V) logits after its prompt. `max_len` bounds the tokens a row may reach (default: the context)."""
+    ) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """Prefill the prompts in parallel (each at its policy's r) into a new state; returns it, each row's (B, V)
+        logits after its prompt and the recurrences its last token ran (B,). `max_len` bounds the tokens a row may
+        reach (default: the context)."""
         policies = self._policies(policy, len(prompts))
         seeds = list(seeds) if seeds is not None else [0] * len(prompts)
         max_len = min(max_len or self.cfg.seq_len, self.cfg.seq_len)
@@ -226,11 +232,11 @@ class Engine:
         ctx = self.model.context(L, [0] * B, state.cache)
         e = self.model.embed(idx, ctx, digit_pos)
         s0 = self.model.init_state(e, self._noise(seeds, [0] * B, L))
-        prompt_depth = Halting.build([(p.recurrences, 1, "none") for p in policies], self.device)
-        s, _ = self.model.recur(e, s0, prompt_depth, ctx)
+        prompt_depth = Halting.build([self._prompt_depth(p) for p in policies], self.device)
+        s, steps = self.model.recur(e, s0, prompt_depth, ctx)
         state.final[:, :L] = s
         h = self.model.coda_out(s, ctx)  # every position: the coda's cache slots need them all
-        return state, self.model.unembed(self._last(h, state.lengths))
+        return state, self.model.unembed(self._last(h, state.lengths)), self._last(steps, state.lengths)
 
     @torch.no_grad()
     def extend(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
@@ -356,10 +362,11 @@ class Engine:
         room = min(self.cfg.seq_len, max(len(p) + n for p, n in zip(prompts, budgets, strict=True)))
         rows, seqs = list(range(B)), [list(p) for p in prompts]
         if use_cache:
-            state, logits = self.start(prompts, policies, seeds, max_len=room)
+            state, logits, steps = self.start(prompts, policies, seeds, max_len=room)
+            steps = steps.tolist()
         else:
             logits = self.full_forward(seqs, [len(p) for p in prompts], policies, seeds)
-        steps = [p.recurrences if core else 0 for p in policies]
+            steps = [p.recurrences if core else 0 for p in policies]
         parked: list[int] = []  # positions in `rows` of rows that ended but still ride along (see below)
         forced: list[list[int]] = [[] for _ in range(B)]  # the tool's tokens still to feed each row
         while True:
@@ -422,12 +429,11 @@ class Engine:
         B, W = len(prompts), beams
         stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long)
         room = min(self.cfg.seq_len, max(len(p) for p in prompts) + max_new_tokens)
-        state, logits = self.start(prompts, policy, max_len=room)
+        state, logits, steps = self.start(prompts, policy, max_len=room)
         device, V = logits.device, logits.size(-1)
         rows = torch.arange(B, device=device).repeat_interleave(W)
         state = state.select(rows.tolist())
-        logits = logits[rows]
-        steps = torch.full((B * W,), policy.recurrences if self.model.core else 0, dtype=torch.long)
+        logits, steps = logits[rows], steps[rows].cpu()
         score = torch.full((B, W), float("-inf"), device=device)
         score[:, 0] = 0.0  # the W copies are identical: start from one so the first step does not pick duplicates
         hist = torch.zeros(B * W, 0, dtype=torch.long, device=device)

@@ -89,7 +89,7 @@ def evaluate(
             else:
                 ok = score(ex, text)
             n_tokens += len(k)
-            k = k[1:] or k  # the first token comes from the prompt pass, which always runs r: count decoded ones
+            k = k[1:] or k  # the first token comes from the prompt pass (all r unless prompt_exit): count decoded ones
             steps.extend(k)
             per_example[i] = {
                 "difficulty": ex.difficulty,

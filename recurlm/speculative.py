@@ -57,9 +57,9 @@ def _one(engine, prompt, max_new, policy, r_draft, k, stop, stats) -> tuple[list
     """One prompt's tokens (stop token excluded) and the recurrences of the pass that predicted each (included),
     as `Engine.generate` returns them."""
     seq_len = engine.cfg.seq_len
-    state, logits = engine.start([prompt], policy, max_len=min(seq_len, len(prompt) + max_new + k))
+    state, logits, used = engine.start([prompt], policy, max_len=min(seq_len, len(prompt) + max_new + k))
     target_halt, draft_halt = state.halt, Halting.build([(r_draft, 1, "none")], engine.device)
-    tokens, steps = [int(logits[0].argmax())], [policy.recurrences if engine.model.core else 0]
+    tokens, steps = [int(logits[0].argmax())], [int(used[0])]
 
     def done() -> bool:
         return tokens[-1] in stop or len(tokens) >= max_new or len(prompt) + len(tokens) > seq_len

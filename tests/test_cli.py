@@ -60,6 +60,8 @@ def test_generate_from_random_preset(capsys):
     assert 1 <= len(text) <= 6 and set(text) <= set("0123456789+=<|pad>")
     steps = out.err.split("steps: ")[1].split()
     assert steps[0] == "5" and set(steps[1:]) <= {"1"}
+    main([*GENERATE, "--show-steps", "--exit", "latent:1e9", "--recurrences", "5", "--prompt-exit"])
+    assert set(capsys.readouterr().err.split("steps: ")[1].split()) == {"1"}  # the prompt pass stopped too
     main([*GENERATE, "--exit", "none", "--kv-budget", "5"])
     again = capsys.readouterr().out
     main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])

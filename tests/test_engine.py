@@ -10,7 +10,7 @@ IDX = torch.randint(0, 37, (2, 14), generator=torch.Generator().manual_seed(1))
 
 def cached_logits(engine, idx, pol, prefix=1):
     """Teacher-forced decoding through the cache: logits for positions prefix-1 .. T-1."""
-    state, first = engine.start(idx[:, :prefix].tolist(), pol)
+    state, first, _ = engine.start(idx[:, :prefix].tolist(), pol)
     out = [first]
     for t in range(prefix, idx.size(1)):
         state, logits, _ = engine.decode(state, idx[:, t])
@@ -38,7 +38,7 @@ def test_cache_with_budget_r_equals_full_forward(r, variant):
     for prefix in (1, 6):
         got = cached_logits(Engine(model), IDX, pol, prefix)
         assert (got - full[:, prefix - 1 :]).abs().max() <= 1e-4
-    state, _ = Engine(model).start(IDX[:, :6].tolist(), pol)
+    state, _, _ = Engine(model).start(IDX[:, :6].tolist(), pol)
     _, extended, steps = Engine(model).extend(state, IDX[:, 6:])  # one parallel pass
     assert (extended - full[:, 6:]).abs().max() <= 1e-4 and steps.eq(r).all()
     prompts = IDX[:, :5].tolist()
@@ -61,7 +61,7 @@ def test_budget_one_keeps_core_cache_size_independent_of_r():
     model = tiny_model()
     sizes = {}
     for budget, r in [(1, 2), (1, 16), ("r", 2), ("r", 16)]:
-        state, _ = Engine(model).start(IDX[:, :4].tolist(), policy(r, kv_budget=r if budget == "r" else 1))
+        state, _, _ = Engine(model).start(IDX[:, :4].tolist(), policy(r, kv_budget=r if budget == "r" else 1))
         sizes[budget, r] = state.cache.core_bytes()
     assert sizes[1, 2] == sizes[1, 16]
     assert sizes["r", 16] == 8 * sizes["r", 2]
@@ -70,8 +70,8 @@ def test_budget_one_keeps_core_cache_size_independent_of_r():
 def test_budget_one_exposes_the_final_iteration():
     model = tiny_model()
     r = 4
-    one, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=1))
-    full, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=r))
+    one, _, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=1))
+    full, _, _ = Engine(model).start(IDX.tolist(), policy(r, kv_budget=r))
     for j in range(len(model.core)):
         assert torch.equal(one.cache.k[one.cache.slot("core", j, 0)], full.cache.k[full.cache.slot("core", j, r - 1)])
     # and decoding then attends to those final states, which is not the budget = r computation
@@ -100,9 +100,24 @@ def test_adaptive_exit_extremes(criterion):
         assert all(s == [5] + [min_steps] * 5 for s in always.steps)
 
 
+@pytest.mark.parametrize("criterion", ["latent", "kl"])
+def test_prompt_exit_ends_the_prompt_pass_when_its_tokens_stop(criterion):
+    model, prompts = tiny_model(), IDX[:, :6].tolist()
+    engine = Engine(model)
+    _, full, steps = engine.start(prompts, policy(5))
+    _, never, never_steps = engine.start(prompts, policy(5, exit=f"{criterion}:0", prompt_exit=True))
+    assert torch.equal(never, full) and steps.tolist() == never_steps.tolist() == [5, 5]
+    _, two, _ = engine.start(prompts, policy(2))
+    at_once = policy(5, exit=f"{criterion}:1e9", min_steps=2, prompt_exit=True)
+    _, early, early_steps = engine.start(prompts, at_once)
+    assert (early - two).abs().max() <= 1e-5 and early_steps.tolist() == [2, 2]
+    # the first generated token reports what its (prompt) pass ran
+    assert all(s == [2, 2, 2] for s in engine.generate(prompts, 3, at_once).steps)
+
+
 def test_early_exit_fills_skipped_slots_with_final_kv():
     model = tiny_model()
-    state, _ = Engine(model).start(IDX[:, :4].tolist(), policy(4, kv_budget=4, exit="latent:1e9", min_steps=2))
+    state, _, _ = Engine(model).start(IDX[:, :4].tolist(), policy(4, kv_budget=4, exit="latent:1e9", min_steps=2))
     state, _, steps = Engine(model).decode(state, IDX[:, 4])
     assert steps.tolist() == [2, 2]
     cache = state.cache
@@ -131,7 +146,7 @@ def drive(engine, prompts, policies, n, joins):
     while step <= max(joins) or ids:
         for i, j in enumerate(joins):
             if j == step:
-                new, first = engine.start([prompts[i]], policies[i], seeds=[i])
+                new, first, _ = engine.start([prompts[i]], policies[i], seeds=[i])
                 state = new if state is None else DecodeState.cat([state, new])
                 logits = first if logits is None else torch.cat([logits, first])
                 ids.append(i)
@@ -179,10 +194,10 @@ def test_extend_then_roll_back_equals_the_shorter_extend(warm, budget, exit):
     engine, pol = Engine(model), policy(3, kv_budget=budget, warm_start=warm, exit=exit)
     prompts, more = IDX[:, :4].tolist(), IDX[:, 4:10]
     k, j = 6, 2
-    a, _ = engine.start(prompts, pol)
+    a, _, _ = engine.start(prompts, pol)
     a, long_logits, long_steps = engine.extend(a, more[:, :k])
     a.rollback(j)
-    b, _ = engine.start(prompts, pol)
+    b, _, _ = engine.start(prompts, pol)
     b, short_logits, short_steps = engine.extend(b, more[:, : k - j])
     assert (long_logits[:, : k - j] - short_logits).abs().max() <= 1e-5
     assert torch.equal(long_steps[:, : k - j], short_steps)
@@ -190,7 +205,7 @@ def test_extend_then_roll_back_equals_the_shorter_extend(warm, budget, exit):
     _, after_b, steps_b = engine.decode(b, more[:, k - j])
     assert (after_a - after_b).abs().max() <= 1e-5 and torch.equal(steps_a, steps_b)
     # and extending by k is exactly k single-token steps
-    c, _ = engine.start(prompts, pol)
+    c, _, _ = engine.start(prompts, pol)
     stepwise = []
     for t in range(k):
         c, logits, _ = engine.decode(c, more[:, t])
@@ -282,7 +297,7 @@ def test_abacus_ids_and_cached_decoding():
     full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)]))
     got = cached_logits(Engine(model, digits), seq, policy(3, kv_budget=3), prefix=7)
     assert (got - full[:, 6:]).abs().max() <= 1e-4
-    state, _ = Engine(model, digits).start(seq[:, :7].tolist(), policy(3, kv_budget=3))
+    state, _, _ = Engine(model, digits).start(seq[:, :7].tolist(), policy(3, kv_budget=3))
     _, extended, _ = Engine(model, digits).extend(state, seq[:, 7:])
     assert (extended - full[:, 7:]).abs().max() <= 1e-4
     prompts = [tok.encode("123+45="), tok.encode("9+9=")]
@@ -305,8 +320,8 @@ def test_compiled_decode_step_matches_eager_without_recompiling(warm, budget):
     prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()]
     a, b = eager.generate(prompts, 12, pol), compiled.generate(prompts, 12, pol)
     assert a.tokens == b.tokens and a.steps == b.steps
-    s1, l1 = eager.start(prompts, pol)
-    s2, l2 = compiled.start(prompts, pol)
+    s1, l1, _ = eager.start(prompts, pol)
+    s2, l2, _ = compiled.start(prompts, pol)
     for t in range(4):
         s1, l1, _ = eager.decode(s1, IDX[:, t].tolist() + [t])
         s2, l2, _ = compiled.decode(s2, IDX[:, t].tolist() + [t])

@@ -64,7 +64,7 @@ class Batcher:
         if not new:
             return rows, state, logits, steps
         try:
-            fresh, first = self.engine.start(
+            fresh, first, first_steps = self.engine.start(
                 [r.prompt for r in new], [r.policy for r in new], [r.seed for r in new], max_len=self.context
             )
         except Exception as e:  # e.g. a budget no other row has: these requests fail, the batch goes on
@@ -75,7 +75,7 @@ class Batcher:
             r.gen = torch.Generator(device=self.engine.device).manual_seed(r.seed)
         state = fresh if state is None else DecodeState.cat([state, fresh])
         logits = first if logits is None else torch.cat([logits, first])
-        steps = steps + [r.policy.recurrences if self.engine.model.core else 0 for r in new]
+        steps = steps + first_steps.tolist()
         with self.lock:
             self.active += len(new)
         return rows + new, state, logits, steps
