@@ -309,7 +309,7 @@ class Engine:
                 else:
                     s0 = torch.where(torch.tensor(warm, device=self.device)[:, None, None], prev, s0)
             s, steps = model.recur(e, s0, state.halt, ctx)
-            logits = model.head(s, ctx)
+            logits = model.head(s, ctx) if ctx.logits is None else ctx.logits  # a KL exit check ran the head
         _put_rows(state.final, ctx, s)
         state.lengths = [n + T for n in state.lengths]
         return logits, steps

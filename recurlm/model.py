@@ -86,6 +86,8 @@ class Context:
     # stopped but are still below their row's cap (their skipped iterations' slots get their final K/V, DESIGN §2).
     active: torch.Tensor | None = None
     skipping: torch.Tensor | None = None
+    # Set by the loop when its exit check ran the coda and head on the final state: the logits, for callers to reuse
+    logits: torch.Tensor | None = None
 
 
 # logn_attention's initial gain: a query's scale starts at 1 at position 32, about the end of a 10-digit sum
@@ -339,12 +341,14 @@ class RecurrentGPT(nn.Module):
                     ctx.cache.fill_skipped(ctx, i + 1, r, halt.cap)
                 break
         ctx.active = ctx.skipping = None
+        ctx.logits = prev.get("logits")
         return s, steps
 
     def _watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
         out = {"state": s} if "state" in watches else {}
         if "logprobs" in watches:
-            out["logprobs"] = F.log_softmax(self.head(s, ctx).float(), dim=-1)
+            out["logits"] = self.head(s, ctx)
+            out["logprobs"] = F.log_softmax(out["logits"].float(), dim=-1)
         return out
 
     def forward(self, idx: torch.Tensor, recurrences: int, digit_pos: torch.Tensor | None = None, bptt_k: int = 0):
