@@ -27,7 +27,20 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_addmm_activation"}
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_addmm_activation", "mkl::_mkl_linear"}  # the last: frozen
+
+
+def read_bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """GB/s of reading a tensor far larger than the caches (best of the repeats): what batch-1 decoding, which reads
+    every weight once per effective layer and token, is bounded by."""
+    x = torch.ones(mb * 2**20 // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
 
 
 def op_profile(fn, label: str, rows: int = 12) -> dict:

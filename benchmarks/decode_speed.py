@@ -29,7 +29,7 @@ import statistics
 import time
 
 import torch
-from common import machine, matmul_peak, op_profile
+from common import machine, matmul_peak, op_profile, read_bandwidth
 
 from recurlm.cache import KVCache
 from recurlm.checkpoint import load_checkpoint
@@ -115,6 +115,11 @@ def decode_profiles() -> dict:
         engine = Engine(model, compile=compile)
         label = f"16 {'compiled' if compile else 'eager'} fp32 decoding steps, r = 4, batch 1"
         out[label] = op_profile(lambda: engine.generate(prompt, 16, policy), label)  # noqa: B023
+    # Each token reads every weight of every effective layer once: at batch 1 memory bandwidth sets the ceiling
+    weights_mb, gbs = model.params_per_token(4) * 4 / 1e6, read_bandwidth()
+    out["ceiling"] = dict(weights_mb_per_token=weights_mb, read_gb_s=gbs, tok_s=gbs * 1e3 / weights_mb)
+    print(f"  fp32 weights read per token at r = 4: {weights_mb:.0f} MB; memory read {gbs:.1f} GB/s: at most "
+          f"{out['ceiling']['tok_s']:.0f} tok/s in fp32, {2 * out['ceiling']['tok_s']:.0f} in bf16")  # fmt: skip
     return out
 
 
@@ -149,12 +154,12 @@ def exit_policy(exact: InferencePolicy, spec: str) -> InferencePolicy:
     return exact.override(exit=criterion, prompt_exit=bool(plus))
 
 
-def trained_decoding(path: str, repeats: int, n_prompts: int, split: str, exits: list[str]) -> list[dict]:
+def trained_decoding(path: str, repeats: int, n_prompts: int, split: str, exits: list[str], drafts: list[int]):
     engine, tok, base, prompts, owners, examples = trained_prompts(path, split, n_prompts)
     exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
     settings = [("r=8, budget 8", exact, None)]
     settings += [(f"exit {e}", exit_policy(exact, e), None) for e in exits]
-    settings += [(f"speculative r=2, k={k}", exact, k) for k in (2, 4, 8)]
+    settings += [(f"speculative r=2, k={k}", exact, k) for k in drafts]
     rows, baseline = [], None
     for name, policy, k in settings:
         dt, out = median_time(repeats, generate_one_by_one, engine, prompts, policy, k, tok.stop_ids)
@@ -209,6 +214,10 @@ def generate_one_by_one(engine, prompts, policy, draft_tokens, stop_ids) -> dict
     return dict(tokens=tokens, steps=steps, count=count, acceptance=accepted / drafted if drafted else None)
 
 
+def csv(text: str, kind=str) -> list:
+    return [kind(x) for x in text.split(",") if x]
+
+
 SECTIONS = {
     "reference": ("reference setting, greedy, 32-token prompt, 128 new tokens:",
                   lambda a: reference_decoding(a.repeats)),
@@ -216,7 +225,8 @@ SECTIONS = {
     "profile": ("profiles, reference setting:", lambda a: decode_profiles()),
     "cache": ("KV cache (reference setting, fp32, batch 1):", lambda a: cache_memory()),
     "trained": ("{checkpoint}, batch 1, its {split} prompts, up to 128 new tokens:",
-                lambda a: trained_decoding(a.checkpoint, a.repeats, a.prompts, a.split, a.exits.split(","))),
+                lambda a: trained_decoding(a.checkpoint, a.repeats, a.prompts, a.split, csv(a.exits),
+                                           csv(a.drafts, int))),
     "long": ("{checkpoint}, batch 1, its test prompts, 128 new tokens each (stop tokens ignored):",
              lambda a: long_speculation(a.checkpoint, a.repeats, a.long_prompts)),
 }  # fmt: skip
@@ -233,6 +243,7 @@ def main():
         default="kl:0.01,kl:0.1,latent:0.1",
         help="the trained section's exit criteria; CRIT:EPS+prompt exits the prompt's tokens too",
     )
+    p.add_argument("--drafts", default="2,4,8", help="the trained section's draft lengths k (empty: none)")
     p.add_argument("--long-prompts", type=int, default=1, help="prompts per task of the long section")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--only", help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
