@@ -240,7 +240,7 @@ def main():
     p.add_argument("--split", default="test", help="the trained section's prompts: test, or val to tune exits on")
     p.add_argument(
         "--exits",
-        default="kl:0.01,kl:0.1,latent:0.1",
+        default="kl:0.1,kl:0.1+prompt,latent:0.4",
         help="the trained section's exit criteria; CRIT:EPS+prompt exits the prompt's tokens too",
     )
     p.add_argument("--drafts", default="2,4,8", help="the trained section's draft lengths k (empty: none)")
