@@ -45,7 +45,7 @@ def read_bandwidth(mb: int = 512, repeats: int = 5) -> float:
 
 def op_profile(fn, label: str, rows: int = 12) -> dict:
     """Run fn under torch.profiler and print where its time goes: the share of matmuls (the only work near the
-    peak) and the ops taking the most self time. Returns {op: self seconds} of those ops and the matmul share."""
+    peak) and the ops taking the most self time. Returns the total, the matmul share and those ops' self ms."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # warm-up, compilation

@@ -137,15 +137,16 @@ def cache_memory() -> list[dict]:
 
 
 def trained_prompts(path: str, split: str, n_prompts: int):
-    """The checkpoint's engine, tokenizer and inference policy, and n test (or val) prompts of each task it trained
-    on, with the tasks and examples that score the answers."""
+    """The checkpoint's engine and tokenizer, its policy at a fixed r = 8 with budget 8 (exact), greedy, and n test
+    (or val) prompts of each task it trained on, with the tasks and examples that score the answers."""
     model, tok, configs = load_checkpoint(path)
-    engine, base = Engine(model, tok.digit_ids), configs["inference"].override(temperature=0.0)
+    engine = Engine(model, tok.digit_ids)
+    exact = configs["inference"].override(temperature=0.0, recurrences=8, kv_budget=8, warm_start=False, exit="none")
     tasks = [task_from_configs(name, configs) for name in trained_task_names(configs)]
     pairs = [(task, ex) for task in tasks for ex in task.generate(split, n_prompts)]
     owners, examples = zip(*pairs, strict=True)
     prompts = [prompt_ids(tok, question(tok, ex)) for ex in examples]
-    return engine, tok, base, prompts, owners, examples
+    return engine, tok, exact, prompts, owners, examples
 
 
 def exit_policy(exact: InferencePolicy, spec: str) -> InferencePolicy:
@@ -155,8 +156,7 @@ def exit_policy(exact: InferencePolicy, spec: str) -> InferencePolicy:
 
 
 def trained_decoding(path: str, repeats: int, n_prompts: int, split: str, exits: list[str], drafts: list[int]):
-    engine, tok, base, prompts, owners, examples = trained_prompts(path, split, n_prompts)
-    exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
+    engine, tok, exact, prompts, owners, examples = trained_prompts(path, split, n_prompts)
     settings = [("r=8, budget 8", exact, None)]
     settings += [(f"exit {e}", exit_policy(exact, e), None) for e in exits]
     settings += [(f"speculative r=2, k={k}", exact, k) for k in drafts]
@@ -180,8 +180,7 @@ def trained_decoding(path: str, repeats: int, n_prompts: int, split: str, exits:
 def long_speculation(path: str, repeats: int, n_prompts: int) -> list[dict]:
     """128 new tokens from each prompt whatever they are (stop tokens ignored, as serving benchmarks do): greedy at
     r = 8 against self-speculative decoding with drafts at r = 2, which must give the same tokens."""
-    engine, tok, base, prompts, _, _ = trained_prompts(path, "test", n_prompts)
-    exact = base.override(recurrences=8, kv_budget=8, warm_start=False, exit="none")
+    engine, _, exact, prompts, _, _ = trained_prompts(path, "test", n_prompts)
     rows, greedy, baseline = [], None, None
     for k in (None, 2, 4, 8):
         dt, out = median_time(repeats, generate_one_by_one, engine, prompts, exact, k, ())
