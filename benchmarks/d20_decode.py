@@ -40,7 +40,7 @@ def main():
         with torch.no_grad():
             state, _, _ = engine.start(prompt.tolist(), policy, max_len=64 + args.new)
             cache = state.cache
-            cache_mb = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 2**20
+            cache_mb = cache.nbytes() / 2**20
             t0 = time.perf_counter()
             engine.generate(prompt.tolist(), args.new, policy)
             dt = time.perf_counter() - t0

@@ -129,7 +129,7 @@ def cache_memory() -> list[dict]:
         for r in (1, 4, 8, 16):
             for budget in (1, r):
                 cache = KVCache(REFERENCE, 1, context, budget)
-                total = (cache.k.numel() + cache.v.numel()) * cache.k.element_size()
+                total = cache.nbytes()
                 rows.append(dict(context=context, r=r, budget=budget, core_bytes=cache.core_bytes(), bytes=total))
                 print(f"  context {context:5} r={r:<2} budget {budget:<2} {total / 2**20:7.2f} MiB "
                       f"(core {cache.core_bytes() / 2**20:.2f})")  # fmt: skip

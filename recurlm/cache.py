@@ -19,9 +19,11 @@ class KVCache:
         assert budget >= 1
         self.cfg, self.budget, self.max_len = cfg, budget, max_len
         n_slots = cfg.n_prelude + cfg.n_core * budget + cfg.n_coda
-        shape = (n_slots, batch, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        # One tensor per slot, not one stacked tensor: a compiled decoding step then writes a slot in place, where
+        # writing through a view of a stacked tensor makes inductor copy the whole cache at every layer.
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_slots)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_slots)]
 
     def slot(self, group: str, index: int, iteration: int = 0) -> int:
         cfg = self.cfg
@@ -40,7 +42,7 @@ class KVCache:
         """The (B, H, T, D) keys and values at the new tokens' positions."""
         if ctx.positions is None:
             end = ctx.start + ctx.cos.size(1)
-            return self.k[slot, :, :, ctx.start : end], self.v[slot, :, :, ctx.start : end]
+            return self.k[slot][:, :, ctx.start : end], self.v[slot][:, :, ctx.start : end]
         rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
         return self.k[slot][rows, :, ctx.positions].transpose(1, 2), self.v[slot][rows, :, ctx.positions].transpose(
             1, 2
@@ -49,12 +51,12 @@ class KVCache:
     def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, ctx):
         if ctx.positions is None:
             end = ctx.start + k.size(2)
-            self.k[slot, :, :, ctx.start : end] = k
-            self.v[slot, :, :, ctx.start : end] = v
+            self.k[slot][:, :, ctx.start : end] = k
+            self.v[slot][:, :, ctx.start : end] = v
             return
         rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
-        self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v.dtype)
+        self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k[slot].dtype)
+        self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v[slot].dtype)
 
     def update(self, slot: tuple[int, int | None], k: torch.Tensor, v: torch.Tensor, ctx):
         """Write the new tokens' (B, H, T, D) keys/values; return every row's keys/values up to ctx.keys.
@@ -92,7 +94,7 @@ class KVCache:
         """A cache of the given rows (in that order; repeats allowed: beam search)."""
         out = KVCache.__new__(KVCache)
         out.cfg, out.budget, out.max_len = self.cfg, self.budget, self.max_len
-        out.k, out.v = self.k[:, rows], self.v[:, rows]
+        out.k, out.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
         return out
 
     @staticmethod
@@ -100,10 +102,13 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         first = parts[0]
         out.cfg, out.budget, out.max_len = first.cfg, first.budget, first.max_len
-        out.k, out.v = torch.cat([p.k for p in parts], dim=1), torch.cat([p.v for p in parts], dim=1)
+        out.k = [torch.cat(slots) for slots in zip(*(p.k for p in parts), strict=True)]
+        out.v = [torch.cat(slots) for slots in zip(*(p.v for p in parts), strict=True)]
         return out
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
 
     def core_bytes(self) -> int:
         """Memory held by the core blocks' slots: depends on the budget, never on r."""
-        per_slot = self.k[0].numel() * self.k.element_size() * 2
-        return self.cfg.n_core * self.budget * per_slot
+        return self.cfg.n_core * self.budget * 2 * self.k[0].nbytes

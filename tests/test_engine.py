@@ -122,11 +122,11 @@ def test_early_exit_fills_skipped_slots_with_final_kv():
     assert steps.tolist() == [2, 2]
     cache = state.cache
     for j in range(len(model.core)):
-        final = cache.k[cache.slot("core", j, 1), :, :, 4]
-        assert not torch.equal(final, cache.k[cache.slot("core", j, 0), :, :, 4])
+        final = cache.k[cache.slot("core", j, 1)][:, :, 4]
+        assert not torch.equal(final, cache.k[cache.slot("core", j, 0)][:, :, 4])
         for i in (2, 3):
-            assert torch.equal(cache.k[cache.slot("core", j, i), :, :, 4], final)
-            assert torch.equal(cache.v[cache.slot("core", j, i), :, :, 4], cache.v[cache.slot("core", j, 1), :, :, 4])
+            assert torch.equal(cache.k[cache.slot("core", j, i)][:, :, 4], final)
+            assert torch.equal(cache.v[cache.slot("core", j, i)][:, :, 4], cache.v[cache.slot("core", j, 1)][:, :, 4])
 
 
 def varied_exit(model, criterion, prompts, r=8):
@@ -312,21 +312,23 @@ def test_abacus_ids_and_cached_decoding():
     )
 
 
-@pytest.mark.parametrize("warm, budget", [(True, 1), (False, 3)])
-def test_compiled_decode_step_matches_eager_without_recompiling(warm, budget):
+# batch 1 is the path whose projections are written as multiply-and-sum (model._product)
+@pytest.mark.parametrize("warm, budget, batch", [(True, 1, 3), (False, 3, 3), (True, 1, 1)])
+def test_compiled_decode_step_matches_eager_without_recompiling(warm, budget, batch):
     model = tiny_model()
     eager, compiled = Engine(model), Engine(model, compile=True)
     pol = policy(3, kv_budget=budget, warm_start=warm)
-    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()]
+    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()][:batch]
     a, b = eager.generate(prompts, 12, pol), compiled.generate(prompts, 12, pol)
     assert a.tokens == b.tokens and a.steps == b.steps
     s1, l1, _ = eager.start(prompts, pol)
     s2, l2, _ = compiled.start(prompts, pol)
     for t in range(4):
-        s1, l1, _ = eager.decode(s1, IDX[:, t].tolist() + [t])
-        s2, l2, _ = compiled.decode(s2, IDX[:, t].tolist() + [t])
+        tokens = (IDX[:, t].tolist() + [t])[:batch]
+        s1, l1, _ = eager.decode(s1, tokens)
+        s2, l2, _ = compiled.decode(s2, tokens)
         assert (l1 - l2).abs().max() <= 1e-5
     # every shape is the cache's: other prompts and positions reuse the compiled step
     with torch._dynamo.config.patch(error_on_recompile=True):
-        other = [IDX[1, 4:6].tolist(), IDX[0, :11].tolist(), IDX[1, :1].tolist()]
+        other = [IDX[1, 4:6].tolist(), IDX[0, :11].tolist(), IDX[1, :1].tolist()][:batch]
         assert compiled.generate(other, 9, pol).tokens == eager.generate(other, 9, pol).tokens
