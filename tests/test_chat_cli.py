@@ -1,5 +1,6 @@
 """`recurlm chat` driven through a pseudo-terminal, as a person uses it."""
 
+import io
 import sys
 from pathlib import Path
 
@@ -48,3 +49,17 @@ def test_terminal_chat_streams_answers_changes_r_and_quits():
     chat.expect(pexpect.EOF)
     chat.close()
     assert chat.exitstatus == 0
+
+
+@pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniAxion checkpoint")
+def test_compiled_chat_session_gives_the_eager_reply():
+    from recurlm.checkpoint import load_checkpoint
+    from recurlm.serve.terminal import ChatSession
+
+    model, tok, configs = load_checkpoint(MINIAXION)
+    policy = configs["inference"].override(exit="none")
+    replies = [
+        ChatSession(model.eval(), tok, configs, policy, compile=compile).reply("What is 47 + 38?", io.StringIO())
+        for compile in (False, True)
+    ]
+    assert replies[0] == replies[1] and "85" in replies[0]

@@ -28,9 +28,11 @@ TRACE_STYLE = {"<THINK>": DIM, "</THINK>": PLAIN, "<STEP>": "  ", "</STEP>": "\n
 
 
 class ChatSession:
-    def __init__(self, model, tok, configs: dict, policy: InferencePolicy, max_new_tokens: int | None = None):
+    def __init__(
+        self, model, tok, configs: dict, policy: InferencePolicy, max_new_tokens: int | None = None, compile=False
+    ):
         self.model, self.tok, self.policy = model, tok, policy
-        self.engine, self.tool = Engine(model, tok.digit_ids), Calculator.for_tokenizer(tok)
+        self.engine, self.tool = Engine(model, tok.digit_ids, compile=compile), Calculator.for_tokenizer(tok)
         self.prompter = Prompter(tok, configs)
         self.chat, self.template = self.prompter.chat, self.prompter.template
         self.max_new_tokens = max_new_tokens or self.prompter.max_new_tokens
