@@ -9,6 +9,8 @@ first, then each preset at its own r (batch capped at 8 x 256 tokens). Per setti
 achieved GFLOP/s (3 x the forward FLOPs per token, `flops_per_token`) and its share of the matmul peak of the same
 dtype measured in this run; compiled settings add the compile time and the graphs compiled when r changes.
 `--profile` then shows where a bf16 step of the reference setting spends its time (torch.profiler).
+`--attention` times causal attention alone, forward and backward, eager and compiled: the CPU flash kernel (SDPA)
+against the written-out form `model.attend` uses for bf16 contexts of at most 256 positions.
 """
 
 import argparse
@@ -21,7 +23,7 @@ from common import machine, matmul_peak, op_profile
 
 from recurlm.config import ModelConfig, load_config
 from recurlm.evaluate import loss_on
-from recurlm.model import build_model
+from recurlm.model import build_model, written_out_causal_attention
 from recurlm.train import compile_blocks
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
@@ -70,12 +72,39 @@ def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
     return row
 
 
+def sdpa_causal(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def attention_speed(repeats: int = 10) -> list[dict]:
+    """ms per forward + backward of causal attention, (B, H, T, D) shapes of the reference setting and longer."""
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for B, H, T, D in ((8, 2, 256, 128), (8, 4, 128, 64), (4, 2, 512, 128), (2, 2, 1024, 128)):
+            row = dict(dtype=str(dtype).removeprefix("torch."), shape=[B, H, T, D])
+            for name, fn in (("sdpa", sdpa_causal), ("written_out", written_out_causal_attention)):
+                for compiled in (False, True):
+                    f = torch.compile(fn, dynamic=False) if compiled else fn
+                    q, k, v = (torch.randn(B, H, T, D, dtype=dtype, requires_grad=True) for _ in range(3))
+                    run = lambda: f(q, k, v).float().square().mean().backward()  # noqa: B023, E731
+                    run()
+                    t0 = time.perf_counter()
+                    for _ in range(repeats):
+                        run()
+                    row[f"{name}{' compiled' if compiled else ''}_ms"] = (time.perf_counter() - t0) / repeats * 1000
+            rows.append(row)
+            times = "  ".join(f"{k.removesuffix('_ms')} {v:6.2f}" for k, v in row.items() if k.endswith("_ms"))
+            print(f"  attention {row['dtype']:<8} {B}x{H}x{T}x{D:<4} ms fwd+bwd: {times}", flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--presets", default="rrslm-addition,miniaxion-0.9m,addition-length")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time each)")
     p.add_argument("--profile", action="store_true", help="then profile a bf16 step of the reference setting")
+    p.add_argument("--attention", action="store_true", help="then time attention alone: flash against written out")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     print(machine())
@@ -103,9 +132,17 @@ def main():
             x, opt = torch.randint(0, REFERENCE.vocab_size, (8, 256)), torch.optim.AdamW(model.parameters(), lr=1e-4)
             label = f"a bf16{' compiled' if compiled else ''} training step, reference setting"
             profiles[label] = op_profile(lambda: step(model, opt, x, 4, True, None, 0), label)  # noqa: B023
+    attention = attention_speed() if args.attention else []
     if args.json:
+        figures = {
+            "machine": machine(),
+            "peak_gflops": peak,
+            "rows": rows,
+            "profiles": profiles,
+            "attention": attention,
+        }
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "peak_gflops": peak, "rows": rows, "profiles": profiles}, f, indent=1)
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

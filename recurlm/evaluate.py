@@ -223,5 +223,4 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
 
 
 def loss_on(model: RecurrentGPT, x, y, recurrences: int, digit_pos=None, bptt_k: int = 0) -> torch.Tensor:
-    logits = model(x, recurrences, digit_pos=digit_pos, bptt_k=bptt_k)
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)
+    return model(x, recurrences, digit_pos=digit_pos, bptt_k=bptt_k, targets=y)

@@ -36,6 +36,26 @@ def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """Scaled dot-product attention of (B, H, T, D) queries over (B, H_kv, S, D) keys and values. bf16 causal
+    attention over at most 256 positions on the CPU is written out: there it ran 1.2-1.9x faster than the CPU flash
+    kernel, forward and backward (`benchmarks/train_speed.py --attention`). Elsewhere SDPA: on GPUs, in fp32 and at
+    longer contexts the flash kernel is as fast or faster."""
+    if causal and q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.size(-2) <= 256:
+        return written_out_causal_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
+
+
+def written_out_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention as scores, mask, softmax (in fp32) and mix; in a compiled block inductor fuses the middle."""
+    if k.size(1) != q.size(1):  # grouped-query attention: each key/value head serves a group of query heads
+        k, v = k.repeat_interleave(q.size(1) // k.size(1), 1), v.repeat_interleave(q.size(1) // v.size(1), 1)
+    T = q.size(-2)
+    scores = (q @ k.transpose(-1, -2)).float() * q.size(-1) ** -0.5
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype) @ v
+
+
 class Linear(nn.Module):
     """y = W x without bias. W is full, or A @ B of rank `rank` (MiniAxion's factorised projections); with
     `lora_count` adapters, adapter i adds B_i A_i x (Relaxed Recursive Transformers; the model passes
@@ -127,9 +147,7 @@ class Attention(nn.Module):
             q = q * (self.logn_gain[:, None, None] * ctx.logn).to(q.dtype)
         if ctx.cache is not None:
             k, v = ctx.cache.update(slot, k, v, ctx)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=self.n_kv != self.n_head
-        )
+        y = attend(q, k, v, ctx.mask, ctx.causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
 
 
@@ -360,12 +378,26 @@ class RecurrentGPT(nn.Module):
             out["logprobs"] = F.log_softmax(out["logits"].float(), dim=-1)
         return out
 
-    def forward(self, idx: torch.Tensor, recurrences: int, digit_pos: torch.Tensor | None = None, bptt_k: int = 0):
-        """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel (training)."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        recurrences: int,
+        digit_pos: torch.Tensor | None = None,
+        bptt_k: int = 0,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel (training); with
+        (B, T) `targets`, the mean cross-entropy against them instead (-1: ignored)."""
         ctx = self.context(idx.size(1))
         e = self.embed(idx, ctx, digit_pos)
         s, _ = self.recur(e, self.init_state(e), recurrences, ctx, bptt_k)
-        return self.head(s, ctx)
+        h = self.coda_out(s, ctx)
+        return self.unembed(h) if targets is None else self.loss(h, targets)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the coda's output against targets: one function, so that `train.compile_blocks` fuses the
+        unembedding, soft-cap, fp32 cast and log-softmax over the vocabulary, which eager runs as separate passes."""
+        return F.cross_entropy(self.unembed(h).float().flatten(0, 1), targets.flatten(), ignore_index=-1)
 
     # ---- accounting ----
 

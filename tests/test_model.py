@@ -159,3 +159,22 @@ def test_nope_drops_rotary_and_nothing_else():
     with torch.no_grad():
         assert not torch.allclose(rope(x, 2), nope(x, 2), atol=1e-4)
         assert torch.allclose(rope(x[:, :1], 2), nope(x[:, :1], 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_written_out_bf16_attention_matches_sdpa(kv_heads):
+    from recurlm.model import attend
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 40, 16, generator=g)
+    k, v = torch.randn(2, 2, kv_heads, 40, 16, generator=g)
+    bf = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    fp = [t.bfloat16().float().requires_grad_() for t in (q, k, v)]
+    fast = attend(*bf, None, True)
+    exact = torch.nn.functional.scaled_dot_product_attention(*fp, is_causal=True, enable_gqa=kv_heads != 4)
+    assert (fast.float() - exact).abs().max() < 2e-2
+    assert (fast[:, :, 0].float() - fp[2][:, :, 0].repeat_interleave(4 // kv_heads, 1)).abs().max() < 1e-2  # causal
+    fast.float().pow(2).sum().backward()
+    exact.pow(2).sum().backward()
+    for a, b in zip(bf, fp, strict=True):
+        assert (a.grad.float() - b.grad).abs().max() < 0.1 * b.grad.abs().max()
