@@ -161,20 +161,29 @@ def test_nope_drops_rotary_and_nothing_else():
         assert torch.allclose(rope(x[:, :1], 2), nope(x[:, :1], 2), atol=1e-6)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_written_out_bf16_attention_matches_sdpa(kv_heads):
-    from recurlm.model import attend
+@pytest.mark.parametrize("kv_heads, autocast", [(4, False), (2, False), (4, True)])
+def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch):
+    import recurlm.model as model
 
+    calls = []
+    written_out = model.written_out_causal_attention
+    monkeypatch.setattr(model, "written_out_causal_attention", lambda *a: calls.append(1) or written_out(*a))
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 40, 16, generator=g)
     k, v = torch.randn(2, 2, kv_heads, 40, 16, generator=g)
-    bf = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    # under autocast the rotary tables leave queries and keys in fp32 (as in the model)
+    bf = [t.bfloat16().float() if autocast else t.bfloat16() for t in (q, k, v)]
+    bf = [t.requires_grad_() for t in bf]
     fp = [t.bfloat16().float().requires_grad_() for t in (q, k, v)]
-    fast = attend(*bf, None, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fast = model.attend(*bf, None, True)
     exact = torch.nn.functional.scaled_dot_product_attention(*fp, is_causal=True, enable_gqa=kv_heads != 4)
+    assert calls and fast.dtype == torch.bfloat16
     assert (fast.float() - exact).abs().max() < 2e-2
     assert (fast[:, :, 0].float() - fp[2][:, :, 0].repeat_interleave(4 // kv_heads, 1)).abs().max() < 1e-2  # causal
     fast.float().pow(2).sum().backward()
     exact.pow(2).sum().backward()
     for a, b in zip(bf, fp, strict=True):
         assert (a.grad.float() - b.grad).abs().max() < 0.1 * b.grad.abs().max()
+    model.attend(*fp, None, True)  # fp32: the flash kernel
+    assert len(calls) == 1
