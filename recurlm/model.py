@@ -38,7 +38,7 @@ def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
     """Scaled dot-product attention of (B, H, T, D) queries over (B, H_kv, S, D) keys and values. bf16 causal
-    attention over at most 256 positions on the CPU is written out: there it ran 1.2-1.9x faster than the CPU flash
+    attention over at most 256 positions on the CPU is written out: there it ran 1.35-2x faster than the CPU flash
     kernel, forward and backward (`benchmarks/train_speed.py --attention`). Elsewhere SDPA: on GPUs, in fp32 and at
     longer contexts the flash kernel is as fast or faster."""
     device = q.device.type
