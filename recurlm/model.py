@@ -41,11 +41,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     attention over at most 256 positions on the CPU is written out: there it ran 1.35-2x faster than the CPU flash
     kernel, forward and backward (`benchmarks/train_speed.py --attention`). Elsewhere SDPA: on GPUs, in fp32 and at
     longer contexts the flash kernel is as fast or faster."""
-    device = q.device.type
-    autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-    if causal and device == "cpu" and (q.dtype == torch.bfloat16 or autocast) and q.size(-2) <= 256:
+    if causal and q.device.type == "cpu" and q.size(-2) <= 256 and _computes_in_bf16(q):
         return written_out_causal_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
+
+
+def _computes_in_bf16(q: torch.Tensor) -> bool:
+    """bf16 tensors, or bf16 autocast (whose fp32 rotary tables leave queries and keys in fp32)."""
+    device = q.device.type
+    return q.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+    )
 
 
 def written_out_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
