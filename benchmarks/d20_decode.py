@@ -15,8 +15,8 @@ import torch
 from common import machine
 
 from recurlm.config import load_config
-from recurlm.engine import Engine
-from recurlm.model import build_model
+from recurlm.inference.engine import Engine
+from recurlm.network.model import build_model
 
 
 def main():
@@ -28,15 +28,15 @@ def main():
     print(machine())
     configs = load_config("recursive-nanochat-d20")
     torch.manual_seed(0)
-    model = build_model(configs["model"]).eval()
+    model = build_model(configs.model).eval()
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     print(f"recursive-nanochat-d20: {params / 1e6:.0f}M parameters, {args.dtype}")
     engine = Engine(model)
-    prompt = torch.randint(0, configs["model"].vocab_size, (1, 64), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, configs.model.vocab_size, (1, 64), generator=torch.Generator().manual_seed(1))
     for r in map(int, args.recurrences.split(",")):
-        policy = configs["inference"].override(recurrences=r, temperature=0.0, kv_budget=1, warm_start=True)
+        policy = configs.inference.override(recurrences=r, temperature=0.0, kv_budget=1, warm_start=True)
         with torch.no_grad():
             state, _, _ = engine.start(prompt.tolist(), policy, max_len=64 + args.new)
             cache = state.cache

@@ -31,14 +31,14 @@ import time
 import torch
 from common import machine, matmul_peak, op_profile, read_bandwidth
 
-from recurlm.cache import KVCache
 from recurlm.checkpoint import load_checkpoint
 from recurlm.config import InferencePolicy, ModelConfig
-from recurlm.data import prompt_ids, task_from_configs, trained_task_names
-from recurlm.engine import Engine
-from recurlm.evaluate import question
-from recurlm.model import build_model
-from recurlm.speculative import speculate
+from recurlm.inference.engine import Engine
+from recurlm.inference.speculative import speculate
+from recurlm.network.cache import KVCache
+from recurlm.network.model import build_model
+from recurlm.tasks.runs import task_from_configs, trained_task_names
+from recurlm.text.prompting import example_ids, example_question
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
@@ -141,11 +141,11 @@ def trained_prompts(path: str, split: str, n_prompts: int):
     (or val) prompts of each task it trained on, with the tasks and examples that score the answers."""
     model, tok, configs = load_checkpoint(path)
     engine = Engine(model, tok.digit_ids)
-    exact = configs["inference"].override(temperature=0.0, recurrences=8, kv_budget=8, warm_start=False, exit="none")
+    exact = configs.inference.override(temperature=0.0, recurrences=8, kv_budget=8, warm_start=False, exit="none")
     tasks = [task_from_configs(name, configs) for name in trained_task_names(configs)]
     pairs = [(task, ex) for task in tasks for ex in task.generate(split, n_prompts)]
     owners, examples = zip(*pairs, strict=True)
-    prompts = [prompt_ids(tok, question(tok, ex)) for ex in examples]
+    prompts = [example_ids(tok, example_question(tok, ex)) for ex in examples]
     return engine, tok, exact, prompts, owners, examples
 
 

@@ -22,9 +22,8 @@ import torch
 from common import machine, matmul_peak, op_profile
 
 from recurlm.config import ModelConfig, load_config
-from recurlm.evaluate import loss_on
-from recurlm.model import build_model, written_out_causal_attention
-from recurlm.train import compile_blocks
+from recurlm.network.model import build_model, written_out_causal_attention
+from recurlm.training.trainer import compile_blocks
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
@@ -32,7 +31,7 @@ REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_p
 def step(model, opt, x, r, amp, digit_pos, bptt_k) -> float:
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        loss = loss_on(model, x, x, r, digit_pos, bptt_k)
+        loss = model(x, r, digit_pos=digit_pos, bptt_k=bptt_k, targets=x)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -113,10 +112,10 @@ def main():
     cases = [("reference (2,4,2) w256 8x256", REFERENCE, 4, 8, 256, 0)]
     for name in filter(None, args.presets.split(",")):
         configs = load_config(name)
-        cfg, T = configs["model"], min(configs["model"].seq_len, 256)
-        batch = max(1, min(configs["train"].batch_size, 8 * 256 // T))
-        cases.append((f"{name} {batch}x{T}", cfg, configs["inference"].recurrences, batch, T,
-                      configs["recurrence"].bptt_k))  # fmt: skip
+        cfg, T = configs.model, min(configs.model.seq_len, 256)
+        batch = max(1, min(configs.train.batch_size, 8 * 256 // T))
+        cases.append((f"{name} {batch}x{T}", cfg, configs.inference.recurrences, batch, T,
+                      configs.recurrence.bptt_k))  # fmt: skip
     rows = []
     modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if args.compile else [])
     for name, cfg, r, batch, T, bptt_k in cases:

@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from recurlm.config import build_configs, configs_to_dict, merge, migrate
+from recurlm.config import build_configs, merge, migrate
 from recurlm.errors import UserError
-from recurlm.model import RecurrentGPT, build_model
-from recurlm.tokenizer import Tokenizer
+from recurlm.network.model import RecurrentGPT, build_model
+from recurlm.text.tokenizer import Tokenizer
 
 
 def build_tokenizer(configs: dict, texts=()) -> Tokenizer:
     """The tokenizer a config asks for: a char alphabet, or BPE trained on `texts` (bytes only when empty)."""
-    tcfg, mcfg = configs["tokenizer"], configs["model"]
+    tcfg, mcfg = configs.tokenizer, configs.model
     if tcfg.kind == "char":
         tok = Tokenizer.char(tcfg.alphabet, tcfg.specials)
     else:
@@ -41,7 +41,7 @@ def save_checkpoint(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "config.json").write_text(json.dumps(configs_to_dict(configs), indent=2))
+    (tmp / "config.json").write_text(json.dumps(configs.to_dict(), indent=2))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     tokenizer.save(tmp / "tokenizer.json")
     if optimizer_state is not None:
@@ -83,7 +83,7 @@ def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, T
     weights = ckpt_dir / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"checkpoint has no model.safetensors: {ckpt_dir}")
-    model = build_model(configs["model"], device)
+    model = build_model(configs.model, device)
     if str(device) == "meta":  # config and tokenizer only
         return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs
     try:

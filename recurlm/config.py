@@ -10,13 +10,35 @@ override the preset. Every field is read by the code (see tests/test_config.py a
 """
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 from recurlm.errors import UserError
-from recurlm.exits import parse_exit
+
+# The exit criteria recurlm.network.exits implements (tests/test_engine.py checks the two lists agree): named here
+# so that the grammar of an exit spec is checked in one place, whatever reads it (flags, requests, config files).
+EXIT_CRITERIA = ("latent", "kl")
+
+
+def parse_exit(spec: str | None) -> tuple[str, float] | None:
+    """'none' -> None; 'latent:0.03' -> ('latent', 0.03): stop once the measure falls below the threshold."""
+    if spec is None or spec == "none":
+        return None
+    if not isinstance(spec, str):
+        raise UserError(f"an exit criterion is a string such as latent:0.03, got {spec!r}")
+    name, _, value = spec.partition(":")
+    if name not in EXIT_CRITERIA:
+        raise UserError(f"unknown exit criterion {spec!r}: use none, " + " or ".join(f"{c}:EPS" for c in EXIT_CRITERIA))
+    try:
+        eps = float(value)
+    except ValueError:
+        raise UserError(f"exit criterion {spec!r} needs a number after the colon, e.g. {name}:0.03") from None
+    if not (math.isfinite(eps) and eps >= 0):
+        raise UserError(f"exit threshold must be a finite number >= 0, got {spec!r}")
+    return name, eps
 
 
 def _at_least(section: str, obj, minimum: int, names: tuple[str, ...]):
@@ -126,15 +148,20 @@ class InferencePolicy:
     def __post_init__(self):
         _at_least("inference", self, 0, ("recurrences", "max_steps", "top_k"))
         _at_least("inference", self, 1, ("min_steps", "kv_budget"))
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError(
-                f"inference: temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
-            )
+        # `not 0 <= t` rather than `t < 0`: NaN fails every comparison and must not pass
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"inference.temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"inference.top_p must be in (0, 1], got {self.top_p}")
         parse_exit(self.exit)
 
     def override(self, **values) -> "InferencePolicy":
-        """A copy with every value that is not None replaced (and checked)."""
-        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+        """A copy with every value that is not None replaced (and checked). The result runs a model, so its r is
+        resolved: at least 1 (0, "the training mean", exists only until `build_configs` resolves it)."""
+        out = dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+        if out.recurrences < 1:
+            raise UserError(f"recurrences must be >= 1, got {out.recurrences}")
+        return out
 
     @property
     def steps_cap(self) -> int:
@@ -357,8 +384,13 @@ def parse_overrides(pairs: list[str], stages: dict | None = None) -> dict:
     return update
 
 
-def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> dict:
-    """Preset, then config file, then --set overrides; returns {section: dataclass instance}."""
+def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> "RunConfig":
+    """Preset, then config file, then --set overrides."""
+    return build_configs(config_values(preset, config_file, overrides))
+
+
+def config_values(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> dict:
+    """The merged {section: {key: value}} of a preset, a config file and --set overrides, checked but not built."""
     values: dict = {}
     if preset:
         values = merge(values, read_preset(preset), f"preset {preset}")
@@ -367,26 +399,49 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
         if not path.is_file():
             raise UserError(f"config file not found: {config_file}")
         values = merge(values, _read_toml(path.read_text(), config_file), config_file)
-    values = merge(values, parse_overrides(list(overrides), values.get(STAGE, {})), "--set")
-    return build_configs(values)
+    return merge(values, parse_overrides(list(overrides), values.get(STAGE, {})), "--set")
 
 
-def build_configs(values: dict) -> dict:
-    """{section: dataclass} plus 'stage': {name: StageConfig}, in the order the stages were declared. Defaults that
-    depend on another section are resolved here, so a checkpoint records the values it ran with."""
+@dataclass
+class RunConfig:
+    """Everything a run is: its architecture, training depth, default inference policy, tokenizer, training settings
+    and stages (in the order they were declared). A checkpoint's config.json is `to_dict()` of it."""
+
+    model: ModelConfig
+    recurrence: RecurrenceConfig
+    inference: InferencePolicy
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    stages: dict[str, StageConfig]
+
+    def replace(self, **sections) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> dict:
+        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        out[STAGE] = {name: dataclasses.asdict(c) for name, c in self.stages.items()}
+        return out
+
+
+def build_configs(values: dict) -> RunConfig:
+    """The RunConfig of merged values. Defaults that depend on another section are resolved here, so a checkpoint
+    records the values it ran with."""
     recurrence = RecurrenceConfig(**values.get("recurrence", {}))
     model = dict(values.get("model", {}))
     if model.get("recur_lora_rank") and not model.get("recur_lora_count"):
         model["recur_lora_count"] = recurrence.max
-    configs = {"model": ModelConfig(**model), "recurrence": recurrence}
+    model = ModelConfig(**model)
     inference = InferencePolicy(**values.get("inference", {}))
     if not inference.recurrences:
-        r = round(recurrence.mean) if configs["model"].n_core else 1
-        inference = inference.override(recurrences=r)
-    configs["inference"] = inference
-    configs.update({s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS if s not in configs})
-    configs[STAGE] = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
-    return configs
+        inference = inference.override(recurrences=round(recurrence.mean) if model.n_core else 1)
+    return RunConfig(
+        model,
+        recurrence,
+        inference,
+        TokenizerConfig(**values.get("tokenizer", {})),
+        TrainConfig(**values.get("train", {})),
+        {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()},
+    )
 
 
 def migrate(raw: dict) -> dict:
@@ -401,10 +456,4 @@ def migrate(raw: dict) -> dict:
             out[section] = {**out[section], name: model.pop(key)}
     if model.get("recur_lora_rank") and not model.get("recur_lora_count"):
         model["recur_lora_count"] = out["recurrence"].get("max", RecurrenceConfig.max)
-    return out
-
-
-def configs_to_dict(configs: dict) -> dict:
-    out = {s: dataclasses.asdict(configs[s]) for s in SECTIONS}
-    out[STAGE] = {name: dataclasses.asdict(c) for name, c in configs.get(STAGE, {}).items()}
     return out

@@ -16,7 +16,7 @@ attention: Korthikanti et al. 2022) and the logits (bf16, their fp32 soft-capped
 import argparse
 
 from recurlm.config import load_config
-from recurlm.model import build_model
+from recurlm.network.model import build_model
 
 PRESETS = ("recursive-nanochat-d20", "nanochat-d20")
 SPEEDRUN = ["batch_size=16", "grad_accum=2"]  # the script's batch: nanochat's 524,288 tokens per step on 8 GPUs
@@ -25,7 +25,7 @@ GB = 1e9
 
 def plan(preset: str, nproc: int, peak_tflops: float, mfu: float, overrides=()) -> list[dict]:
     configs = load_config(preset, overrides=list(overrides))
-    mcfg, tcfg, rec = configs["model"], configs["train"], configs["recurrence"]
+    mcfg, tcfg, rec = configs.model, configs.train, configs.recurrence
     model = build_model(mcfg, device="meta")  # shapes only: nothing allocated
     r = max(1, round(rec.mean)) if model.core else 1
     kept = min(r, rec.bptt_k) if model.core and rec.bptt_k else r  # recurrences that backpropagate
@@ -36,7 +36,7 @@ def plan(preset: str, nproc: int, peak_tflops: float, mfu: float, overrides=()) 
     block_matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "wte" not in n)
     optimizer = 4 * (block_matrices + 2 * (params - block_matrices)) if tcfg.optimizer == "muon" else 8 * params
     rows = []
-    for name, stage in configs["stage"].items():
+    for name, stage in configs.stages.items():
         seq = stage.seq_len or mcfg.seq_len
         tokens_per_gpu = tcfg.batch_size * tcfg.grad_accum * seq  # per optimizer step
         layer_passes = mcfg.n_prelude + mcfg.n_coda + mcfg.n_core * kept

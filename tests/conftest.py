@@ -2,7 +2,7 @@ import pytest
 from test_train import TINY
 
 from recurlm.config import load_config
-from recurlm.train import train
+from recurlm.training.trainer import train
 
 
 @pytest.fixture(scope="session")

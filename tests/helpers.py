@@ -1,7 +1,7 @@
 import torch
 
 from recurlm.config import InferencePolicy, ModelConfig
-from recurlm.model import build_model
+from recurlm.network.model import build_model
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -4,8 +4,8 @@ import time
 import pytest
 
 from recurlm.errors import UserError
-from recurlm.sandbox import run_python
 from recurlm.tasks import get_task, read_jsonl, split_of, write_jsonl
+from recurlm.tasks.sandbox import run_python
 
 ARC_ROW = {
     "id": "q1",

@@ -54,10 +54,10 @@ def test_terminal_chat_streams_answers_changes_r_and_quits():
 @pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniAxion checkpoint")
 def test_compiled_chat_session_gives_the_eager_reply():
     from recurlm.checkpoint import load_checkpoint
-    from recurlm.serve.terminal import ChatSession
+    from recurlm.cli.chat import ChatSession
 
     model, tok, configs = load_checkpoint(MINIAXION)
-    policy = configs["inference"].override(exit="none")
+    policy = configs.inference.override(exit="none")
     replies = [
         ChatSession(model.eval(), tok, configs, policy, compile=compile).reply("What is 47 + 38?", io.StringIO())
         for compile in (False, True)

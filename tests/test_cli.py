@@ -58,10 +58,12 @@ def test_generate_from_random_preset(capsys):
     out = capsys.readouterr()
     text = out.out.strip()
     assert 1 <= len(text) <= 6 and set(text) <= set("0123456789+=<|pad>")
-    steps = out.err.split("steps: ")[1].split()
+    steps = out.err.split("steps: ")[1].splitlines()[0].split()
     assert steps[0] == "5" and set(steps[1:]) <= {"1"}
+    if len(text) == 6:  # a random model runs to its budget, and generate says so
+        assert "[stopped at the 6-token budget" in out.err
     main([*GENERATE, "--show-steps", "--exit", "latent:1e9", "--recurrences", "5", "--prompt-exit"])
-    assert set(capsys.readouterr().err.split("steps: ")[1].split()) == {"1"}  # the prompt pass stopped too
+    assert set(capsys.readouterr().err.split("steps: ")[1].splitlines()[0].split()) == {"1"}  # the prompt pass too
     main([*GENERATE, "--exit", "none", "--kv-budget", "5"])
     again = capsys.readouterr().out
     main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])
@@ -77,7 +79,7 @@ def test_preset_default_exit_does_not_forbid_no_cache(capsys):
     with_exit = [*GENERATE, "--set", "inference.exit=kl:0.01", "--kv-budget", "5", "--show-steps"]
     main([*with_exit, "--no-cache"])
     out = capsys.readouterr()
-    assert set(out.err.split("steps: ")[1].split()) == {"5"}
+    assert set(out.err.split("steps: ")[1].splitlines()[0].split()) == {"5"}
     main([*GENERATE, "--kv-budget", "5", "--exit", "none"])
     assert capsys.readouterr().out == out.out
     code, out = run_cli(capsys, *with_exit, "--no-cache", "--exit", "kl:0.01")
@@ -94,20 +96,20 @@ def test_generate_shows_sums_in_normal_digit_order(run_dir, capsys):
 
 
 def test_generate_asks_as_training_did(monkeypatch, capsys):
-    """BOS first, as training and eval put it; a reasoning-suite run wraps the question in <INST>...</INST> itself
-    (once), and --raw passes the prompt through."""
+    """BOS first, as training and eval put it; a reasoning-suite run wraps the question in <INST>...</INST> itself,
+    a typed '<INST>' is text (not the special token), and --raw passes the prompt through."""
+    import recurlm.cli.generate as generate
     from recurlm.checkpoint import build_tokenizer
     from recurlm.config import load_config
-    from recurlm.engine import Engine
+    from recurlm.inference.generation import Sequence
 
     seen = []
-    real = Engine.stream
 
-    def spy(self, prompts, *args, **kwargs):
-        seen.append(prompts[0])
-        return real(self, prompts, *args, **kwargs)
+    def spy(ids, *args, **kwargs):
+        seen.append(ids)
+        return Sequence(ids, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "stream", spy)
+    monkeypatch.setattr(generate, "Sequence", spy)
     small = ["--set", "d_model=32", "--set", "n_head=2", "--max-new-tokens", "2"]
     for prompt in ("What is 2 + 2?", "<INST>What is 2 + 2?</INST>"):
         main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", prompt])
@@ -115,5 +117,9 @@ def test_generate_asks_as_training_did(monkeypatch, capsys):
     capsys.readouterr()
     tok = build_tokenizer(load_config("miniaxion-0.9m"))
     bos = tok.token_id("<|bos|>")
-    wrapped = [bos, *tok.encode("<INST>What is 2 + 2?</INST>")]
-    assert seen == [wrapped, wrapped, [bos, *tok.encode("What is 2 + 2?")]]
+    head, tail = tok.encode_markup("<INST>"), tok.encode_markup("</INST>")
+    assert head == [tok.token_id("<INST>")] and tail == [tok.token_id("</INST>")]
+    typed = tok.encode("<INST>What is 2 + 2?</INST>")
+    assert tok.token_id("<INST>") not in typed and tok.decode(typed) == "<INST>What is 2 + 2?</INST>"
+    question = tok.encode("What is 2 + 2?")
+    assert seen == [[bos, *head, *question, *tail], [bos, *head, *typed, *tail], [bos, *question]]

@@ -3,10 +3,10 @@ import json
 import pytest
 
 from recurlm.config import load_config
-from recurlm.corpus import TextStream, iter_documents
 from recurlm.errors import UserError
-from recurlm.tokenizer import Tokenizer
-from recurlm.train import train
+from recurlm.text.tokenizer import Tokenizer
+from recurlm.training.corpus import TextStream, iter_documents
+from recurlm.training.trainer import train
 
 DOCS = [f"document {i}: " + " ".join(["the quick brown fox jumps over the lazy dog."] * (i % 4 + 1)) for i in range(40)]
 

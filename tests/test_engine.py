@@ -2,8 +2,10 @@ import pytest
 import torch
 from helpers import policy, tiny_model
 
-from recurlm.engine import DecodeState, Engine, sample
 from recurlm.errors import UserError
+from recurlm.inference.engine import Engine
+from recurlm.inference.sampling import sample
+from recurlm.inference.state import DecodeState
 
 IDX = torch.randint(0, 37, (2, 14), generator=torch.Generator().manual_seed(1))
 
@@ -251,6 +253,9 @@ def test_sampling():
     top3 = logits.topk(3).indices
     assert all(set(draws[:, b].tolist()) <= set(top3[b].tolist()) for b in range(4))
     assert len(set(draws[:, 0].tolist())) > 1
+    for tiny in (1e-38, 1e-300, 5e-324):  # once NaN probabilities (0 / 0 in float32): now greedy in effect
+        assert torch.equal(sample(logits * 100, tiny, generator=g()), greedy)
+        assert torch.equal(sample(logits.bfloat16(), tiny, top_p=0.5, generator=g()), logits.bfloat16().argmax(-1))
 
 
 def test_sampled_rows_do_not_depend_on_their_batch():
@@ -283,7 +288,7 @@ def test_stop_tokens_streaming_and_context_limit():
 
 
 def test_abacus_ids_and_cached_decoding():
-    from recurlm.tokenizer import Tokenizer, significance_ids
+    from recurlm.text.tokenizer import Tokenizer, significance_ids
 
     tok = Tokenizer.char("0123456789+=", "pad")
     ids = tok.encode("123+45=") + tok.encode("861")

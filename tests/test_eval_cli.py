@@ -100,7 +100,7 @@ def test_eval_exits_beam_and_max_steps(run_dir, tmp_path, capsys):
 def test_chatcore_over_benchmark_tasks(tmp_path, capsys):
     """A BPE model scored on MMLU (letter logits) and SpellingBee (generated): ChatCORE in the table and the JSON."""
     from recurlm.config import load_config
-    from recurlm.train import train
+    from recurlm.training.trainer import train
 
     tiny = ["d_model=32", "n_head=2", "mlp_hidden=64", "batch_size=4", "eval_n=1", "stage.sft.steps=2"]
     run = tmp_path / "bpe"

@@ -4,11 +4,13 @@ import pytest
 import torch
 from helpers import policy, tiny_model
 
-from recurlm.data import prompt_ids
-from recurlm.engine import Engine
-from recurlm.evaluate import centred_mean, chatcore, evaluate
+from recurlm.config import build_configs
+from recurlm.evaluation.metrics import centred_mean, chatcore
+from recurlm.evaluation.scoring import evaluate
+from recurlm.inference.engine import Engine
 from recurlm.tasks import Example, Task, get_task
-from recurlm.tokenizer import Tokenizer
+from recurlm.text.prompting import example_ids
+from recurlm.text.tokenizer import Tokenizer
 
 TOK = Tokenizer.char("0123456789+=ABCD?", specials="all")
 
@@ -39,7 +41,7 @@ def test_multiple_choice_scores_the_letter_logits_in_one_forward():
     letters = [TOK.encode(c)[0] for c in "ABCD"]
     for ex, out in zip(examples, res["examples"], strict=True):
         with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids(TOK, ex.prompt)]), 3)[0, -1]
+            logits = model(torch.tensor([example_ids(TOK, ex.prompt)]), 3)[0, -1]
         assert out["output"] == "ABCD"[int(logits[letters].argmax())]
         assert out["correct"] == float(out["output"] == ex.answer)
     assert res["mean_steps"] == 3 and res["accuracy"] == sum(e["correct"] for e in res["examples"]) / len(examples)
@@ -101,12 +103,12 @@ def test_max_steps_caps_adaptive_exit_of_generated_tokens():
 
 def test_generation_budget_is_the_tasks_not_the_answers_length(tmp_path):
     """A trace model must not be cut off at the reference answer's length: the budget comes from the task."""
-    from recurlm.evaluate import file_sets
+    from recurlm.evaluation.scoring import file_sets
     from recurlm.tasks import write_jsonl
 
     def budget(examples, override=None):
         write_jsonl(examples, tmp_path / "set.jsonl")
-        return file_sets(str(tmp_path / "set.jsonl"), {}, max_new_tokens=override)[0].max_new_tokens
+        return file_sets(str(tmp_path / "set.jsonl"), build_configs({}), max_new_tokens=override)[0].max_new_tokens
 
     task = get_task("arithmetic")
     no_trace = [Example(ex.prompt, ex.answer, task="arithmetic") for ex in task.generate("val", 3)]
@@ -119,11 +121,11 @@ def test_generation_budget_is_the_tasks_not_the_answers_length(tmp_path):
 
 
 def test_data_files_are_scored_per_difficulty(tmp_path):
-    from recurlm.evaluate import file_sets
+    from recurlm.evaluation.scoring import file_sets
     from recurlm.tasks import write_jsonl
 
     examples = get_task("addition", max_digits=3).generate("test", 30, seed=0)
     write_jsonl(examples, tmp_path / "set.jsonl")
-    sets = file_sets(str(tmp_path / "set.jsonl"), {}, limit=2)
+    sets = file_sets(str(tmp_path / "set.jsonl"), build_configs({}), limit=2)
     assert [(s.difficulty, len(s.examples)) for s in sets] == [(1, 2), (2, 2), (3, 2)]
     assert all(ex.difficulty == s.difficulty for s in sets for ex in s.examples)

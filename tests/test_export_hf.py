@@ -12,10 +12,10 @@ import torch
 from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
 from recurlm.cli import main
 from recurlm.config import load_config
-from recurlm.engine import Engine
-from recurlm.exits import Halting
-from recurlm.model import build_model
-from recurlm.tokenizer import significance_ids
+from recurlm.inference.engine import Engine
+from recurlm.network.exits import Halting
+from recurlm.network.model import build_model
+from recurlm.text.tokenizer import significance_ids
 
 pytest.importorskip("transformers")
 
@@ -63,7 +63,7 @@ json.dump(out, open(sys.argv[2], "w"))
 
 def perturbed(configs, seed):
     torch.manual_seed(seed)
-    model = build_model(configs["model"])
+    model = build_model(configs.model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))  # blocks start as identities: perturb so that equality means something
@@ -108,9 +108,9 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
     bos = tok.token_id("<|bos|>")
     assert ids[:1] == ([bos] if bos is not None else ids[:1])  # the tokenizer puts BOS first, as recurlm does
     digit_pos = None
-    if configs["model"].abacus:
+    if configs.model.abacus:
         digit_pos = torch.tensor([significance_ids(ids, len(ids), tok.digit_ids)])
-    default_r = configs["inference"].recurrences
+    default_r = configs.inference.recurrences
     assert res["default_r"] == default_r
     for r in (1, 2):
         got = torch.tensor(res["logits"][str(r)])
@@ -123,21 +123,21 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
         with torch.no_grad():
             ctx = model.context(len(ids))
             e = model.embed(x, ctx, digit_pos)
-            s, steps = model.recur(e, model.init_state(e), Halting.build([(4, 1, spec)]), ctx)
-            want = model.head(s, ctx)[0]
+            run = model.recur_until(e, model.init_state(e), Halting.build([(4, 1, spec)]), ctx)
+            want, steps = model.head(run.state, ctx)[0], run.steps
         got = res["exit"][spec]
         assert torch.allclose(torch.tensor(got["logits"]), want, atol=1e-5)
         assert got["steps"] == steps[0].tolist()
         varied |= len(set(got["steps"])) > 1
-    assert varied or not configs["model"].n_core  # some threshold stops tokens at different iterations
+    assert varied or not configs.model.n_core  # some threshold stops tokens at different iterations
 
     # greedy generation: recurlm's engine with an exact cache (budget r, cold start) gives the same tokens (not
     # with a random initial state: the engine seeds its noise per sequence, transformers draws from torch's generator)
-    if configs["model"].state_init == "random":
+    if configs.model.state_init == "random":
         return
-    pol = configs["inference"].override(recurrences=2, kv_budget=2, warm_start=False, exit="none")
+    pol = configs.inference.override(recurrences=2, kv_budget=2, warm_start=False, exit="none")
     torch.manual_seed(0)
-    gen = Engine(model, tok.digit_ids if configs["model"].abacus else None).generate([ids], 6, pol, tok.stop_ids)
+    gen = Engine(model, tok.digit_ids if configs.model.abacus else None).generate([ids], 6, pol, tok.stop_ids)
     assert res["generated"][: len(gen.tokens[0])] == gen.tokens[0]
 
 

@@ -12,9 +12,9 @@ import torch
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.cli import main
-from recurlm.engine import Engine
 from recurlm.errors import UserError
 from recurlm.importers.nanochat import import_nanochat
+from recurlm.inference.engine import Engine
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nanochat"
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="no nanochat reference checkpoints beside the project")
@@ -54,7 +54,7 @@ def test_greedy_decoding_matches_the_reference_engine(imported):
     ref = expected(kind)
     stops = [tok.token_id("<|assistant_end|>"), tok.token_id("<|bos|>")]
     for key in KEYS[kind]:
-        policy = configs["inference"].override(recurrences=depth(key), temperature=0.0)  # budget 1, warm start
+        policy = configs.inference.override(recurrences=depth(key), temperature=0.0)  # budget 1, warm start
         out = Engine(model).generate(ref["prompts"], 12, policy, stop_tokens=stops)
         for got, want, margins in zip(out.tokens, ref["greedy"][key], ref["greedy_margins"][key], strict=True):
             sure = next((i for i, m in enumerate(margins) if m < 0.1), len(want))
@@ -66,20 +66,20 @@ def test_tokenizer_gives_nanochats_ids(imported):
     for text, ids in expected(kind)["encode"].items():
         assert tok.encode(text) == ids and tok.decode(ids) == text
     for special in ("<|bos|>", "<|user_start|>", "<|assistant_end|>", "<|python_start|>", "<|output_end|>"):
-        assert len(tok.encode(special)) == 1
+        assert len(tok.encode_markup(special)) == 1 and len(tok.encode(special)) > 1  # typed, it is text
 
 
 def test_imported_config(imported):
     kind, model, tok, configs = imported
-    cfg = configs["model"]
+    cfg = configs.model
     assert (cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.vocab_size, cfg.seq_len) == (128, 4, 2, 433, 64)
     assert (cfg.mlp, cfg.tie_embeddings, cfg.logit_softcap, tok.vocab_size) == ("relu2", False, 15.0, 433)
     if kind == "plain":
         assert (cfg.n_prelude, cfg.n_core, cfg.n_coda) == (3, 0, 0)
-        assert not configs["inference"].warm_start
+        assert not configs.inference.warm_start
     else:
         assert (cfg.n_prelude, cfg.n_core, cfg.n_coda, cfg.inject) == (1, 2, 1, "concat_linear")
-        rec, inf = configs["recurrence"], configs["inference"]
+        rec, inf = configs.recurrence, configs.inference
         assert (rec.schedule, rec.mean, rec.max, rec.bptt_k) == ("poisson_lognormal", 4.0, 16, 4)
         assert (inf.recurrences, inf.kv_budget, inf.warm_start) == (4, 1, True)
 
@@ -149,7 +149,7 @@ def test_import_refuses_a_damaged_weights_file(tmp_path):
 
 
 def test_chat_rendering_gives_nanochats_ids_and_mask(imported):
-    from recurlm.chat import parse_reply, render_conversation, render_prompt
+    from recurlm.text.chat import parse_reply, render_conversation, render_prompt
 
     kind, _, tok, _ = imported
     ref = expected(kind)
@@ -164,10 +164,12 @@ def test_chat_rendering_gives_nanochats_ids_and_mask(imported):
         render_conversation(tok, [{"role": "assistant", "content": "hi"}])
 
 
-def scripted(engine, tok, texts: list[str]):
-    """Make the engine 'sample' each row's script (text with specials, padded with 'x' to one length, so that rows
+def scripted(monkeypatch, tok, texts: list[str]):
+    """Make generation 'sample' each row's script (text with specials, padded with 'x' to one length, so that rows
     keep their places in the batch), then the stop token, whatever the logits."""
-    scripts = [tok.encode(t) for t in texts]
+    import recurlm.inference.generation as generation
+
+    scripts = [tok.encode_markup(t) for t in texts]
     scripts = [s + tok.encode("x") * (max(map(len, scripts)) - len(s)) for s in scripts]
     step = {"n": 0}
 
@@ -177,12 +179,11 @@ def scripted(engine, tok, texts: list[str]):
         rows = len(policies)
         return torch.tensor([s[n] if n < len(s) else tok.token_id("<|assistant_end|>") for s in scripts[:rows]])
 
-    engine._sample = sample
-    return engine
+    monkeypatch.setattr(generation, "sample_rows", sample)
 
 
-def test_calculator_results_are_forced_into_the_row_that_called_it(tmp_path):
-    from recurlm.tools import Calculator
+def test_calculator_results_are_forced_into_the_row_that_called_it(tmp_path, monkeypatch):
+    from recurlm.text.calculator import Calculator
 
     model, tok, configs = import_nanochat(REFERENCE / CHECKPOINTS["recursive"])
     prompt = [tok.token_id("<|bos|>"), *tok.encode("Hi")]
@@ -192,14 +193,15 @@ def test_calculator_results_are_forced_into_the_row_that_called_it(tmp_path):
         f"<|python_start|>__import__('os').system('touch {marker}')<|python_end|>yyyy",
         '<|python_start|>"strawberry".count("r")<|python_end|>zzzzzz',
     ]
-    engine = scripted(Engine(model), tok, calls)
+    engine = Engine(model)
+    scripted(monkeypatch, tok, calls)
     fed = []
     decode = engine.decode
     engine.decode = lambda state, tokens: fed.append(tokens.tolist()) or decode(state, tokens)
     out = engine.generate(
         [prompt] * 3,
         40,
-        configs["inference"],
+        configs.inference,
         stop_tokens=[tok.token_id("<|assistant_end|>")],
         tool=Calculator.for_tokenizer(tok),
     )
@@ -216,7 +218,7 @@ def test_calculator_results_are_forced_into_the_row_that_called_it(tmp_path):
     [("3*12", "36"), ("1,000 + 5", "1005"), ("7/2", "3.5"), ("-(2 - 5) * 4", "12"), ("'a,b,a'.count('a')", "2")],
 )
 def test_calculator_computes(expr, result):
-    from recurlm.tools import calculate
+    from recurlm.text.calculator import calculate
 
     assert calculate(expr) == result
 
@@ -237,7 +239,7 @@ def test_calculator_computes(expr, result):
     ],
 )
 def test_calculator_refuses_everything_else(expr):
-    from recurlm.tools import calculate
+    from recurlm.text.calculator import calculate
 
     assert calculate(expr) is None
 
@@ -245,9 +247,8 @@ def test_calculator_refuses_everything_else(expr):
 def test_chat_evaluation_asks_as_nanochat_does(imported, tmp_path):
     """The prompt ids recurlm's eval feeds a chat model equal those of nanochat's chat evaluation, and GSM8K is scored
     as nanochat scores it."""
-    from recurlm.data import prompt_ids
-    from recurlm.evaluate import question
     from recurlm.tasks import get_task
+    from recurlm.text.prompting import example_ids, example_question
 
     kind, _, tok, _ = imported
     if kind != "recursive":
@@ -259,7 +260,7 @@ def test_chat_evaluation_asks_as_nanochat_does(imported, tmp_path):
         path.write_text(json.dumps(row) + "\n")
     for name, task_name in [("arc", "arc_easy"), ("mmlu", "mmlu"), ("gsm8k", "gsm8k"), ("humaneval", "humaneval")]:
         (ex,) = get_task(f"{task_name}:{files[name]}").generate("test", 1)
-        assert prompt_ids(tok, question(tok, ex)) == tasks[name]["prompt_ids"], name
+        assert example_ids(tok, example_question(tok, ex)) == tasks[name]["prompt_ids"], name
     gsm8k = get_task(f"gsm8k:{files['gsm8k']}")
     (ex,) = gsm8k.generate("test", 1)
     for reply, score in tasks["gsm8k"]["scored"].items():

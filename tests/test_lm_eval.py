@@ -16,8 +16,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint  # noqa: E402
 from recurlm.config import load_config  # noqa: E402
-from recurlm.harness import RecurLM  # noqa: E402  (registers the model type)
-from recurlm.model import build_model  # noqa: E402
+from recurlm.evaluation.harness import RecurLM  # noqa: E402  (registers the model type)
+from recurlm.network.model import build_model  # noqa: E402
 
 QUESTIONS = [
     {"question": "Is 7 even or odd?", "choices": ["even", "odd"], "label": 1},
@@ -63,7 +63,7 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval")
     configs = load_config("miniaxion-0.9m", overrides=["d_model=32", "n_head=4", "mlp_hidden=48", "seq_len=64"])
     torch.manual_seed(0)
-    model = build_model(configs["model"])
+    model = build_model(configs.model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -2,8 +2,7 @@ import pytest
 import torch
 from helpers import tiny_config, tiny_model
 
-from recurlm.errors import UserError
-from recurlm.model import build_model
+from recurlm.network.model import build_model
 
 
 def logits(model, idx, r=3):
@@ -20,7 +19,7 @@ def test_any_r_including_untrained_and_plain_gpt():
         out = logits(model, IDX, r)
         assert out.shape == (2, 12, 37) and torch.isfinite(out).all()
     assert not torch.allclose(logits(model, IDX, 1), logits(model, IDX, 4))
-    with pytest.raises(UserError, match="recurrences"):
+    with pytest.raises(AssertionError, match="recurrences"):  # a policy refuses r = 0 first (config.py)
         model(IDX, 0)
     plain = tiny_model(n_core=0, n_prelude=2)
     assert torch.equal(logits(plain, IDX, 1), logits(plain, IDX, 7))  # R = 0: r does nothing
@@ -163,7 +162,7 @@ def test_nope_drops_rotary_and_nothing_else():
 
 @pytest.mark.parametrize("kv_heads, autocast", [(4, False), (2, False), (4, True)])
 def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch):
-    import recurlm.model as model
+    import recurlm.network.model as model
 
     calls = []
     written_out = model.written_out_causal_attention

@@ -3,12 +3,12 @@ import json
 import matplotlib.image
 import pytest
 
+from recurlm.analysis.compare import baseline_layers, compare, plain_configs
+from recurlm.analysis.report import scaling_table, write_report
 from recurlm.checkpoint import load_checkpoint
 from recurlm.cli import main
-from recurlm.compare import baseline_layers, compare, plain_configs
 from recurlm.config import load_config
-from recurlm.model import build_model
-from recurlm.report import scaling_table, write_report
+from recurlm.network.model import build_model
 
 
 def assert_real_png(path):
@@ -48,14 +48,14 @@ def test_baselines_match_parameters_and_flops():
     configs = load_config("recursive-nanochat-d20")
     layers = baseline_layers(configs)
     assert sorted(layers.values()) == [8, 20]  # P + R + C and P + R * mean r + C
-    rec = build_model(configs["model"], "meta")
+    rec = build_model(configs.model, "meta")
     for n in layers.values():
-        plain = build_model(plain_configs(configs, n)["model"], "meta")
+        plain = build_model(plain_configs(configs, n).model, "meta")
         assert plain.cfg.n_core == 0 and plain.effective_depth(1) == n
-    iso_flops = build_model(plain_configs(configs, 20)["model"], "meta")
+    iso_flops = build_model(plain_configs(configs, 20).model, "meta")
     # within the concat_linear adapter the recursive model runs once per iteration (2.4% at d20)
     assert iso_flops.flops_per_token(1) == pytest.approx(rec.flops_per_token(4), rel=0.03)
-    iso_params = build_model(plain_configs(configs, 8)["model"], "meta")
+    iso_params = build_model(plain_configs(configs, 8).model, "meta")
     assert iso_params.param_groups()["unique"] == pytest.approx(rec.param_groups()["unique"], rel=0.02)
 
 

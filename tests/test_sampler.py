@@ -1,7 +1,7 @@
 import numpy as np
 
 from recurlm.config import RecurrenceConfig
-from recurlm.sampler import sample_recurrences
+from recurlm.training.depth import sample_recurrences
 
 
 def test_poisson_lognormal_mean_and_bounds():

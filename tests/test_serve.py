@@ -3,42 +3,16 @@ not depend on who else is in the batch), disconnects, the bounded queue, errors 
 
 import json
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import torch
-import uvicorn
-from helpers import tiny_model
+from live import Server, client
 
-from recurlm.config import build_configs
-from recurlm.serve.api import create_app
-from recurlm.tokenizer import Tokenizer
-
-
-class Server:
-    def __init__(self, **options):
-        tok = Tokenizer.bpe([], 300)  # bytes and the specials
-        model = tiny_model(vocab_size=300, seq_len=96, n_kv_head=2)
-        with torch.no_grad():  # replies run to max_tokens: the end token's logit is 0, below the best of 299 others
-            model.lm_head.weight[tok.eos_id] = 0.0
-        configs = build_configs({"stage": {"sft": {"tasks": "arithmetic"}}, "inference": {"recurrences": 2}})
-        self.app = create_app(model, tok, configs, "tiny", **options)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
+from recurlm.inference.engine import Engine
+from recurlm.text.prompting import Prompter
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +20,6 @@ def server():
     s = Server(max_batch=64, max_queue=64)
     yield s
     s.stop()
-
-
-def client(server, **kw):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, **kw)
 
 
 def ask(server, question, **extra):
@@ -97,7 +67,15 @@ def test_fifty_concurrent_streams_each_equal_to_its_solo_output(server):
             return out.choices[0].message.content
         return "".join(c.choices[0].delta.content or "" for c in out)
 
-    solo = [run(r, False) for r in requests]
+    def engine_alone(request):  # the same request on the engine, alone in its batch
+        question, extra, n = request
+        ids = Prompter(server.tok, server.configs).messages([{"role": "user", "content": question}])
+        policy = server.configs.inference.override(**extra)
+        out = Engine(server.model).generate([ids], n, policy, stop_tokens=server.tok.stop_ids)
+        return server.tok.decode(out.tokens[0])
+
+    solo = [engine_alone(r) for r in requests]
+    assert [run(r, False) for r in requests] == solo
     with ThreadPoolExecutor(50) as pool:
         together = list(pool.map(lambda r: run(r, True), requests))
     assert together == solo
@@ -145,7 +123,7 @@ def test_a_client_that_goes_away_frees_its_row(server):
 )
 def test_bad_requests_get_openai_errors_and_the_server_lives(server, path, body, param):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(server.url + path, content=content)
+    response = httpx.post(server.url + path, content=content, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param

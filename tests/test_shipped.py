@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.evaluate import evaluate
+from recurlm.evaluation.scoring import evaluate
 from recurlm.tasks import Example, get_task
 from recurlm.tasks.reasoning import SUITE, columns, trace
 
@@ -25,7 +25,7 @@ def test_shipped_miniaxion_answers_a_fixed_sample_of_every_task():
     accuracy, formats = {}, []
     for name in SUITE:
         task = get_task(name)
-        res = evaluate(model, tok, task.generate("test", 8, seed=0), configs["inference"], task.max_new_tokens)
+        res = evaluate(model, tok, task.generate("test", 8, seed=0), configs.inference, task.max_new_tokens)
         accuracy[name] = res["accuracy"]
         formats.append(res["format"])
     assert sum(accuracy.values()) / len(accuracy) >= MEAN_BAR and min(accuracy.values()) >= TASK_BAR, accuracy
@@ -46,7 +46,7 @@ def test_shipped_miniaxion_solves_word_problems_about_people_and_things_it_never
         prompt = f"<INST>{name} has {a} {things}. {action} How many {things} does she have now?</INST>"
         examples.append(Example(prompt, str(value), trace([f"{a} {op} {b}", *steps], value), "word_problem"))
     model, tok, configs = load_checkpoint(MINIAXION)
-    res = evaluate(model, tok, examples, configs["inference"], get_task("word_problem").max_new_tokens)
+    res = evaluate(model, tok, examples, configs.inference, get_task("word_problem").max_new_tokens)
     assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 0.625 here, 0.747 on 300 such problems (README)
 
 
@@ -54,5 +54,5 @@ def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
     model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
     task = get_task("addition", reverse=True, max_digits=10)  # scored in normal digit order
     examples = task.generate("test", 20, seed=0, difficulty=30)
-    res = evaluate(model, tok, examples, configs["inference"], 33, task.score)
+    res = evaluate(model, tok, examples, configs.inference, 33, task.score)
     assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.945 on 200 such problems

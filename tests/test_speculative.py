@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from helpers import policy, tiny_model
 
-from recurlm.engine import Engine, extends_in_parallel
 from recurlm.errors import UserError
-from recurlm.speculative import speculate
+from recurlm.inference.engine import Engine, extends_in_parallel
+from recurlm.inference.speculative import speculate
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9]]
 
@@ -44,7 +44,7 @@ def test_speculation_stops_at_a_stop_token_its_budget_and_the_context():
 
 
 def test_abacus_model_speculates_exactly():
-    from recurlm.tokenizer import Tokenizer
+    from recurlm.text.tokenizer import Tokenizer
 
     tok = Tokenizer.char("0123456789+=", "pad")
     engine = Engine(tiny_model(noise=0.15, vocab_size=13, abacus=8), tok.digit_ids)
@@ -69,14 +69,14 @@ MINIAXION = Path(__file__).resolve().parent.parent / "checkpoints" / "miniaxion-
 @pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniAxion checkpoint")
 def test_trained_model_accepts_most_drafts():
     from recurlm.checkpoint import load_checkpoint
-    from recurlm.data import prompt_ids
     from recurlm.tasks import get_task
+    from recurlm.text.prompting import example_ids
 
     model, tok, configs = load_checkpoint(MINIAXION)
     engine = Engine(model, tok.digit_ids)
     examples = get_task("arithmetic").generate("test", 2, seed=0)
-    prompts = [prompt_ids(tok, ex.prompt) for ex in examples]
-    target = configs["inference"].override(recurrences=4, kv_budget=4, warm_start=False, exit="none")
+    prompts = [example_ids(tok, ex.prompt) for ex in examples]
+    target = configs.inference.override(recurrences=4, kv_budget=4, warm_start=False, exit="none")
     ref = engine.generate(prompts, 60, target, stop_tokens=tok.stop_ids).tokens
     got = speculate(engine, prompts, 60, target, 2, 4, stop_tokens=tok.stop_ids)
     assert got.generation.tokens == ref and got.acceptance > 0.5, got.acceptance

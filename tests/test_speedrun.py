@@ -29,7 +29,7 @@ def test_smoke_speedrun_trains_every_stage_on_two_ranks_and_scores_both_models(t
         assert [row["stage"] for row in steps] == ["pretrain"] * 4 + ["midtrain"] * 3 + ["sft"] * 3
         assert all(row["tokens"] % 2 == 0 for row in steps)  # two ranks' rows counted
         model, _, configs = load_checkpoint(run)
-        assert bool(model.core) == (preset == "recursive-nanochat-d20") and configs["model"].d_model == 64
+        assert bool(model.core) == (preset == "recursive-nanochat-d20") and configs.model.d_model == 64
         results = json.loads((run / "eval.json").read_text())["results"]
         assert {row["recurrences"] for row in results} == recurrences
         assert {row["task"] for row in results} >= {"arithmetic", "sorting", "spelling_bee"}

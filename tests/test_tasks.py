@@ -4,12 +4,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recurlm.chat import parse_reply, render_conversation, render_prompt
-from recurlm.data import encode_example
 from recurlm.errors import UserError
 from recurlm.tasks import extract_answer, get_task, read_jsonl, split_of, write_jsonl
 from recurlm.tasks.reasoning import NAMES, THINGS, format_ok
-from recurlm.tokenizer import SPECIALS, Tokenizer
+from recurlm.text.chat import parse_reply, render_conversation, render_prompt
+from recurlm.text.tokenizer import SPECIALS, Tokenizer
+from recurlm.training.data import encode_example
 
 SUITE = ["arithmetic", "two_step", "even_odd", "comparison", "pattern", "word_problem", "sorting", "spelling_bee"]
 
@@ -89,12 +89,14 @@ def test_jsonl_round_trip(tmp_path):
 def test_char_tokenizer(tmp_path):
     tok = Tokenizer.char("0123456789+=", "pad")
     assert tok.vocab_size == 13 and tok.eos_id == tok.token_id("<|pad|>")
-    ids = tok.encode("12+345=<|pad|>")
+    ids = tok.encode_markup("12+345=<|pad|>")
     assert len(ids) == 8 and tok.decode(ids) == "12+345=<|pad|>"
     tok.save(tmp_path / "t.json")
     assert Tokenizer.load(tmp_path / "t.json").encode("9+9=") == tok.encode("9+9=")
     with pytest.raises(UserError, match="outside the tokenizer's alphabet"):
         tok.encode("1+a")
+    with pytest.raises(UserError, match="outside the tokenizer's alphabet"):
+        tok.encode("<|pad|>")  # typed text: a special token's spelling is characters, here not in the alphabet
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,8 @@ def bpe():
 def test_bpe_specials_are_single_tokens(bpe, tmp_path):
     assert 300 < bpe.vocab_size <= 2048
     for special in SPECIALS["all"]:
-        assert len(bpe.encode(special)) == 1
+        assert len(bpe.encode_markup(special)) == 1
+        assert bpe.token_id(special) not in bpe.encode(special)
     ex = get_task("arithmetic").generate("train", 1)[0]
     ids = bpe.encode(ex.prompt + ex.completion)
     assert len(ids) < len(ex.prompt + ex.completion) / 2  # merges learnt from the training text
@@ -147,7 +150,7 @@ def test_chat_mask(bpe):
     assert trained == "Hello!<|end|>4<|end|>"
     prompt = render_prompt(bpe, conv[:2])
     assert bpe.decode(prompt).endswith("Hi<|end|><|assistant|>")
-    assert parse_reply(bpe, bpe.encode("Hello!<|end|>junk")) == "Hello!"
+    assert parse_reply(bpe, bpe.encode_markup("Hello!<|end|>junk")) == "Hello!"
     with pytest.raises(UserError, match="no <|bos|>"):
         render_conversation(Tokenizer.char("0123456789+=", "pad"), conv)
 

@@ -9,10 +9,10 @@ import torch
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import load_config
-from recurlm.data import TaskMixture
 from recurlm.errors import UserError
-from recurlm.tokenizer import Tokenizer
-from recurlm.train import lr_factor, train
+from recurlm.text.tokenizer import Tokenizer
+from recurlm.training.data import TaskMixture
+from recurlm.training.trainer import lr_factor, train
 
 TINY = [
     "d_model=32",
@@ -103,7 +103,7 @@ def test_schedule_curriculum_promotes(tmp_path):
 
 
 def test_mixture_is_deterministic_sharded_and_curriculum_bound():
-    stage = tiny("stage.curriculum.max_difficulty=3")["stage"]["curriculum"]
+    stage = tiny("stage.curriculum.max_difficulty=3").stages["curriculum"]
     tok = Tokenizer.char("0123456789+=", "pad")
     mix = TaskMixture(stage, tok, seed=0)
     a = mix.examples(64, step=3, rank=0, micro=0, level=2)
@@ -126,7 +126,7 @@ def test_lr_schedule():
 WORKER = """
 import os, sys, torch
 from recurlm.config import load_config
-from recurlm.train import train
+from recurlm.training.trainer import train
 configs = load_config("rrslm-addition", overrides=sys.argv[2:])
 model, state = train(configs, sys.argv[1])
 torch.save(model.state_dict(), f"{sys.argv[1]}/rank{os.environ['RANK']}.pt")
@@ -192,7 +192,7 @@ def test_changing_r_does_not_recompile_compiled_blocks():
     from helpers import tiny_model
     from torch._dynamo.utils import counters
 
-    from recurlm.train import compile_blocks
+    from recurlm.training.trainer import compile_blocks
 
     torch._dynamo.reset()
     counters.clear()
@@ -212,7 +212,7 @@ def test_changing_r_does_not_recompile_compiled_blocks():
 
 
 def test_autocast_dtype_choice():
-    from recurlm.train import autocast_dtype
+    from recurlm.training.trainer import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cpu, "flags : fpu avx2 avx512f avx512_bf16") == torch.bfloat16
@@ -226,7 +226,7 @@ def test_autocast_dtype_choice():
 def test_loss_all_trains_on_the_prompt_too():
     tok = Tokenizer.char("0123456789+=", "pad")
     for loss in ("completion", "all"):
-        stage = tiny(f"stage.curriculum.loss={loss}", "stage.curriculum.max_difficulty=1")["stage"]["curriculum"]
+        stage = tiny(f"stage.curriculum.loss={loss}", "stage.curriculum.max_difficulty=1").stages["curriculum"]
         x, y, _ = TaskMixture(stage, tok, seed=0).batch(8, 0, 0, 0, 1)
         # 'A+B=' then the sum and the end token: the prompt's next tokens '+', 'B', '=' are targets with 'all' only
         if loss == "all":
@@ -273,7 +273,7 @@ def test_resume_is_decided_by_the_architecture_alone(tmp_path):
     changed = tiny("inference.exit=kl:0.01", "inference.recurrences=8", "recurrence.mean=4", "stage.curriculum.steps=5")
     _, state = train(changed, tmp_path / "run", resume=True)
     assert state["step"] == 5
-    assert load_checkpoint(tmp_path / "run", "meta")[2]["inference"].exit == "kl:0.01"  # recorded for later use
+    assert load_checkpoint(tmp_path / "run", "meta")[2].inference.exit == "kl:0.01"  # recorded for later use
     with pytest.raises(UserError, match="model.n_head"):
         train(tiny("n_head=4"), tmp_path / "run", resume=True)
 
@@ -281,7 +281,7 @@ def test_resume_is_decided_by_the_architecture_alone(tmp_path):
 def test_validation_ignores_the_deployment_exit(tmp_path, monkeypatch):
     """Periodic validation (which drives the curriculum) runs its own explicit policy: no adaptive exit, the
     inference r, budget and warm start."""
-    import recurlm.train as trainer
+    import recurlm.training.trainer as trainer
 
     used = []
     real = trainer.evaluate
@@ -299,7 +299,7 @@ def test_validation_ignores_the_deployment_exit(tmp_path, monkeypatch):
 
 def test_checkpoints_from_before_the_policy_split_still_load(tmp_path):
     """config.json used to hold the schedule and the inference policy in [model] (the README's rrslm run)."""
-    from recurlm.engine import Engine
+    from recurlm.inference.engine import Engine
 
     model, _ = train(tiny(), tmp_path / "run", stop_after=2)
     path = tmp_path / "run" / "checkpoint" / "config.json"
@@ -309,13 +309,13 @@ def test_checkpoints_from_before_the_policy_split_still_load(tmp_path):
     raw.pop("recurrence"), raw.pop("inference")
     path.write_text(json.dumps({"model": old, **raw}))
     loaded, tok, configs = load_checkpoint(tmp_path / "run")
-    assert configs["recurrence"].mean == 5.0 and configs["inference"].exit == "latent:0.01"
-    assert configs["inference"].recurrences == 5
+    assert configs.recurrence.mean == 5.0 and configs.inference.exit == "latent:0.01"
+    assert configs.inference.recurrences == 5
     prompt = [tok.encode("12+34=")]
     engine = Engine(loaded, tok.digit_ids)
     assert torch.equal(
-        engine.start(prompt, configs["inference"])[1],
-        Engine(model, tok.digit_ids).start(prompt, configs["inference"])[1],
+        engine.start(prompt, configs.inference)[1],
+        Engine(model, tok.digit_ids).start(prompt, configs.inference)[1],
     )
     _, state = train(tiny("stage.curriculum.steps=4"), tmp_path / "run", resume=True)
     assert state["step"] == 4
@@ -341,11 +341,11 @@ def test_stage_tasks_must_be_able_to_generate_training_data(tmp_path, capsys):
 
 def test_length_buckets_cut_padding_and_keep_every_example_as_likely():
     from recurlm.checkpoint import build_tokenizer
-    from recurlm.data import encode_example
+    from recurlm.training.data import encode_example
 
     tok = build_tokenizer(load_config("miniaxion-0.9m"))  # bytes only: enough to measure lengths
-    plain = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=1"])["stage"]["sft"], tok, 0)
-    bucketed = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=4"])["stage"]["sft"], tok, 0)
+    plain = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=1"]).stages["sft"], tok, 0)
+    bucketed = TaskMixture(load_config("miniaxion-0.9m", overrides=["stage.sft.buckets=4"]).stages["sft"], tok, 0)
 
     def filled(mix):  # the share of batch positions holding real tokens, not padding
         xs = [mix.batch(16, step, 0, 0, None)[0] for step in range(20)]
@@ -365,19 +365,19 @@ def test_task_weights_set_each_tasks_share_of_the_mixture():
     from recurlm.checkpoint import build_tokenizer
 
     configs = load_config("miniaxion-0.9m", overrides=["stage.sft.tasks=even_odd:3,comparison"])
-    mix = TaskMixture(configs["stage"]["sft"], build_tokenizer(configs), seed=0)
+    mix = TaskMixture(configs.stages["sft"], build_tokenizer(configs), seed=0)
     names = [ex.task for step in range(50) for ex in mix.examples(40, step, 0, 0, None)]
     assert 0.72 < names.count("even_odd") / len(names) < 0.78
     for bad in ("even_odd:0", "even_odd:-1"):
         with pytest.raises(UserError, match="task weight"):
-            TaskMixture(load_config("miniaxion-0.9m", overrides=[f"stage.sft.tasks={bad}"])["stage"]["sft"], None, 0)
+            TaskMixture(load_config("miniaxion-0.9m", overrides=[f"stage.sft.tasks={bad}"]).stages["sft"], None, 0)
 
 
 def test_rows_longer_than_the_context_train_on_their_beginning():
     from recurlm.checkpoint import build_tokenizer
 
     configs = load_config("miniaxion-0.9m", overrides=["stage.sft.tasks=sorting"])
-    tok, stage = build_tokenizer(configs), configs["stage"]["sft"]
+    tok, stage = build_tokenizer(configs), configs.stages["sft"]
     full_x, full_y, _ = TaskMixture(stage, tok, seed=0).batch(8, 0, 0, 0, None)
     x, y, _ = TaskMixture(stage, tok, seed=0, context=24).batch(8, 0, 0, 0, None)
     assert full_x.size(1) > 24 and x.size(1) == 24
@@ -385,20 +385,20 @@ def test_rows_longer_than_the_context_train_on_their_beginning():
 
 
 def test_mixed_lengths_shape_training_data_only():
-    from recurlm.data import stage_tasks, task_from_configs
+    from recurlm.tasks.runs import stage_tasks, task_from_configs
 
     configs = load_config("addition-length", overrides=["stage.train.mixed_lengths=true"])
-    mixture = TaskMixture(configs["stage"]["train"], build_tokenizer(configs), 0)
+    mixture = TaskMixture(configs.stages["train"], build_tokenizer(configs), 0)
     lengths = [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
     assert all(max(pair) >= 1 and all(1 <= n <= 10 for n in pair) for pair in lengths)
     assert sum(a != b for a, b in lengths) > 200 and sum(a < b for a, b in lengths) > 100  # either side shorter
     evaluated = task_from_configs("addition", configs)  # evaluation keeps the task's definition: equal lengths
-    assert not evaluated.mixed_lengths and stage_tasks(configs["stage"]["train"], training=True)[0].mixed_lengths
+    assert not evaluated.mixed_lengths and stage_tasks(configs.stages["train"], training=True)[0].mixed_lengths
     assert all(len(set(map(len, ex.prompt[:-1].split("+")))) == 1 for ex in evaluated.generate("test", 50))
 
 
 def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table():
-    from recurlm.data import offset
+    from recurlm.training.data import offset
 
     rng = random.Random(0)
     digits = [3, 2, 1, 0, 2, 1, 0, 1, 2, 3, 4]  # '123+45=' then a reversed 4-digit sum
@@ -411,8 +411,8 @@ def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table(
         assert s == expected and max(s) <= 48  # one k per example
     assert min(ks) == 0 and max(ks) > 40  # ids far past the example's own length are trained
     configs = load_config("rrslm-addition", overrides=["stage.curriculum.abacus_offset=true"])
-    stage, tok = configs["stage"]["curriculum"], build_tokenizer(configs)
-    _, _, plain = TaskMixture(configs["stage"]["curriculum"], tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
+    stage, tok = configs.stages["curriculum"], build_tokenizer(configs)
+    _, _, plain = TaskMixture(configs.stages["curriculum"], tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
     stage.abacus_offset = False
     _, _, fixed = TaskMixture(stage, tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
     assert plain.max() <= 4 and not torch.equal(plain, fixed) and bool((plain[fixed > 0] > 0).all())

@@ -14,10 +14,9 @@ from safetensors.torch import save_file
 from tokenizers import processors
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.config import configs_to_dict
-from recurlm.data import task_from_configs, trained_task_names
 from recurlm.errors import UserError
-from recurlm.tokenizer import BOS, PAD
+from recurlm.tasks.runs import task_from_configs, trained_task_names
+from recurlm.text.tokenizer import BOS, PAD
 
 MODELING = Path(__file__).with_name("modeling_recurlm.py")
 AUTO_MAP = {
@@ -28,7 +27,7 @@ AUTO_MAP = {
 
 def hf_config(configs: dict, digit_ids: set[int]) -> dict:
     """config.json: recurlm's [model] fields, the digits abacus ids need, and the inference depth and exit."""
-    model, policy = configs_to_dict(configs)["model"], configs["inference"]
+    model, policy = configs.to_dict()["model"], configs.inference
     return {
         "architectures": ["RecurLMForCausalLM"],
         "model_type": "recurlm",
@@ -49,7 +48,7 @@ def prompt_format(configs: dict) -> str:
 
 
 def model_card(name: str, configs: dict, params: int, template: str) -> str:
-    m, p = configs["model"], configs["inference"]
+    m, p = configs.model, configs.inference
     shape = f"(P, R, C) = ({m.n_prelude}, {m.n_core}, {m.n_coda})" if m.n_core else f"{m.n_prelude} layers"
     example = template.format("What is 47 + 38?") if template != "{}" else "Hello"
     return f"""---
@@ -111,7 +110,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, force: bool = False) 
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} exists and is not empty: choose another directory, or --force to replace it")
     model, tok, configs = load_checkpoint(checkpoint)
-    seq_len = configs["model"].seq_len
+    seq_len = configs.model.seq_len
     files = {
         "config.json": json.dumps(hf_config(configs, tok.digit_ids), indent=2),
         "generation_config.json": json.dumps(

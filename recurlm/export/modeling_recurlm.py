@@ -116,7 +116,7 @@ def parse_exit(spec):
 
 
 def significance_ids(ids, n_prompt, digits):
-    """Abacus ids (recurlm.tokenizer.significance_ids): prompt numbers count from their last digit, generated
+    """Abacus ids (recurlm.text.tokenizer.significance_ids): prompt numbers count from their last digit, generated
     (reversed) numbers from their first."""
     out, i = [0] * len(ids), 0
     while i < n_prompt:

@@ -22,8 +22,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from recurlm.config import build_configs
 from recurlm.errors import UserError
-from recurlm.model import build_model
-from recurlm.tokenizer import Tokenizer
+from recurlm.network.model import build_model
+from recurlm.text.tokenizer import Tokenizer
 
 SOFTCAP = 15.0  # nanochat's logit soft-cap (a constant in its code, not in its config)
 LAYER_GROUPS = {"h": "prelude", "prelude": "prelude", "recur": "core", "coda": "coda"}
@@ -222,7 +222,7 @@ def import_nanochat(ckpt_dir: str | Path, tokenizer_dir: str | Path | None = Non
     if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
         raise UserError(f"{meta_path} has no model_config")
     configs = recurlm_configs(meta["model_config"])
-    mcfg = configs["model"]
+    mcfg = configs.model
     tok = tokenizer_from_tiktoken(read_tiktoken_pickle(tok_path))
     if tok.vocab_size > mcfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {mcfg.vocab_size}")

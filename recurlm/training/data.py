@@ -8,26 +8,18 @@ import random
 
 import torch
 
-from recurlm.chat import is_nanochat, render_prompt
 from recurlm.config import StageConfig
-from recurlm.errors import UserError
-from recurlm.tasks import Example, Task, get_task, split_of
-from recurlm.tokenizer import BOS, Tokenizer, significance_ids
-
-
-def prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
-    """BOS and the prompt; for a nanochat chat model, the prompt as a user message awaiting the reply."""
-    if is_nanochat(tok):
-        return render_prompt(tok, [{"role": "user", "content": prompt}])
-    bos = tok.token_id(BOS)
-    return ([bos] if bos is not None else []) + tok.encode(prompt)
+from recurlm.tasks import Example, Task, split_of
+from recurlm.tasks.runs import stage_tasks, task_weights
+from recurlm.text.prompting import example_ids
+from recurlm.text.tokenizer import Tokenizer, significance_ids
 
 
 def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus: bool = False):
     """Token ids of prompt + target + end token, a mask of the positions the loss is taken on, and the digit
     significance ids (None unless `abacus`)."""
-    p = prompt_ids(tok, ex.prompt)
-    c = tok.encode(ex.target) + [tok.eos_id]
+    p = example_ids(tok, ex.prompt)
+    c = tok.encode_markup(ex.target) + [tok.eos_id]
     mask = ([0] * len(p) if loss == "completion" else [0] + [1] * (len(p) - 1)) + [1] * len(c)
     return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
 
@@ -57,44 +49,6 @@ def collate(rows: list, pad_id: int):
         if pos is not None:
             pos[b, : n - 1] = torch.tensor(digits[:-1])
     return x, y, pos
-
-
-def task_weights(stage: StageConfig) -> dict[str, float]:
-    """`tasks = "arithmetic:2,even_odd:0.5,sorting"`: each task's share of the mixture (1 when not given). A suffix
-    that is not a number is part of the name (`mmlu:FILE`, `reasoning_gym:NAME`)."""
-    weights = {}
-    for entry in filter(None, (e.strip() for e in stage.tasks.split(","))):
-        name, _, suffix = entry.rpartition(":")
-        try:
-            weight = float(suffix)
-        except ValueError:
-            name, weight = entry, 1.0
-        if not weight > 0:
-            raise UserError(f"task weight in {entry!r} must be positive")
-        weights[name.strip()] = weight
-    return weights
-
-
-def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
-    """The stage's tasks, built with the stage's task options (those that only shape training data when
-    `training`: evaluation keeps the task's own definition)."""
-    addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
-    options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
-    return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
-
-
-def task_from_configs(name: str, configs: dict) -> Task:
-    """A task as the run trained it (the options of the first stage that lists it), or with its defaults."""
-    for stage in configs.get("stage", {}).values():
-        for task in stage_tasks(stage):
-            if task.name == name:
-                return task
-    return get_task(name)
-
-
-def trained_task_names(configs: dict) -> list[str]:
-    """The tasks the run's stages trained on, in order, once each."""
-    return list(dict.fromkeys(t.name for s in configs.get("stage", {}).values() for t in stage_tasks(s)))
 
 
 class TaskMixture:
@@ -138,7 +92,7 @@ class TaskMixture:
         if self.abacus and self.stage.abacus_offset:
             rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}/offset")
             rows = [
-                (ids, mask, offset(digits, self.abacus, rng, len(prompt_ids(self.tok, ex.prompt))))
+                (ids, mask, offset(digits, self.abacus, rng, len(example_ids(self.tok, ex.prompt))))
                 for ex, (ids, mask, digits) in zip(examples, rows, strict=True)
             ]
         if k > 1:

@@ -16,7 +16,7 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 CHAT = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TRACE = ["<INST>", "</INST>", "<THINK>", "</THINK>", "<STEP>", "</STEP>", "<ANS>", "</ANS>"]
 # nanochat's own special tokens: a tokenizer holding them poses every task as a user turn answered by the assistant
-# (recurlm/chat.py), as nanochat's chat models are trained and evaluated
+# (recurlm/text/chat.py), as nanochat's chat models are trained and evaluated
 NANOCHAT = ["<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>"]
 NANOCHAT += ["<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
 SPECIALS = {
@@ -27,9 +27,26 @@ SPECIALS = {
 
 
 class Tokenizer:
+    """`encode` reads text as text: a user who types `<|eos|>` or `</INST>` gets the characters, never the special
+    token. `encode_markup` also turns the special tokens' spellings into them: for text the project writes itself
+    (task examples with their `<THINK>` traces, prompt templates), never for what a user typed."""
+
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
         self.kind = "char" if isinstance(hf.model, models.WordLevel) else "bpe"
+        self._text = HFTokenizer.from_str(hf.to_str())  # a copy that matches no special token in the text
+        self._text.encode_special_tokens = True
+        specials = {t.content for t in hf.get_added_tokens_decoder().values()}
+        # The most characters one token covers in text (special tokens never come from text): a bound on how much
+        # text fits in a context, checked before tokenising a huge prompt
+        self.longest_token = max((len(t) for t in hf.get_vocab() if t not in specials), default=1)
+        # The chat format, chosen once: nanochat's turns, recurlm's own roles, or none (a task model)
+        if self.token_id("<|user_start|>") is not None:
+            self.chat_format = "nanochat"
+        elif self.token_id("<|user|>") is not None:
+            self.chat_format = "recurlm"
+        else:
+            self.chat_format = None
 
     @classmethod
     def char(cls, alphabet: str, specials: str = "all") -> "Tokenizer":
@@ -99,9 +116,27 @@ class Tokenizer:
         vocab = self.hf.get_vocab()
         return {vocab[d] for d in "0123456789" if d in vocab}
 
+    @property
+    def bos_ids(self) -> list[int]:
+        """What every sequence starts with: [<|bos|>], or nothing in a vocabulary without it."""
+        bos = self.token_id(BOS)
+        return [] if bos is None else [bos]
+
     def encode(self, text: str) -> list[int]:
+        """Text as text: special tokens' spellings are ordinary characters."""
+        return self._encode(self._text, text)
+
+    def encode_markup(self, text: str) -> list[int]:
+        """Text the project wrote, whose special tokens' spellings are those tokens."""
+        return self._encode(self.hf, text)
+
+    def _encode(self, hf: HFTokenizer, text: str) -> list[int]:
         try:
-            return self.hf.encode(text, add_special_tokens=False).ids
+            text.encode("utf-8")  # a lone surrogate (valid JSON, not text) would reach the tokenizer as a panic
+        except UnicodeEncodeError:
+            raise UserError("text is not valid Unicode (it has a lone surrogate)") from None
+        try:
+            return hf.encode(text, add_special_tokens=False).ids
         except Exception:
             vocab = self.hf.get_vocab()
             bad = sorted({c for c in text if c not in vocab})

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from recurlm.config import InferencePolicy
-from recurlm.engine import Engine, Generation
 from recurlm.errors import UserError
-from recurlm.exits import Halting
+from recurlm.inference.engine import Engine
+from recurlm.inference.generation import Generation
+from recurlm.network.exits import Halting
 
 
 @dataclass

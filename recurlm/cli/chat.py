@@ -3,17 +3,21 @@
 A chat-format model (nanochat's, imported) keeps the conversation; a task model is asked one question at a time in
 its own prompt format (MiniAxion's `<INST>…</INST>`: the `<THINK>` trace is shown dimmed and the answer plain; the
 addition model's sums appear in normal digit order). Replies stream token by token. Ctrl-C stops the reply and
-keeps the session; Ctrl-D (or /quit) ends it.
+keeps the session; Ctrl-D (or /quit) ends it. A conversation that outgrows the context drops its oldest turns (and
+says so); a message that alone does not fit is refused, and the session goes on.
 """
 
 import sys
 
-from recurlm.config import InferencePolicy
-from recurlm.engine import Engine
+from recurlm.checkpoint import load_checkpoint
+from recurlm.cli.common import COMPILE_HELP, add_policy_flags, policy_from, positive_int
+from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import UserError
-from recurlm.exits import parse_exit
-from recurlm.serve.prompts import Prompter
-from recurlm.tools import Calculator
+from recurlm.inference.engine import Engine
+from recurlm.inference.generation import Sequence
+from recurlm.inference.generation import run as generate_together
+from recurlm.text.calculator import Calculator
+from recurlm.text.prompting import Prompter
 
 HELP = (
     "/r N        recurrences per token (with an exit: its cap)\n"
@@ -27,9 +31,25 @@ DIM, PLAIN = "\033[2m", "\033[0m"
 TRACE_STYLE = {"<THINK>": DIM, "</THINK>": PLAIN, "<STEP>": "  ", "</STEP>": "\n", "<ANS>": "", "</ANS>": ""}
 
 
+def register(sub):
+    s = sub.add_parser("chat", help="talk to a checkpoint in the terminal (/help inside lists the commands)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--max-new-tokens", type=positive_int, help="reply budget (default: the run's tasks' own)")
+    add_policy_flags(s)
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    s.set_defaults(func=main)
+
+
+def main(args):
+    model, tok, configs = load_checkpoint(args.checkpoint)
+    run(
+        ChatSession(model.eval(), tok, configs, policy_from(args, configs.inference), args.max_new_tokens, args.compile)
+    )
+
+
 class ChatSession:
     def __init__(
-        self, model, tok, configs: dict, policy: InferencePolicy, max_new_tokens: int | None = None, compile=False
+        self, model, tok, configs: RunConfig, policy: InferencePolicy, max_new_tokens: int | None = None, compile=False
     ):
         self.model, self.tok, self.policy = model, tok, policy
         self.engine, self.tool = Engine(model, tok.digit_ids, compile=compile), Calculator.for_tokenizer(tok)
@@ -45,21 +65,15 @@ class ChatSession:
         arg = arg.strip()
         try:
             if name == "r":
-                if int(arg) < 1:
-                    raise ValueError("must be >= 1")
-                self.policy = self.policy.override(recurrences=int(arg))
+                self.policy = self.policy.override(recurrences=number(arg, int, "a whole number of recurrences"))
                 return f"r = {self.policy.recurrences}"
             if name == "exit":
-                spec = "none" if arg in ("off", "none") else arg
-                parse_exit(spec)
-                self.policy = self.policy.override(exit=spec)
-                return f"exit = {spec}"
+                self.policy = self.policy.override(exit="none" if arg in ("off", "none") else arg)
+                return f"exit = {self.policy.exit}"
             if name == "temp":
-                if float(arg) < 0:
-                    raise ValueError("must be >= 0")
-                self.policy = self.policy.override(temperature=float(arg))
+                self.policy = self.policy.override(temperature=number(arg, float, "a temperature such as 0.7"))
                 return f"temperature = {self.policy.temperature:g}"
-        except (ValueError, UserError) as e:
+        except UserError as e:  # the policy checks every value (config.py): its message says what is wrong
             return f"/{name}: bad value {arg!r} ({e})"
         if name == "steps":
             self.show_steps = not self.show_steps
@@ -71,26 +85,41 @@ class ChatSession:
             return HELP
         return f"unknown command /{name}; /help lists them"
 
-    def _prompt(self, text: str) -> tuple[list[int], object]:
-        if self.chat:
-            return self.prompter.messages([*self.history, {"role": "user", "content": text}]), None
-        return self.prompter.question(text)
+    def _prompt(self, text: str, out) -> tuple[list[int], object] | None:
+        """The prompt ids and the task that recognises the question; None if the message cannot fit."""
+        context = self.model.cfg.seq_len
+        if not self.chat:
+            ids, task = self.prompter.question(text)
+        else:
+            turns = self.history
+            while True:
+                ids, task = self.prompter.messages([*turns, {"role": "user", "content": text}]), None
+                if len(ids) < context or not turns:
+                    break
+                turns = turns[2:]  # the oldest exchange: a user message and its reply
+            if dropped := (len(self.history) - len(turns)) // 2:
+                plural = "s" * (dropped > 1)
+                out.write(f"{DIM}[the conversation outgrew the context: dropped its oldest {dropped} exchange{plural}]")
+                out.write(PLAIN + "\n")
+                self.history = turns
+        if len(ids) >= context:
+            out.write(f"[this message is {len(ids)} tokens; the context holds {context}: shorten it]\n")
+            return None
+        return ids, task
 
     def reply(self, text: str, out=sys.stdout) -> str:
         """Stream the model's reply to `text` into `out`; returns the reply's text. KeyboardInterrupt stops it."""
-        ids, task = self._prompt(text)
-        stops = self.tok.stop_ids
-        stream = self.engine.stream([ids], self.max_new_tokens, self.policy, stops, tool=self.tool)
+        prompt = self._prompt(text, out)
+        if prompt is None:
+            return ""
+        ids, task = prompt
+        seq = Sequence(ids, min(self.max_new_tokens, self.model.cfg.seq_len - len(ids)), self.policy)
         plain: list[int] = []  # tokens of the current run of ordinary text, decoded together (a char may span tokens)
-        reply, steps, shown = [], [], ""
+        shown = ""
         try:
-            for _, tokens, used in stream:
-                token = tokens[0]
-                if token in stops:
-                    break
-                reply.append(token)
-                steps.append(used[0])
-                if task is not None:  # shown in the task's normal form once complete
+            for events in generate_together(self.engine, [seq], self.tok.stop_ids, self.tool):
+                token = events[0].token
+                if task is not None or token in self.tok.stop_ids:  # a task's answer is shown in its form at the end
                     continue
                 piece = self.tok.decode([token])
                 if piece in TRACE_STYLE:
@@ -104,13 +133,23 @@ class ChatSession:
                 out.flush()
         except KeyboardInterrupt:
             out.write(PLAIN + " [stopped]")
-        answer = self.tok.decode(reply)
+        answer = self.tok.decode(seq.generated)
         out.write((task.extract(answer) if task is not None else "") + PLAIN + "\n")
-        if self.show_steps and steps:
+        if seq.finish in ("length", "context"):
+            out.write(f"{DIM}[cut at {len(seq.generated)} tokens: the reply budget or the context ran out]{PLAIN}\n")
+        if self.show_steps and seq.steps:
+            steps = seq.steps
             out.write(f"{DIM}steps: {' '.join(map(str, steps))} (mean {sum(steps) / len(steps):.2f}){PLAIN}\n")
         if self.chat:
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer
+
+
+def number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"expected {what}") from None
 
 
 def run(session: ChatSession):
@@ -133,4 +172,7 @@ def run(session: ChatSession):
         if line.startswith("/"):
             print(session.command(line))
             continue
-        session.reply(line)
+        try:
+            session.reply(line)
+        except UserError as e:  # a message the model cannot take: say so and keep the session
+            print(f"error: {e}")

@@ -13,9 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state and no display backend, files only
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.data import trained_task_names
 from recurlm.errors import UserError
-from recurlm.evaluate import aggregate, centred_mean, chance, chatcore, in_chatcore, sweep, task_sets
+from recurlm.evaluation.metrics import aggregate, centred_mean, chance, chatcore, in_chatcore, pooled
+from recurlm.evaluation.scoring import sweep, task_sets
+from recurlm.tasks.runs import trained_task_names
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
 EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
@@ -119,7 +120,7 @@ def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit:
     if not names:
         raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
     sets = task_sets(names, configs, "test", limit)
-    policy = configs["inference"]
+    policy = configs.inference
     rows = list(sweep(model, tok, sets, policy, recurrences if model.core else [1], ["none"]))
     if model.core:
         rows += sweep(model, tok, sets, policy.override(max_steps=0), [max(recurrences)], exits)
@@ -238,11 +239,6 @@ def plot_exit_tradeoff(runs: list[Run], path: Path):
     save(fig, path)
 
 
-def pooled(rows: list[dict], key: str) -> float:
-    """`key` averaged over every example of the rows (each row weighted by its n)."""
-    return sum(r[key] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
-
-
 def plot_training(runs: list[Run], path: Path):
     fig = Figure(figsize=(11, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -271,7 +267,7 @@ def cost_table(runs: list[Run]) -> str:
     rows = []
     for run in runs:
         m = run.model
-        evaluated = sorted({row["recurrences"] for row in run.results}) or [run.configs["inference"].recurrences]
+        evaluated = sorted({row["recurrences"] for row in run.results}) or [run.configs.inference.recurrences]
         for r in evaluated if m.core else [1]:  # a plain GPT has one depth whatever r says
             row = [run.name, m.param_groups()["unique"], r, m.effective_depth(r)]
             rows.append(row + [m.params_per_token(r), m.flops_per_token(r)])

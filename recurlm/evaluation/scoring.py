@@ -7,41 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from recurlm.chat import is_nanochat
-from recurlm.config import InferencePolicy
-from recurlm.data import prompt_ids, task_from_configs
-from recurlm.engine import Engine
+from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import UserError
-from recurlm.model import RecurrentGPT
-from recurlm.speculative import speculate
-from recurlm.tasks import Example, Task, extract_answer, read_jsonl, registry
+from recurlm.inference.engine import Engine
+from recurlm.inference.speculative import speculate
+from recurlm.network.model import RecurrentGPT
+from recurlm.tasks import Example, Task, extract_answer, read_jsonl
 from recurlm.tasks.reasoning import format_ok
-from recurlm.tokenizer import Tokenizer
-from recurlm.tools import Calculator
-
-# ChatCORE (nanochat): the centred mean (below) over these tasks, whose chance is 0.25 for the 4-way multiple-choice
-# tasks and 0 for the generative ones.
-CHATCORE_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spelling_bee")
-
-
-def chance(task: str) -> float:
-    """A task's accuracy by guessing ('mmlu:FILE' is MMLU's); 0 for names that are not tasks (a --data file)."""
-    return getattr(registry().get(task.partition(":")[0]), "chance", 0.0)
-
-
-def centred_mean(accuracy: dict[str, float]) -> float | None:
-    """The mean over tasks (task -> accuracy) of (accuracy - chance) / (1 - chance): 0 is guessing, 1 is perfect."""
-    centred = [(a - c) / (1 - c) for t, a in accuracy.items() for c in [chance(t)]]
-    return sum(centred) / len(centred) if centred else None
-
-
-def in_chatcore(task: str) -> bool:
-    return task.partition(":")[0] in CHATCORE_TASKS  # 'mmlu:FILE' is MMLU
-
-
-def chatcore(accuracy: dict[str, float]) -> float | None:
-    """ChatCORE over whichever of its tasks are in `accuracy`; None if none."""
-    return centred_mean({t: a for t, a in accuracy.items() if in_chatcore(t)})
+from recurlm.tasks.runs import task_from_configs
+from recurlm.text.calculator import Calculator
+from recurlm.text.prompting import example_ids, example_question
+from recurlm.text.tokenizer import Tokenizer
 
 
 def evaluate(
@@ -70,7 +46,7 @@ def evaluate(
     per_example: list[dict | None] = [None] * len(examples)
     for multiple_choice, indices in batches(examples, batch_size):
         chunk = [examples[i] for i in indices]
-        prompts = [prompt_ids(tok, question(tok, ex)) for ex in chunk]
+        prompts = [example_ids(tok, example_question(tok, ex)) for ex in chunk]
         if multiple_choice:
             texts = choose(engine, tok, chunk, prompts, policy)
             used = [[policy.recurrences if model.core else 0]] * len(chunk)
@@ -114,12 +90,6 @@ def evaluate(
     }
 
 
-def question(tok: Tokenizer, ex: Example) -> str:
-    """The prompt as this model is asked: a chat model gets a task's chat wording where it has one (nanochat's
-    multiple-choice message)."""
-    return ex.meta["chat"] if is_nanochat(tok) and ex.meta and "chat" in ex.meta else ex.prompt
-
-
 def batches(examples: list[Example], batch_size: int) -> Iterator[tuple[bool, list[int]]]:
     """(multiple choice?, example indices) per batch: multiple-choice examples and generated ones apart."""
     for multiple_choice in (True, False):
@@ -149,7 +119,7 @@ class EvalSet:
 
 
 def task_sets(
-    names: list[str], configs: dict, split: str, limit: int, seed: int = 0, max_new_tokens: int | None = None
+    names: list[str], configs: RunConfig, split: str, limit: int, seed: int = 0, max_new_tokens: int | None = None
 ) -> list[EvalSet]:
     """Each task's `split` examples, one set per difficulty, generated as the run trained the task."""
     sets = []
@@ -161,7 +131,9 @@ def task_sets(
     return sets
 
 
-def file_sets(path: str, configs: dict, limit: int | None = None, max_new_tokens: int | None = None) -> list[EvalSet]:
+def file_sets(
+    path: str, configs: RunConfig, limit: int | None = None, max_new_tokens: int | None = None
+) -> list[EvalSet]:
     """A JSONL file of examples, one set per difficulty when every example has one (at most `limit` each); scored
     by their task (and with its budget) when they all name the same one. The budget also leaves room for the
     longest answer written a character per token (a file of 40-digit sums for a model set up for 10)."""
@@ -210,17 +182,3 @@ def sweep(
                         **res,
                         "steps_by_example": [e["steps"] for e in examples],
                     }
-
-
-def aggregate(rows: list[dict]) -> dict[str, float]:
-    """Task -> accuracy over its difficulties (weighted by n), for rows of one setting."""
-    n: dict[str, int] = {}
-    correct: dict[str, float] = {}
-    for row in rows:
-        n[row["task"]] = n.get(row["task"], 0) + row["n"]
-        correct[row["task"]] = correct.get(row["task"], 0.0) + row["accuracy"] * row["n"]
-    return {t: correct[t] / n[t] for t in n if n[t]}
-
-
-def loss_on(model: RecurrentGPT, x, y, recurrences: int, digit_pos=None, bptt_k: int = 0) -> torch.Tensor:
-    return model(x, recurrences, digit_pos=digit_pos, bptt_k=bptt_k, targets=y)

@@ -6,39 +6,38 @@ model lose to a deeper plain one? Baselines are trained from the run's own confi
 and seed; only the model changes) into RUN_DIR/baselines/, or given with --baseline.
 """
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
 
+from recurlm.analysis.report import markdown_table, scaling_table
 from recurlm.checkpoint import load_checkpoint, resolve
-from recurlm.config import RecurrenceConfig
-from recurlm.data import trained_task_names
+from recurlm.config import RecurrenceConfig, RunConfig
 from recurlm.errors import UserError
-from recurlm.evaluate import sweep, task_sets
-from recurlm.report import markdown_table, scaling_table
+from recurlm.evaluation.scoring import sweep, task_sets
+from recurlm.tasks.runs import trained_task_names
 
 
-def plain_configs(configs: dict, layers: int) -> dict:
+def plain_configs(configs: RunConfig, layers: int) -> RunConfig:
     """The run's configs with its model replaced by a plain GPT of `layers` blocks of the same width."""
-    out = copy.deepcopy(configs)
-    out["model"] = dataclasses.replace(
-        configs["model"], n_prelude=layers, n_core=0, n_coda=0, recur_lora_rank=0, recur_lora_count=0, gate=False
+    return configs.replace(
+        model=dataclasses.replace(
+            configs.model, n_prelude=layers, n_core=0, n_coda=0, recur_lora_rank=0, recur_lora_count=0, gate=False
+        ),
+        recurrence=RecurrenceConfig(schedule="fixed", mean=1.0),
+        inference=configs.inference.override(recurrences=1, exit="none"),
     )
-    out["recurrence"] = RecurrenceConfig(schedule="fixed", mean=1.0)
-    out["inference"] = dataclasses.replace(configs["inference"], recurrences=1, exit="none")
-    return out
 
 
 def baseline_layers(configs: dict) -> dict[str, int]:
-    cfg, mean = configs["model"], configs["recurrence"].mean
+    cfg, mean = configs.model, configs.recurrence.mean
     iso_params = cfg.n_prelude + cfg.n_core + cfg.n_coda
     iso_flops = cfg.n_prelude + round(cfg.n_core * mean) + cfg.n_coda
     return {f"plain {iso_params}L (iso-params)": iso_params, f"plain {iso_flops}L (iso-FLOPs)": iso_flops}
 
 
 def train_baselines(run_dir: Path, configs: dict) -> dict[str, Path]:
-    from recurlm.train import train
+    from recurlm.training.trainer import train
 
     out = {}
     for label, layers in baseline_layers(configs).items():
@@ -71,7 +70,7 @@ def compare(
     if not names:
         raise UserError(f"{run_dir} trained on text only: name the tasks to compare on with --task")
     sets = task_sets(names, configs, "test", limit)
-    plain = configs["inference"].override(exit="none")
+    plain = configs.inference.override(exit="none")
     if baselines:
         others = {f"{Path(b).name} (baseline)": Path(b) for b in baselines}
     else:

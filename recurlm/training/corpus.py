@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from recurlm.errors import UserError
-from recurlm.tokenizer import BOS, Tokenizer
+from recurlm.text.tokenizer import BOS, Tokenizer
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 

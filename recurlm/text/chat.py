@@ -9,7 +9,7 @@ as nanochat trains its chat models. The tokenizer decides the format:
 """
 
 from recurlm.errors import UserError
-from recurlm.tokenizer import BOS, Tokenizer
+from recurlm.text.tokenizer import BOS, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 PART_TOKENS = {"text": None, "python": ("<|python_start|>", "<|python_end|>")}
@@ -21,10 +21,6 @@ def _special(tok: Tokenizer, token: str) -> int:
     if i is None:
         raise UserError(f"this tokenizer has no {token} token: it cannot hold a chat (use specials = 'all')")
     return i
-
-
-def is_nanochat(tok: Tokenizer) -> bool:
-    return tok.token_id("<|user_start|>") is not None
 
 
 def checked(messages: list[dict]) -> list[dict]:
@@ -43,7 +39,7 @@ def checked(messages: list[dict]) -> list[dict]:
     return messages
 
 
-def _nanochat(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def _nanochat(tok: Tokenizer, messages: list[dict], encode) -> tuple[list[int], list[int]]:
     if messages and messages[0]["role"] == "system":
         if len(messages) < 2 or messages[1]["role"] != "user" or not isinstance(messages[0]["content"], str):
             raise UserError("a system message must come first and be followed by a user message")
@@ -59,12 +55,12 @@ def _nanochat(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int
         if m["role"] != ("user" if i % 2 == 0 else "assistant"):
             raise UserError("nanochat's chat format alternates user and assistant messages, starting with the user")
         if m["role"] == "user":
-            add([_special(tok, "<|user_start|>"), *tok.encode(m["content"]), _special(tok, "<|user_end|>")], 0)
+            add([_special(tok, "<|user_start|>"), *encode(m["content"]), _special(tok, "<|user_end|>")], 0)
             continue
         add([_special(tok, "<|assistant_start|>")], 0)
         parts = [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]
         for part in parts:
-            body, wrap = tok.encode(part["text"]), PART_TOKENS[part["type"]]
+            body, wrap = encode(part["text"]), PART_TOKENS[part["type"]]
             if wrap:
                 body = [_special(tok, wrap[0]), *body, _special(tok, wrap[1])]
             add(body, int(part["type"] != "python_output"))
@@ -72,30 +68,33 @@ def _nanochat(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int
     return ids, mask
 
 
-def render_conversation(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def render_conversation(tok: Tokenizer, messages: list[dict], markup: bool = False) -> tuple[list[int], list[int]]:
+    """Ids and loss mask of a conversation. Contents are text (`markup`: the project's own text, whose trace tags
+    are special tokens: training examples)."""
     messages = checked(messages)
-    if is_nanochat(tok):
-        return _nanochat(tok, messages)
+    encode = tok.encode_markup if markup else tok.encode
+    if tok.chat_format == "nanochat":
+        return _nanochat(tok, messages, encode)
     ids, mask = [_special(tok, BOS)], [0]
     end = _special(tok, "<|end|>")
     for m in messages:
         if not isinstance(m["content"], str):
             raise UserError("recurlm's chat format takes text messages only")
-        body = tok.encode(m["content"]) + [end]
+        body = encode(m["content"]) + [end]
         ids += [_special(tok, f"<|{m['role']}|>")] + body
         mask += [0] + [int(m["role"] == "assistant")] * len(body)
     return ids, mask
 
 
-def render_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
+def render_prompt(tok: Tokenizer, messages: list[dict], markup: bool = False) -> list[int]:
     """The conversation so far followed by the assistant's opening token: what the model continues to answer."""
-    ids, _ = render_conversation(tok, messages)
-    return ids + [_special(tok, "<|assistant_start|>" if is_nanochat(tok) else "<|assistant|>")]
+    ids, _ = render_conversation(tok, messages, markup)
+    return ids + [_special(tok, "<|assistant_start|>" if tok.chat_format == "nanochat" else "<|assistant|>")]
 
 
 def stop_ids(tok: Tokenizer) -> list[int]:
     """The tokens that end an assistant's reply (nanochat also stops at <|bos|>)."""
-    return tok.stop_ids if is_nanochat(tok) else [_special(tok, "<|end|>")]
+    return tok.stop_ids if tok.chat_format == "nanochat" else [_special(tok, "<|end|>")]
 
 
 def parse_reply(tok: Tokenizer, ids: list[int]) -> str:

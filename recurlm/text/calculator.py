@@ -11,7 +11,7 @@ also bounded in time.
 import ast
 import operator
 
-from recurlm.tokenizer import Tokenizer
+from recurlm.text.tokenizer import Tokenizer
 
 MAX_CHARS = 200
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}

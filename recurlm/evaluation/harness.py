@@ -15,8 +15,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.engine import Engine
-from recurlm.tokenizer import BOS
+from recurlm.inference.engine import Engine
 
 
 @register_model("recurlm")
@@ -27,7 +26,7 @@ class RecurLM(LM):
             device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's command line asks for cuda
         self.model, self.tok, configs = load_checkpoint(checkpoint, device)
         self.model.eval()
-        self.policy = configs["inference"].override(
+        self.policy = configs.inference.override(
             recurrences=int(recurrences) if recurrences is not None else None,
             exit=exit,
             kv_budget=int(kv_budget) if kv_budget is not None else None,
@@ -35,15 +34,14 @@ class RecurLM(LM):
         )
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1  # 'auto' -> 1
         self.engine = Engine(self.model, self.tok.digit_ids)
-        self.context = configs["model"].seq_len
-        bos = self.tok.token_id(BOS)
-        self.prefix = [bos] if bos is not None else []
+        self.context = configs.model.seq_len
+        self.prefix = self.tok.bos_ids  # every sequence starts as training started it
 
     # ---- scoring ----
 
     def _logprobs(self, ids: list[int]) -> torch.Tensor:
         """log p(ids[i + 1] | ids[: i + 1]) for every i: one forward at r."""
-        x, digit_pos = self.engine._right_pad([ids[:-1]], [len(ids) - 1])  # the engine's ids and Abacus ids
+        x, digit_pos = self.engine.right_pad([ids[:-1]], [len(ids) - 1])  # the engine's ids and Abacus ids
         with torch.no_grad():
             logits = self.model(x, self.policy.recurrences, digit_pos=digit_pos)
         return F.log_softmax(logits[0].float(), dim=-1)

@@ -6,9 +6,12 @@ One linear loop; everything it needs from elsewhere is a function call (batches,
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,13 +19,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
-from recurlm.config import STAGE, InferencePolicy, configs_to_dict
-from recurlm.corpus import TextStream, sample_texts
-from recurlm.data import TaskMixture, stage_tasks
-from recurlm.errors import UserError
-from recurlm.evaluate import evaluate, loss_on
-from recurlm.model import build_model
-from recurlm.sampler import sample_recurrences
+from recurlm.config import InferencePolicy, RunConfig
+from recurlm.errors import Interrupted, UserError
+from recurlm.evaluation.scoring import evaluate
+from recurlm.network.model import build_model
+from recurlm.tasks.runs import stage_tasks
+from recurlm.training.corpus import TextStream, sample_texts
+from recurlm.training.data import TaskMixture
+from recurlm.training.depth import sample_recurrences
 
 CKPT = "checkpoint"
 
@@ -100,6 +104,11 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
+    def advance(self, step: int):
+        """Every step moves the bar (the metrics line comes every log_every steps)."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
     def log(self, record: dict, line: str):
         if not self.enabled:
             return
@@ -107,7 +116,7 @@ class Progress:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
             self.bar.set_postfix_str(line, refresh=False)
-            self.bar.update(record["step"] - self.bar.n)  # the bar's position is the step: nothing to track
+            self.bar.update(record["step"] - self.bar.n)
         else:
             print(line, flush=True)
 
@@ -116,7 +125,7 @@ class Progress:
             self.bar.close()
 
 
-def check_resumable(out: Path, configs: dict) -> dict | None:
+def check_resumable(out: Path, configs: RunConfig) -> dict | None:
     """The saved trainer state if `out` holds a compatible run, None if it holds none; errors otherwise. Only what
     the weights mean (architecture and tokenizer) must match: schedules, stages and the inference policy may
     change between an interruption and its resumption."""
@@ -125,7 +134,7 @@ def check_resumable(out: Path, configs: dict) -> dict | None:
         return None
     _, _, saved = load_checkpoint(ckpt, device="meta")
     for section in ("model", "tokenizer"):
-        old, new = configs_to_dict(saved)[section], configs_to_dict(configs)[section]
+        old, new = saved.to_dict()[section], configs.to_dict()[section]
         diff = [k for k in new if old.get(k) != new[k]]
         if diff:
             k = diff[0]
@@ -136,10 +145,10 @@ def check_resumable(out: Path, configs: dict) -> dict | None:
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 
-def train(configs: dict, out_dir: str, resume: bool = False, stop_after: int | None = None):
+def train(configs: RunConfig, out_dir: str, resume: bool = False, stop_after: int | None = None):
     """Run (or resume) every stage; returns the model and the final trainer state. `stop_after` stops (with a
     checkpoint) after that many steps in this call, as an interruption would."""
-    mcfg, tcfg, stages = configs["model"], configs["train"], list(configs[STAGE].items())
+    stages = list(configs.stages.items())
     if not stages:
         raise UserError("the config has no [stage.NAME] table: nothing to train on")
     for name, stage in stages:
@@ -151,23 +160,48 @@ def train(configs: dict, out_dir: str, resume: bool = False, stop_after: int | N
                     f"stage {name}: task {task.name} scores a fixed benchmark and cannot generate training data; "
                     "evaluate on it with `recurlm eval --task` instead"
                 )
-    out = Path(out_dir)
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if ddp:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    master = rank == 0
+    # SIGTERM (a scheduler or `kill` ending the job) checkpoints as Ctrl-C does
+    terminate = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if terminate is not None:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, device, master, ddp)
+        return _train(configs, Path(out_dir), resume, stop_after, Ranks(rank, world, device, ddp))
     finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
         if ddp:
             dist.destroy_process_group()
 
 
-def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, device, master, ddp):
-    rcfg = configs["recurrence"]
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@dataclass
+class Ranks:
+    """Where this process trains: its rank among `world` data-parallel ranks (1 without torchrun), its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+    ddp: bool
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, ranks: Ranks):
+    mcfg, tcfg, rcfg, stages = configs.model, configs.train, configs.recurrence, list(configs.stages.items())
+    rank, world, device, master, ddp = ranks.rank, ranks.world, ranks.device, ranks.master, ranks.ddp
     state = check_resumable(out, configs)
+    if state is None and resume and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} holds no checkpoint to resume: train without --resume, or choose another --out")
     if state is not None and resume and state["stage"] >= len(stages):
         if master:
             print(f"{out} holds a finished run ({state['step']} steps): nothing to train", file=sys.stderr)
@@ -185,6 +219,8 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
             (out / "metrics.jsonl").unlink(missing_ok=True)
     else:
         model, tok, _ = load_checkpoint(out / CKPT, device)
+        if master:
+            print(f"resuming {out} from step {state['step']} (stage {stages[state['stage']][0]})", file=sys.stderr)
         if master:  # forget what was logged after the checkpoint: those steps run again
             lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
             kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= state["step"]]
@@ -200,13 +236,13 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
     net = DDP(model, find_unused_parameters=mcfg.recur_lora_rank > 0) if ddp else model
     amp = autocast_dtype(tcfg.dtype, device)
     total_steps = sum(s.steps for _, s in stages)
-    progress = Progress(total_steps, state["step"], out, master)
-    if master:
+    if master:  # before the progress bar, which owns the terminal's last line from then on
         print(
             f"training {model.param_groups()['unique']:,} params on {device} ({world} rank{'s' * (world > 1)}, "
             f"{'bf16' if amp else 'fp32'}) for {total_steps} steps -> {out}",
             file=sys.stderr,
         )
+    progress = Progress(total_steps, state["step"], out, master)
 
     def save():
         if master:
@@ -247,7 +283,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                     digit_pos = digit_pos.to(device) if digit_pos is not None else None
                     sync = nullcontext() if not ddp or micro == tcfg.grad_accum - 1 else net.no_sync()
                     with sync, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                        loss = loss_on(net, x, y, r, digit_pos, rcfg.bptt_k)
+                        loss = net(x, r, digit_pos=digit_pos, bptt_k=rcfg.bptt_k, targets=y)
                     (loss / tcfg.grad_accum).backward()
                     loss_sum += loss.item() / tcfg.grad_accum
                     n_tok += x.numel()
@@ -259,6 +295,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
                 state["stage_step"], state["step"] = s + 1, step + 1
                 state["tokens"] += n_tok * world
                 steps_this_call += 1
+                progress.advance(state["step"])
                 state["elapsed"] = elapsed0 + time.perf_counter() - t_start
                 if state["step"] % tcfg.log_every == 0 or state["stage_step"] == stage.steps:
                     done_frac = state["step"] / total_steps
@@ -295,9 +332,7 @@ def _train(configs, mcfg, tcfg, stages, out, resume, stop_after, rank, world, de
         save()
     except KeyboardInterrupt:
         save()
-        if master:
-            print(f"interrupted at step {state['step']}: checkpoint saved; continue with --resume", file=sys.stderr)
-        raise
+        raise Interrupted(f"interrupted at step {state['step']}: checkpoint saved; continue with --resume") from None
     finally:
         progress.close()
     return model, state
@@ -314,11 +349,11 @@ def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
     return texts
 
 
-def validation_policy(configs: dict) -> InferencePolicy:
+def validation_policy(configs: RunConfig) -> InferencePolicy:
     """How periodic validation (and the curriculum it drives) runs the model: greedy at the inference policy's r,
     cache budget and warm start, without adaptive exit, which would make validation cost and accuracy depend on a
     threshold chosen for deployment."""
-    run = configs["inference"]
+    run = configs.inference
     return InferencePolicy(recurrences=run.recurrences, kv_budget=run.kv_budget, warm_start=run.warm_start)
 
 
@@ -329,7 +364,7 @@ def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state,
     small to generalise from on its own (1-digit addition has 100 problems; the 20 held out are only learnt through
     the columns of longer sums), so requiring held-out accuracy there would stall the curriculum.
     """
-    tcfg, policy, stage = configs["train"], validation_policy(configs), mixture.stage
+    tcfg, policy, stage = configs.train, validation_policy(configs), mixture.stage
     if not mixture.tasks:
         return level
     record = {"step": state["step"], "stage": name, "eval": {}}

@@ -1,0 +1,257 @@
+"""Forward passes through the KV cache (docs/design.md §2): prefill prompts in parallel (`start`), then extend each
+sequence token by token or k tokens at once (`decode`, `extend`), each row of a batch at its own position and under
+its own inference policy. The recurrence is the model's one loop (`RecurrentGPT.recur_until`), which here
+warm-starts a token from the previous token's final state and stops each token once its row's exit criterion fires.
+
+What to do with the logits (sampling, stop rules, rows joining and leaving) is the generation loop's
+(`recurlm.inference.generation`); `generate`, `stream` and `beam_search` here are its front door.
+"""
+
+import functools
+
+import torch
+
+from recurlm.config import InferencePolicy
+from recurlm.errors import UserError
+from recurlm.inference import beam, generation
+from recurlm.inference.state import DecodeState
+from recurlm.network.cache import KVCache
+from recurlm.network.exits import Halting
+from recurlm.network.model import Context, RecurrentGPT
+from recurlm.text.tokenizer import significance_ids
+
+
+def extends_in_parallel(policy: InferencePolicy) -> bool:
+    """Whether T new tokens under `policy` are one parallel pass, exactly T single steps: no warm start (a token
+    would start from its predecessor's end) and a core slot per iteration (else iteration i would read the
+    predecessors' iteration i instead of their final one)."""
+    return policy.kv_budget >= policy.steps_cap and not policy.warm_start
+
+
+def _rows_at(buf: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """buf (B, L, ...) at the new tokens' positions: (B, T, ...)."""
+    if ctx.positions is None:
+        return buf[:, ctx.start : ctx.start + ctx.cos.size(1)]
+    return buf[torch.arange(buf.size(0), device=buf.device)[:, None], ctx.positions]
+
+
+def _put_rows(buf: torch.Tensor, ctx: Context, value: torch.Tensor):
+    if ctx.positions is None:
+        buf[:, ctx.start : ctx.start + value.size(1)] = value
+    else:
+        buf[torch.arange(buf.size(0), device=buf.device)[:, None], ctx.positions] = value.to(buf.dtype)
+
+
+class Engine:
+    """`compile=True` runs each single-token step at a fixed number of recurrences (no adaptive exit) through a
+    `torch.compile`d function whose shapes never change: attention reads the whole cache under a mask, so one
+    compilation per (batch size, r, warm start) serves every position. The prompt pass, multi-token extends and
+    steps under adaptive exit stay eager."""
+
+    def __init__(self, model: RecurrentGPT, digit_ids: set[int] | None = None, compile: bool = False):
+        cfg = model.cfg
+        if cfg.abacus and not digit_ids:
+            raise UserError("this model uses digit-significance ids: pass the tokenizer's digit_ids")
+        self.model, self.cfg = model, cfg
+        self.device = model.wte.weight.device  # build the engine after moving the model
+        self.digit_ids = set(digit_ids or ())
+        self.digit_tensor = torch.tensor(sorted(self.digit_ids), dtype=torch.long, device=self.device)
+        self.compiled_step = torch.compile(self._fixed_step) if compile else None
+        if compile:
+            from torch._inductor import config as inductor  # here, not at the top: importing it takes a second
+
+            # Frozen: the weights are constants of the compiled step (build a new engine after changing them).
+            # Without freezing, inductor (torch 2.13, CPU) computed a gated model's final state wrongly.
+            self.frozen = functools.partial(inductor.patch, freezing=True)
+
+    def _noise(self, seeds: list[int], starts: list[int], T: int) -> torch.Tensor | None:
+        """Huginn's random initial state, drawn per sequence and position (so independent of the batch)."""
+        if self.cfg.state_init != "random":
+            return None
+        out = torch.empty(len(seeds), T, self.cfg.d_model)
+        for b, (seed, start) in enumerate(zip(seeds, starts, strict=True)):
+            for t in range(T):
+                g = torch.Generator().manual_seed((seed * 1_000_003 + start + t) % 2**63)
+                torch.nn.init.trunc_normal_(out[b, t], std=1.0, a=-3.0, b=3.0, generator=g)
+        return out.to(self.device)
+
+    def _policies(self, policy, n: int) -> list[InferencePolicy]:
+        policies = list(policy) if isinstance(policy, list | tuple) else [policy] * n
+        if len(policies) != n:
+            raise UserError(f"{len(policies)} policies for {n} sequences")
+        if len({p.kv_budget for p in policies}) > 1:
+            raise UserError("sequences with different kv budgets cannot share a batch")
+        if not self.model.core:  # no loop, no state to carry: a warm start would hand a token its predecessor's
+            policies = [p.override(warm_start=False) for p in policies]
+        return policies
+
+    def right_pad(self, seqs: list[list[int]], n_prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L) ids padded on the right (causal attention never looks there), and their digit-significance ids
+        (the first n_prompt[b] tokens of row b are its prompt)."""
+        if not seqs or any(len(q) == 0 for q in seqs):
+            raise UserError("every prompt needs at least one token")
+        L = max(len(q) for q in seqs)
+        if L > self.cfg.seq_len:
+            raise UserError(f"prompt of {L} tokens is longer than the context ({self.cfg.seq_len} tokens)")
+        idx = torch.zeros(len(seqs), L, dtype=torch.long)
+        digit_pos = torch.zeros(len(seqs), L, dtype=torch.long) if self.cfg.abacus else None
+        for b, (q, n) in enumerate(zip(seqs, n_prompt, strict=True)):
+            idx[b, : len(q)] = torch.tensor(q, dtype=torch.long)
+            if digit_pos is not None:
+                digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids))
+        return idx.to(self.device), None if digit_pos is None else digit_pos.to(self.device)
+
+    @staticmethod
+    def _prompt_depth(p: InferencePolicy) -> tuple[int, int, str]:
+        """(cap, min steps, exit) of a prompt's tokens: all r, unless the policy lets them exit too."""
+        return (p.steps_cap, p.min_steps, p.exit) if p.prompt_exit else (p.recurrences, 1, "none")
+
+    def _last(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """x (B, L, ...) at each row's last position."""
+        if min(lengths) == max(lengths):
+            return x[:, lengths[0] - 1]
+        return x[torch.arange(x.size(0), device=x.device), torch.tensor(lengths, device=x.device) - 1]
+
+    @torch.no_grad()
+    def start(
+        self,
+        prompts: list[list[int]],
+        policy: InferencePolicy | list[InferencePolicy],
+        seeds: list[int] | None = None,
+        max_len: int | None = None,
+    ) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """Prefill the prompts in parallel (each at its policy's r) into a new state; returns it, each row's (B, V)
+        logits after its prompt and the recurrences its last token ran (B,). `max_len` bounds the tokens a row may
+        reach (default: the context)."""
+        policies = self._policies(policy, len(prompts))
+        seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+        max_len = min(max_len or self.cfg.seq_len, self.cfg.seq_len)
+        idx, digit_pos = self.right_pad(prompts, [len(p) for p in prompts])
+        B, L = idx.shape
+        if L > max_len:
+            raise UserError(f"prompt of {L} tokens is longer than the room asked for ({max_len} tokens)")
+        if self.compiled_step is not None:  # every cache spans the context: one shape for the compiled step
+            max_len = self.cfg.seq_len
+        dtype = self.model.wte.weight.dtype
+        state = DecodeState(
+            KVCache(self.cfg, B, max_len, policies[0].kv_budget, self.device, dtype),
+            [len(p) for p in prompts],
+            torch.zeros(B, max_len, self.cfg.d_model, device=self.device, dtype=dtype),
+            torch.zeros(B, max_len, dtype=torch.long, device=self.device) if self.cfg.abacus else None,
+            policies,
+            seeds,
+            Halting.build([(p.steps_cap, p.min_steps, p.exit) for p in policies], self.device),
+        )
+        ctx = self.model.context(L, [0] * B, state.cache)
+        e = self.model.embed(idx, ctx, digit_pos)
+        s0 = self.model.init_state(e, self._noise(seeds, [0] * B, L))
+        prompt_depth = Halting.build([self._prompt_depth(p) for p in policies], self.device)
+        run = self.model.recur_until(e, s0, prompt_depth, ctx)
+        s, steps = run.state, run.steps
+        state.final[:, :L] = s
+        h = self.model.coda_out(s, ctx)  # every position: the coda's cache slots need them all
+        return state, self.model.unembed(self._last(h, state.lengths)), self._last(steps, state.lengths)
+
+    @torch.no_grad()
+    def extend(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """Append T tokens to every row ((B, T) ids): returns the state, their (B, T, V) logits and the recurrences
+        each token ran (B, T). The result is exactly that of T single-token steps: one parallel pass when that is
+        the same computation (budget >= every row's step cap, no warm start), token by token otherwise (a warm
+        token starts from the previous token's end; with fewer slots than iterations a token's iteration i would
+        see its predecessors' iteration i instead of their final one)."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        if tokens.dim() != 2 or tokens.size(0) != len(state):
+            raise UserError(
+                f"extend needs one row of tokens per sequence ({len(state)}), got shape {list(tokens.shape)}"
+            )
+        stepwise = not all(extends_in_parallel(p) for p in state.policies)
+        if tokens.size(1) > 1 and stepwise:
+            parts = [self._extend(state, tokens[:, t : t + 1]) for t in range(tokens.size(1))]
+            return state, torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)
+        return (state, *self._extend(state, tokens))
+
+    @torch.no_grad()
+    def decode(self, state: DecodeState, tokens) -> tuple[DecodeState, torch.Tensor, torch.Tensor]:
+        """One token per row ((B,) ids): the state, (B, V) logits and (B,) recurrences."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(-1, 1)
+        if tokens.size(0) != len(state):
+            raise UserError(f"decode needs one token per sequence ({len(state)}), got {tokens.size(0)}")
+        logits, steps = self._extend(state, tokens)
+        return state, logits[:, 0], steps[:, 0]
+
+    def _fixed_step(self, tokens, positions, prev, cache: KVCache, r: int, digit_pos) -> tuple[torch.Tensor, ...]:
+        """One token per row at `positions` (B, 1), r recurrences, starting from `prev` (warm) or init_state: the
+        (B, 1, V) logits and the final states. Every shape is fixed by the cache: the body `compile=True` compiles."""
+        ctx = self.model.context_at(positions, cache, cache.max_len)
+        e = self.model.embed(tokens, ctx, digit_pos)
+        s = self.model.recur(e, self.model.init_state(e) if prev is None else prev, r, ctx)
+        return self.model.head(s, ctx), s
+
+    def _compiles(self, state: DecodeState, T: int) -> bool:
+        warm = {p.warm_start for p in state.policies}
+        noise = self.cfg.state_init == "random"  # drawn per sequence and position, in Python
+        return self.compiled_step is not None and T == 1 and state.halt.uniform and len(warm) == 1 and not noise
+
+    def _extend(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, T = self.model, tokens.size(1)
+        if max(state.lengths) + T > state.max_len:
+            raise UserError(f"sequence of {max(state.lengths) + T} tokens is longer than its room ({state.max_len})")
+        ctx = model.context(T, state.lengths, state.cache)
+        digit_pos = None
+        if state.runs is not None:
+            run = self._last(state.runs, state.lengths)
+            digit_pos = torch.empty_like(tokens)
+            for t in range(T):  # generated numbers count their digits from the first (reversed answers)
+                run = torch.where(torch.isin(tokens[:, t], self.digit_tensor), run + 1, 0)
+                digit_pos[:, t] = run
+            _put_rows(state.runs, ctx, digit_pos)
+        if self._compiles(state, T):
+            r = state.halt.max_cap
+            prev = self._last(state.final, state.lengths)[:, None] if state.policies[0].warm_start else None
+            positions = torch.tensor(state.lengths, device=self.device)[:, None]
+            with self.frozen():
+                logits, s = self.compiled_step(tokens, positions, prev, state.cache, r, digit_pos)
+            steps = torch.full((len(state), 1), r if model.core else 0, dtype=torch.long, device=self.device)
+        else:
+            e = model.embed(tokens, ctx, digit_pos)
+            warm = [p.warm_start for p in state.policies]
+            s0 = None if all(warm) else model.init_state(e, self._noise(state.seeds, state.lengths, T))
+            if any(warm):  # one token per row here (see extend)
+                prev = self._last(state.final, state.lengths)[:, None]
+                if s0 is None:
+                    s0 = prev
+                else:
+                    s0 = torch.where(torch.tensor(warm, device=self.device)[:, None, None], prev, s0)
+            run = model.recur_until(e, s0, state.halt, ctx)
+            s, steps = run.state, run.steps
+            logits = model.head(s, ctx) if run.logits is None else run.logits  # a KL exit check ran the head
+        _put_rows(state.final, ctx, s)
+        state.lengths = [n + T for n in state.lengths]
+        return logits, steps
+
+    @torch.no_grad()
+    def full_forward(self, seqs: list[list[int]], n_prompt: list[int], policy, seeds=None) -> torch.Tensor:
+        """No cache: recompute whole sequences (the training-time computation, no warm start, no exit); (B, V)
+        logits after each. The first n_prompt[b] tokens of row b are its prompt (for digit-significance ids)."""
+        policies = self._policies(policy, len(seqs))
+        idx, digit_pos = self.right_pad(seqs, n_prompt)
+        B, L = idx.shape
+        ctx = self.model.context(L)
+        e = self.model.embed(idx, ctx, digit_pos)
+        s0 = self.model.init_state(e, self._noise(seeds or [0] * B, [0] * B, L))
+        s = self.model.recur_until(
+            e, s0, Halting.build([(p.recurrences, 1, "none") for p in policies], self.device), ctx
+        ).state
+        return self.model.unembed(self._last(self.model.coda_out(s, ctx), [len(q) for q in seqs]))
+
+    def generate(self, prompts: list[list[int]], max_new_tokens, policy, stop_tokens=(), **kwargs):
+        """Every prompt's tokens and steps (`generation.generate`: the one generation loop)."""
+        return generation.generate(self, prompts, max_new_tokens, policy, stop_tokens, **kwargs)
+
+    def stream(self, prompts: list[list[int]], max_new_tokens, policy, stop_tokens=(), **kwargs):
+        """(rows, tokens, steps) after each decoding step (`generation.stream`: the one generation loop)."""
+        return generation.stream(self, prompts, max_new_tokens, policy, stop_tokens, **kwargs)
+
+    def beam_search(self, prompts: list[list[int]], max_new_tokens: int, beams: int, policy, stop_tokens=()):
+        """The most probable continuation per prompt among `beams` hypotheses (`beam.beam_search`)."""
+        return beam.beam_search(self, prompts, max_new_tokens, beams, policy, stop_tokens)

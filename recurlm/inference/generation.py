@@ -1,0 +1,207 @@
+"""The one generation loop: the CLI, evaluation, the terminal chat and the server's batcher all drive it.
+
+A `GenerationLoop` holds the sequences being generated as rows of one batch. Each `step` picks one token per row
+(sampled under the row's own policy and generator, or forced by the calculator tool), decides which rows end and
+why (a stop token, their token budget, a full context, a cancellation), lets the ended rows leave and runs one
+decoding step for the rest; `add` prefills new sequences into the running batch between steps. A row's tokens
+are those it would get alone: rows never read each other (`DecodeState`).
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from recurlm.config import InferencePolicy
+from recurlm.errors import UserError
+from recurlm.inference.sampling import sample_rows
+from recurlm.inference.state import DecodeState
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]] = field(default_factory=list)  # generated ids per row, stop token excluded
+    # recurrences of the forward pass that produced each of those tokens, and the stop token (it costs a pass too)
+    steps: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One sequence to generate, and what has come of it so far."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    policy: InferencePolicy
+    seed: int = 0  # its sampling generator and its random initial states ('random' state_init)
+    generated: list[int] = field(default_factory=list)  # the stop token excluded
+    steps: list[int] = field(default_factory=list)  # recurrences of the pass behind each token, the stop token's too
+    # Why it ended: 'stop' (a stop token), 'length' (max_new_tokens), 'context' (the context is full), 'cancelled'
+    finish: str | None = None
+    cancelled: bool = False  # set from outside (its client went away): it ends at the next step, without a token
+    forced: list[int] = field(default_factory=list)  # the tool's tokens still to feed
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Event:
+    """What one step did for one sequence: the token it picked (None when it ended without one) and the recurrences
+    of the pass that predicted it, and why it ended, if it did."""
+
+    seq: Sequence
+    token: int | None
+    steps: int
+    finish: str | None
+
+
+class GenerationLoop:
+    """`stop_tokens` end a row (the token is reported, not kept); `tool` (`text.calculator.Calculator`) forces its
+    tokens into a row whose output calls it; `max_len` bounds each row's prompt and output together (default: the
+    context); without `use_cache` every step recomputes the whole sequences (no adaptive exit then)."""
+
+    def __init__(self, engine, stop_tokens=(), tool=None, max_len: int | None = None, use_cache: bool = True):
+        self.engine, self.stop, self.tool, self.use_cache = engine, set(stop_tokens), tool, use_cache
+        self.max_len = min(max_len or engine.cfg.seq_len, engine.cfg.seq_len)
+        self.rows: list[Sequence] = []  # the batch's rows, in order
+        self.parked: set[int] = set()  # rows that ended but still ride along (see `step`)
+        self.state: DecodeState | None = None
+        self.logits: torch.Tensor | None = None  # (rows, V): what each row picks its next token from
+        self.next_steps: list[int] = []  # the recurrences behind those logits
+
+    def __len__(self) -> int:
+        """Sequences still generating."""
+        return len(self.rows) - len(self.parked)
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return [s for i, s in enumerate(self.rows) if i not in self.parked]
+
+    def add(self, seqs: list[Sequence]):
+        """Prefill new sequences into the batch (all or, on an error, none of them)."""
+        if not seqs:
+            return
+        for s in seqs:  # any int is a seed: torch takes 64 bits
+            s.generator = torch.Generator(device=self.engine.device).manual_seed(s.seed % 2**64)
+        if self.use_cache:
+            fresh, logits, steps = self.engine.start(
+                [s.prompt for s in seqs], [s.policy for s in seqs], [s.seed for s in seqs], max_len=self.max_len
+            )
+            state = fresh if self.state is None else DecodeState.cat([self.state, fresh])
+            steps = steps.tolist()
+        else:
+            state, logits, steps = None, self._full_forward(seqs), self._fixed_steps(seqs)
+        self.state, self.rows = state, self.rows + seqs
+        self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
+        self.next_steps += steps
+
+    def step(self) -> list[Event]:
+        """One token for every row still generating; the rows that end leave, the others run one decoding step."""
+        if not len(self):
+            return []
+        rows = self.rows
+        picked = sample_rows(self.logits, [s.policy for s in rows], [s.generator for s in rows]).tolist()
+        events, ended = [], []
+        for i, seq in enumerate(rows):
+            if i in self.parked:
+                continue
+            if seq.cancelled:
+                seq.finish = "cancelled"
+                events.append(Event(seq, None, 0, seq.finish))
+                ended.append(i)
+                continue
+            token = picked[i] = seq.forced.pop(0) if seq.forced else picked[i]
+            seq.steps.append(self.next_steps[i])
+            if token in self.stop:
+                seq.finish = "stop"
+            else:
+                seq.generated.append(token)
+                if self.tool is not None and not seq.forced:
+                    seq.forced = self.tool.forced(seq.generated)
+                if len(seq.generated) >= seq.max_new_tokens:
+                    seq.finish = "length"
+                elif len(seq.prompt) + len(seq.generated) > self.max_len:  # no room to feed it back
+                    seq.finish = "context"
+            events.append(Event(seq, token, self.next_steps[i], seq.finish))
+            if seq.finish:
+                ended.append(i)
+        self._advance(picked, ended)
+        return events
+
+    def _advance(self, picked: list[int], ended: list[int]):
+        self.parked.update(ended)
+        if len(self.parked) == len(self.rows):
+            self.rows, self.parked, self.state, self.logits, self.next_steps = [], set(), None, None, []
+            return
+        tokens = torch.tensor(picked, device=self.engine.device)
+        # Leaving a batch copies its cache, so a row that ends rides along, cut back to one token and fed whatever
+        # it samples (rolled back after each step), until a quarter of the batch has ended.
+        if 4 * len(self.parked) >= len(self.rows) or not self.use_cache:
+            keep = [i for i in range(len(self.rows)) if i not in self.parked]
+            if self.use_cache:
+                self.state = self.state.select(keep)
+            self.rows, tokens, self.parked = [self.rows[i] for i in keep], tokens[keep], set()
+        elif ended:
+            self.state.rollback([self.state.lengths[i] - 1 if i in ended else 0 for i in range(len(self.rows))])
+        if not self.use_cache:
+            self.logits, self.next_steps = self._full_forward(self.rows), self._fixed_steps(self.rows)
+            return
+        self.state, self.logits, used = self.engine.decode(self.state, tokens)
+        if self.parked:
+            self.state.rollback([int(i in self.parked) for i in range(len(self.rows))])
+        self.next_steps = used.tolist()
+
+    def _full_forward(self, seqs: list[Sequence]) -> torch.Tensor:
+        return self.engine.full_forward(
+            [s.prompt + s.generated for s in seqs], [len(s.prompt) for s in seqs], [s.policy for s in seqs],
+            [s.seed for s in seqs],
+        )  # fmt: skip
+
+    def _fixed_steps(self, seqs: list[Sequence]) -> list[int]:
+        return [s.policy.recurrences if self.engine.model.core else 0 for s in seqs]
+
+
+def stream(
+    engine,
+    prompts: list[list[int]],
+    max_new_tokens: int | list[int],
+    policy: InferencePolicy | list[InferencePolicy],
+    stop_tokens=(),
+    seeds: list[int] | None = None,
+    use_cache: bool = True,
+    tool=None,
+) -> Iterator[tuple[list[int], list[int], list[int]]]:
+    """Yield (rows, tokens, steps) after each step for the prompts still generating: their indices, the token each
+    picked (a stop token too: it ends the row) and the recurrences of the pass that predicted it."""
+    if not prompts:
+        return
+    if any(not p for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    policies = list(policy) if isinstance(policy, list | tuple) else [policy] * len(prompts)
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+    if not use_cache and any(p.exit != "none" for p in policies):
+        raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
+    seqs = [Sequence(list(p), n, pol, seed) for p, n, pol, seed in zip(prompts, budgets, policies, seeds, strict=True)]
+    index = {id(s): b for b, s in enumerate(seqs)}
+    for events in run(engine, seqs, stop_tokens, tool, use_cache):
+        yield [index[id(e.seq)] for e in events], [e.token for e in events], [e.steps for e in events]
+
+
+def run(engine, seqs: list[Sequence], stop_tokens=(), tool=None, use_cache: bool = True) -> Iterator[list[Event]]:
+    """Generate the sequences together, yielding each step's events; each sequence's `finish` says why it ended."""
+    room = max(len(s.prompt) + s.max_new_tokens for s in seqs)  # no cache longer than any row can grow
+    loop = GenerationLoop(engine, stop_tokens, tool, max_len=room, use_cache=use_cache)
+    loop.add(seqs)
+    while len(loop):
+        yield loop.step()
+
+
+def generate(engine, prompts, max_new_tokens, policy, stop_tokens=(), **kwargs) -> Generation:
+    """Every prompt's generated tokens (stop token excluded) and the steps behind each (stop token included)."""
+    out = Generation([[] for _ in prompts], [[] for _ in prompts])
+    stop = set(stop_tokens)
+    for rows, tokens, steps in stream(engine, prompts, max_new_tokens, policy, stop_tokens, **kwargs):
+        for b, t, k in zip(rows, tokens, steps, strict=True):
+            out.steps[b].append(k)
+            if t not in stop:
+                out.tokens[b].append(t)
+    return out
