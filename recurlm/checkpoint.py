@@ -1,6 +1,6 @@
-"""Checkpoints (DESIGN §5): a directory with config.json, model.safetensors, tokenizer.json (and, for resuming,
-optimizer.pt and trainer_state.json), written to a temporary directory and renamed into place so that a crash never
-leaves a half-written checkpoint."""
+"""Checkpoints (docs/design.md, "Checkpoints"): a directory with config.json, model.safetensors, tokenizer.json
+(and, for resuming, optimizer.pt and trainer_state.json), written to a temporary directory and renamed into place
+so that a crash never leaves a half-written checkpoint."""
 
 import json
 import os
@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from recurlm.config import build_configs, merge, migrate
+from recurlm.config import RunConfig, build_configs, merge, migrate
 from recurlm.errors import UserError
 from recurlm.network.model import RecurrentGPT, build_model
 from recurlm.text.tokenizer import Tokenizer
 
 
-def build_tokenizer(configs: dict, texts=()) -> Tokenizer:
+def build_tokenizer(configs: RunConfig, texts=()) -> Tokenizer:
     """The tokenizer a config asks for: a char alphabet, or BPE trained on `texts` (bytes only when empty)."""
     tcfg, mcfg = configs.tokenizer, configs.model
     if tcfg.kind == "char":
@@ -32,7 +32,7 @@ def save_checkpoint(
     out_dir: str | Path,
     model: RecurrentGPT,
     tokenizer: Tokenizer,
-    configs: dict,
+    configs: RunConfig,
     optimizer_state: dict | None = None,
     trainer_state: dict | None = None,
 ):
@@ -65,19 +65,20 @@ def resolve(ckpt_dir: str | Path) -> Path:
     return path
 
 
-def read_configs(ckpt_dir: str | Path) -> dict:
+def read_values(ckpt_dir: str | Path) -> dict:
+    """The configuration values a checkpoint records (in today's layout: older checkpoints are migrated)."""
     ckpt_dir = resolve(ckpt_dir)
     path = ckpt_dir / "config.json"
     if not path.is_file():
         raise UserError(f"not a recurlm checkpoint (no config.json): {ckpt_dir}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
-    return build_configs(merge({}, migrate(raw), str(path)))
+    return merge({}, migrate(read_file(path, lambda p: json.loads(p.read_text()))), str(path))
 
 
-def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, Tokenizer, dict]:
+def read_configs(ckpt_dir: str | Path) -> RunConfig:
+    return build_configs(read_values(ckpt_dir))
+
+
+def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, Tokenizer, RunConfig]:
     ckpt_dir = resolve(ckpt_dir)
     configs = read_configs(ckpt_dir)
     weights = ckpt_dir / "model.safetensors"
@@ -86,8 +87,18 @@ def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, T
     model = build_model(configs.model, device)
     if str(device) == "meta":  # config and tokenizer only
         return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs
+    state = read_file(weights, lambda p: load_file(p, device=str(device)))
     try:
-        model.load_state_dict(load_file(weights, device=str(device)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"weights in {weights} do not fit its config.json: {str(e).splitlines()[0]}") from None
     return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs
+
+
+def read_file(path: Path, load):
+    """`load(path)`, with a truncated or corrupt file (a crash mid-copy, a full disk) as one line naming it."""
+    try:
+        return load(path)
+    except Exception as e:  # safetensors, torch and json each raise their own kinds
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is truncated or corrupt ({reason})") from None

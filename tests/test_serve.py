@@ -180,30 +180,64 @@ def test_stop_strings_end_the_reply_before_them_and_seeds_repeat_samples(server)
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no Debian chromium (scripts/setup.sh installs it)")
-def test_web_chat_in_a_real_browser_streams_a_reply_shaded_by_steps(server, tmp_path):
+def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
         options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the system's: nothing downloaded
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the system's: nothing downloaded
+
+
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="no Debian chromium (scripts/setup.sh installs it)"
+)
+
+
+@needs_chromium
+def test_web_chat_asks_for_the_key_of_a_keyed_server():
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    s = Server(api_key="sesame")
+    page = browser()
     try:
-        browser.get(server.url + "/")
-        wait = WebDriverWait(browser, 30)
+        page.get(s.url + "/")
+        wait = WebDriverWait(page, 30)
+        prompt = wait.until(lambda b: b.switch_to.alert)  # the page asks once, on the first 401
+        prompt.send_keys("sesame")
+        prompt.accept()
         wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
-        browser.execute_script("document.getElementById('r').value = 3; document.getElementById('r').oninput()")
-        browser.find_element(By.ID, "text").send_keys("What is 2 + 2?\n")
+        page.find_element(By.ID, "text").send_keys("What is 2 + 2?\n")
         meta = wait.until(lambda b: b.find_elements(By.ID, "last-meta"))[0]
-        tokens = browser.find_elements(By.CSS_SELECTOR, ".assistant .tok")
+        assert "recurrences per token" in meta.text and "error" not in meta.text
+        page.refresh()  # the key is remembered: no second question
+        wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
+    finally:
+        page.quit()
+        s.stop()
+
+
+@needs_chromium
+def test_web_chat_in_a_real_browser_streams_a_reply_shaded_by_steps(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser()
+    try:
+        page.get(server.url + "/")
+        wait = WebDriverWait(page, 30)
+        wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
+        page.execute_script("document.getElementById('r').value = 3; document.getElementById('r').oninput()")
+        page.find_element(By.ID, "text").send_keys("What is 2 + 2?\n")
+        meta = wait.until(lambda b: b.find_elements(By.ID, "last-meta"))[0]
+        tokens = page.find_elements(By.CSS_SELECTOR, ".assistant .tok")
         assert len(tokens) >= 1 and {t.get_attribute("data-steps") for t in tokens} == {"3"}  # r = 3 for every token
         assert all("rgba" in t.get_attribute("style") for t in tokens)  # shaded by the steps it used
         assert "mean 3.00 recurrences" in meta.text
-        browser.save_screenshot(str(tmp_path / "web-chat.png"))
+        page.save_screenshot(str(tmp_path / "web-chat.png"))
         assert (tmp_path / "web-chat.png").stat().st_size > 5000
     finally:
-        browser.quit()
+        page.quit()

@@ -88,23 +88,20 @@ class ChatSession:
     def _prompt(self, text: str, out) -> tuple[list[int], object] | None:
         """The prompt ids and the task that recognises the question; None if the message cannot fit."""
         context = self.model.cfg.seq_len
-        if not self.chat:
-            ids, task = self.prompter.question(text)
-        else:
+        message = {"role": "user", "content": text}
+        ids, task = self.prompter.question(text) if not self.chat else (self.prompter.messages([message]), None)
+        if len(ids) >= context:  # it does not fit even alone: refuse it, keep the conversation
+            out.write(f"[this message is {len(ids)} tokens; the context holds {context}: shorten it]\n")
+            return None
+        if self.chat:
             turns = self.history
-            while True:
-                ids, task = self.prompter.messages([*turns, {"role": "user", "content": text}]), None
-                if len(ids) < context or not turns:
-                    break
+            while len(ids := self.prompter.messages([*turns, message])) >= context:
                 turns = turns[2:]  # the oldest exchange: a user message and its reply
             if dropped := (len(self.history) - len(turns)) // 2:
                 plural = "s" * (dropped > 1)
                 out.write(f"{DIM}[the conversation outgrew the context: dropped its oldest {dropped} exchange{plural}]")
                 out.write(PLAIN + "\n")
                 self.history = turns
-        if len(ids) >= context:
-            out.write(f"[this message is {len(ids)} tokens; the context holds {context}: shorten it]\n")
-            return None
         return ids, task
 
     def reply(self, text: str, out=sys.stdout) -> str:

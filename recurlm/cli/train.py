@@ -1,11 +1,11 @@
 """`recurlm train`: train a preset or config file into a run directory, or resume the run there."""
 
-import json
 import sys
 from pathlib import Path
 
+from recurlm.checkpoint import read_values
 from recurlm.cli.common import positive_int
-from recurlm.config import STAGE, build_configs, config_values, merge, migrate, parse_overrides
+from recurlm.config import STAGE, build_configs, config_values, merge, parse_overrides
 from recurlm.errors import UserError
 
 
@@ -27,13 +27,8 @@ def register(sub):
 
 def recorded_values(out: Path) -> dict | None:
     """The configuration a run in `out` records in its checkpoint, if it has one."""
-    path = out / "checkpoint" / "config.json"
-    if not (out / "checkpoint" / "trainer_state.json").is_file() or not path.is_file():
-        return None
-    try:
-        return merge({}, migrate(json.loads(path.read_text())), str(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
+    has_run = (out / "checkpoint" / "trainer_state.json").is_file() and (out / "checkpoint" / "config.json").is_file()
+    return read_values(out / "checkpoint") if has_run else None
 
 
 def run(args):

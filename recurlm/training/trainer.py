@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
+from recurlm.checkpoint import build_tokenizer, load_checkpoint, read_file, save_checkpoint
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
@@ -142,7 +142,7 @@ def check_resumable(out: Path, configs: RunConfig) -> dict | None:
                 f"{out} holds a run with a different config ({section}.{k}: {old.get(k)!r} there, "
                 f"{new[k]!r} here); use another --out"
             )
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    return read_file(ckpt / "trainer_state.json", lambda p: json.loads(p.read_text()))
 
 
 def train(configs: RunConfig, out_dir: str, resume: bool = False, stop_after: int | None = None):
@@ -208,6 +208,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
         return load_checkpoint(out / CKPT, device)[0], state
     if state is not None and not resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if state is None and (out / "metrics.jsonl").exists():  # a run that never checkpointed: its log is kept
+        raise UserError(f"{out} holds a run's metrics.jsonl but no checkpoint: choose another --out, or delete it")
     if master:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed)
@@ -215,8 +217,6 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
         tok = build_tokenizer(configs, tokenizer_texts(stages, tcfg.seed))
         model = build_model(mcfg, device)
         state = {"stage": 0, "stage_step": 0, "step": 0, "level": None, "tokens": 0, "elapsed": 0.0}
-        if master:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
     else:
         model, tok, _ = load_checkpoint(out / CKPT, device)
         if master:
@@ -228,7 +228,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
         torch.set_rng_state(torch.tensor(bytearray.fromhex(state["torch_rng"]), dtype=torch.uint8))
     optimizers = build_optimizers(model, tcfg)
     if (out / CKPT / "optimizer.pt").is_file() and state["step"]:
-        for opt, sd in zip(optimizers, torch.load(out / CKPT / "optimizer.pt", map_location=device), strict=True):
+        saved = read_file(out / CKPT / "optimizer.pt", lambda p: torch.load(p, map_location=device))
+        for opt, sd in zip(optimizers, saved, strict=True):
             opt.load_state_dict(sd)
     if tcfg.compile:
         compile_blocks(model)
