@@ -1,4 +1,4 @@
-"""Checkpoints (docs/design.md, "Checkpoints"): a directory with config.json, model.safetensors, tokenizer.json
+"""Checkpoints (docs/design.md §5): a directory with config.json, model.safetensors, tokenizer.json
 (and, for resuming, optimizer.pt and trainer_state.json), written to a temporary directory and renamed into place
 so that a crash never leaves a half-written checkpoint."""
 

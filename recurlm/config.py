@@ -111,7 +111,7 @@ class ModelConfig:
 
 @dataclass
 class RecurrenceConfig:
-    """How many recurrences a training step runs (DESIGN §1) and how far back gradients flow."""
+    """How many recurrences a training step runs (docs/design.md §1) and how far back gradients flow."""
 
     schedule: str = "poisson_lognormal"  # 'fixed' (r = mean) or 'poisson_lognormal'
     mean: float = 4.0
@@ -139,7 +139,7 @@ class InferencePolicy:
     # the prompt's tokens exit too, each under the same criterion and cap, and the prompt pass ends once all have
     # (its tokens then attend to each other's states at the iteration they stopped): a shorter prompt pass
     prompt_exit: bool = False
-    kv_budget: int = 1  # core KV slots per block (DESIGN §2): r reproduces the uncached forward, 1 = recursive nanochat
+    kv_budget: int = 1  # core KV slots per block (docs/design.md §2): r = the uncached forward, 1 = recursive nanochat
     warm_start: bool = True  # a generated token's state starts from the previous token's final state
     temperature: float = 0.0  # sampling defaults (0: greedy)
     top_k: int = 0

@@ -1,5 +1,5 @@
 """The package layout is the architecture: each subpackage is a layer, and a module imports only from its own
-layer and the layers below it (docs/design.md, "Layout"); no module reaches into another's private names."""
+layer and the layers below it (docs/design.md §8); no module reaches into another's private names."""
 
 import ast
 from pathlib import Path

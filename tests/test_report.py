@@ -31,7 +31,7 @@ def test_report_evaluates_once_then_plots(run_dir, tmp_path):
     for name in pngs:
         assert f"]({name})" in md
         assert_real_png(out / name)
-    # a second report reads the saved results instead of evaluating again, also rows with only DESIGN §4's keys
+    # a second report reads the saved results instead of evaluating again, also rows with only docs/design.md §4's keys
     row = {"task": "addition", "recurrences": 3, "accuracy": 0.123, "n": 5, "mean_steps": 3.0, "tokens_per_s": 9.0}
     (run_dir / "eval.json").write_text(json.dumps({"results": [row]}))
     assert "0.123" in (write_report([str(run_dir)], tmp_path / "again").joinpath("report.md").read_text())

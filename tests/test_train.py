@@ -12,7 +12,8 @@ from recurlm.config import load_config
 from recurlm.errors import UserError
 from recurlm.text.tokenizer import Tokenizer
 from recurlm.training.data import TaskMixture
-from recurlm.training.trainer import lr_factor, train
+from recurlm.training.optim import lr_factor
+from recurlm.training.trainer import train
 
 TINY = [
     "d_model=32",

@@ -1,6 +1,7 @@
 """`recurlm train` keeps your work: --resume continues the run as it was started, a directory without a checkpoint
 is never overwritten, SIGTERM checkpoints as Ctrl-C does, and damaged checkpoint files are one line naming them."""
 
+import io
 import json
 import os
 import shutil
@@ -114,3 +115,23 @@ def test_sigterm_checkpoints_like_ctrl_c(tmp_path):
     step = trainer_state(out)["step"]
     assert step >= 3 and f"interrupted at step {step}: checkpoint saved" in err
     assert err.count("interrupted") == 1 and "Traceback" not in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_moves_from_the_first_step_below_an_intact_start_line(tmp_path, monkeypatch):
+    import recurlm.training.trainer as trainer
+
+    moved = []
+    advance = trainer.Progress.advance
+    monkeypatch.setattr(trainer.Progress, "advance", lambda self, step: moved.append(step) or advance(self, step))
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    main([*START, "--set", "log_every=10", "--set", "stage.curriculum.steps=12", "--out", str(tmp_path / "run")])
+    assert moved == list(range(1, 13))  # every step, not every log_every
+    first, *_ = screen.getvalue().split("\n")
+    assert first.startswith("training ") and "for 12 steps" in first and "\r" not in first  # not drawn over
+    assert "12/12" in screen.getvalue()

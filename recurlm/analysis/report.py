@@ -100,7 +100,7 @@ class Run:
 
 
 def load_results(run_dir: Path) -> list[dict]:
-    """The rows of the run's eval*.json files; the keys DESIGN §4 leaves out get their `recurlm eval` defaults."""
+    """The rows of the run's eval*.json files; keys a row leaves out (docs/design.md §4) get `recurlm eval` defaults."""
     rows = []
     for f in sorted(run_dir.glob("eval*.json")):
         try:

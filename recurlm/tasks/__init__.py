@@ -1,4 +1,4 @@
-"""Tasks: seeded generators of examples (DESIGN §3) and how their answers are scored.
+"""Tasks: seeded generators of examples (docs/design.md §3) and how their answers are scored.
 
 An example is {"prompt", "answer", "completion"?, "task"?, "difficulty"?, "choices"?, "meta"?}. Train, validation
 and test sets are disjoint by construction: a prompt belongs to one split, chosen by a hash of its text, so no test

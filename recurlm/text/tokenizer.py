@@ -1,4 +1,4 @@
-"""Tokenizers (DESIGN §3): a fixed character alphabet, or byte-level BPE trained with HF `tokenizers`.
+"""Tokenizers (docs/design.md §3): a fixed character alphabet, or byte-level BPE trained with HF `tokenizers`.
 
 Both kinds are HF tokenizers underneath, so both save to and load from one `tokenizer.json`, and the special
 tokens are single tokens matched before anything else.
