@@ -15,6 +15,12 @@ from recurlm.serve.api import create_app
 from recurlm.text.tokenizer import Tokenizer
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Server:
     def __init__(self, **options):
         self.tok = tok = Tokenizer.bpe([], 300)  # bytes and the specials
@@ -24,9 +30,7 @@ class Server:
         configs = build_configs({"stage": {"sft": {"tasks": "arithmetic"}}, "inference": {"recurrences": 2}})
         self.model, self.configs = model, configs
         self.app = create_app(model, tok, configs, "tiny", **options)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning"))
         threading.Thread(target=self.server.run, daemon=True).start()
         while not self.server.started:

@@ -4,7 +4,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import Server, client
+from live import Server, client, free_port
 
 JSON = {"content-type": "application/json"}
 HI = [{"role": "user", "content": "What is 1 + 1?"}]
@@ -264,12 +263,6 @@ def test_the_schema_documents_the_bodies_behind_the_key():
         assert_openai_error(httpx.get(s.url + "/defaults"), 401)
     finally:
         s.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # `recurlm serve` with a model that takes 0.5 s a token: a 20-token request is in flight for 10 s
