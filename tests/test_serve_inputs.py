@@ -265,13 +265,16 @@ def test_the_schema_documents_the_bodies_behind_the_key():
         s.stop()
 
 
-# `recurlm serve` with a model that takes 0.5 s a token: a 20-token request is in flight for 10 s
+# `recurlm serve` with a model that takes 0.5 s a token and never ends on its own (the 10-step model's tokens
+# differ between CPUs, and one may be its end token): a 20-token request is in flight for 10 s
 SLOW_SERVE = """
 import sys, time
 from recurlm.cli import main
 from recurlm.inference.engine import Engine
+from recurlm.text.tokenizer import Tokenizer
 decode = Engine.decode
 Engine.decode = lambda self, *a: time.sleep(0.5) or decode(self, *a)
+Tokenizer.stop_ids = property(lambda self: [])
 main(sys.argv[1:])
 """
 
