@@ -92,6 +92,7 @@ def load_checkpoint(ckpt_dir: str | Path, device="cpu") -> tuple[RecurrentGPT, T
         model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"weights in {weights} do not fit its config.json: {str(e).splitlines()[0]}") from None
+    model.set_context(configs.inference.context)
     return model, Tokenizer.load(ckpt_dir / "tokenizer.json"), configs
 
 

@@ -113,16 +113,27 @@ class ModelConfig:
 class RecurrenceConfig:
     """How many recurrences a training step runs (docs/design.md §1) and how far back gradients flow."""
 
-    schedule: str = "poisson_lognormal"  # 'fixed' (r = mean) or 'poisson_lognormal'
+    schedule: str = "poisson_lognormal"  # 'fixed' (r = mean), 'poisson_lognormal' or 'uniform' (1 to max)
     mean: float = 4.0
     sigma: float = 0.5
     max: int = 16
     bptt_k: int = 4  # gradients flow through the last k iterations only (0: all)
+    # Against overthinking (docs/design.md §1). progressive: the weight of Bansal et al.'s progressive loss, the
+    # loss after n iterations without gradient from the initial state and k more with it (n, k drawn per step),
+    # mixed with the full-depth loss as (1 - w) full + w progressive.
+    progressive: float = 0.0
+    # deep supervision: also the loss after every supervise_every-th iteration (0: off), their mean weighted
+    # supervise_weight against the final iteration's
+    supervise_every: int = 0
+    supervise_weight: float = 0.5
 
     def __post_init__(self):
-        _one_of("recurrence", self, "schedule", ("fixed", "poisson_lognormal"))
+        _one_of("recurrence", self, "schedule", ("fixed", "poisson_lognormal", "uniform"))
         _at_least("recurrence", self, 1, ("max",))
-        _at_least("recurrence", self, 0, ("bptt_k",))
+        _at_least("recurrence", self, 0, ("bptt_k", "supervise_every"))
+        for name in ("progressive", "supervise_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"recurrence.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 1 <= self.mean <= self.max:
             raise UserError(f"recurrence.mean must be in [1, recurrence.max={self.max}], got {self.mean}")
 
@@ -144,9 +155,13 @@ class InferencePolicy:
     temperature: float = 0.0  # sampling defaults (0: greedy)
     top_k: int = 0
     top_p: float = 1.0
+    # the context at inference (0: model.seq_len, as trained). Longer works where positions need no trained table:
+    # NoPE and Abacus ids have none, RoPE's tables are computed for any length (whether a RoPE model reads them
+    # well past its training length is for its evaluation to say)
+    context: int = 0
 
     def __post_init__(self):
-        _at_least("inference", self, 0, ("recurrences", "max_steps", "top_k"))
+        _at_least("inference", self, 0, ("recurrences", "max_steps", "top_k", "context"))
         _at_least("inference", self, 1, ("min_steps", "kv_budget"))
         # `not 0 <= t` rather than `t < 0`: NaN fails every comparison and must not pass
         if not (math.isfinite(self.temperature) and self.temperature >= 0):

@@ -186,3 +186,34 @@ def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch
         assert (a.grad.float() - b.grad).abs().max() < 0.1 * b.grad.abs().max()
     model.attend(*fp, None, True)  # fp32: the flash kernel
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_context_raised_at_inference_keeps_what_fits_the_trained_one(rope):
+    from recurlm.errors import UserError
+
+    model = tiny_model(rope=rope)
+    long = torch.randint(0, 37, (1, 80), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(UserError, match="longer than the context"):
+        logits(model, long)
+    short = logits(model, long[:, :48])
+    model.set_context(96)
+    assert model.cfg.seq_len == 96 and model.cos.size(1) == 96
+    out = logits(model, long)
+    assert out.shape == (1, 80, 37) and torch.isfinite(out).all()
+    assert torch.allclose(out[:, :48], short, atol=1e-5)  # the first 48 positions compute what they did
+    model.set_context(0)  # 0: keep what is there
+    assert model.cfg.seq_len == 96
+
+
+def test_policy_context_from_flag_and_checkpoint(tmp_path):
+    from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
+    from recurlm.cli.common import policy_from
+    from recurlm.config import InferencePolicy, load_config
+
+    assert policy_from(type("Args", (), {"context": 300})(), InferencePolicy(recurrences=2)).context == 300
+    small = ["d_model=32", "n_head=2", "mlp_hidden=64", "inference.context=320"]
+    configs = load_config("addition-length", overrides=small)
+    save_checkpoint(tmp_path / "ckpt", build_model(configs.model), build_tokenizer(configs), configs)
+    loaded, _, saved = load_checkpoint(tmp_path / "ckpt")
+    assert saved.model.seq_len == 128 and loaded.cfg.seq_len == 320  # the trained context stays on record

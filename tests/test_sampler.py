@@ -1,7 +1,7 @@
 import numpy as np
 
 from recurlm.config import RecurrenceConfig
-from recurlm.training.depth import sample_recurrences
+from recurlm.training.depth import sample_progressive, sample_recurrences
 
 
 def test_poisson_lognormal_mean_and_bounds():
@@ -24,3 +24,16 @@ def test_same_draw_for_same_seed_and_step():
 def test_fixed_and_mean_one():
     assert sample_recurrences(RecurrenceConfig(schedule="fixed", mean=5, max=5), 0, 3) == 5
     assert np.all(sample_recurrences(RecurrenceConfig(mean=1), 0, 0, size=100) == 1)
+
+
+def test_uniform_mean_and_bounds():
+    r = sample_recurrences(RecurrenceConfig(schedule="uniform", mean=4, max=16), 0, 0, size=100_000)
+    assert set(np.unique(r)) == set(range(1, 8))  # U{1, 2 mean - 1}
+    assert abs(r.mean() - 4) < 0.05
+    assert sample_recurrences(RecurrenceConfig(schedule="uniform", mean=4, max=5), 0, 0, size=1000).max() == 5
+
+
+def test_progressive_split_covers_every_start_and_stays_within_r():
+    splits = {sample_progressive(0, step, 4) for step in range(2000)}
+    assert splits == {(n, k) for n in range(4) for k in range(1, 5 - n)}  # n < r, 1 <= k <= r - n
+    assert sample_progressive(3, 11, 6) == sample_progressive(3, 11, 6)

@@ -417,3 +417,16 @@ def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table(
     stage.abacus_offset = False
     _, _, fixed = TaskMixture(stage, tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
     assert plain.max() <= 4 and not torch.equal(plain, fixed) and bool((plain[fixed > 0] > 0).all())
+
+
+def test_loop_objectives_change_training_and_still_learn(tmp_path):
+    """recurrence.progressive and supervise_every reach the trainer: other losses (same data, same r; a progressive
+    split of n = 0, k = r is the full loss itself), and the loss still falls."""
+    short = ["stage.curriculum.steps=12", "eval_every=0"]
+    runs = {"plain": [], "prog": ["recurrence.progressive=0.5"], "deep": ["recurrence.supervise_every=1"]}
+    for name, extra in runs.items():
+        train(tiny(*short, *extra), tmp_path / name)
+    plain = losses(tmp_path / "plain")
+    for name in ("prog", "deep"):
+        got = losses(tmp_path / name)
+        assert sum(a != b for a, b in zip(got, plain, strict=True)) >= 6 and got[-1] < 0.8 * got[0], name

@@ -42,9 +42,9 @@ def register(sub):
 
 def main(args):
     model, tok, configs = load_checkpoint(args.checkpoint)
-    run(
-        ChatSession(model.eval(), tok, configs, policy_from(args, configs.inference), args.max_new_tokens, args.compile)
-    )
+    policy = policy_from(args, configs.inference)
+    model.set_context(policy.context)
+    run(ChatSession(model.eval(), tok, configs, policy, args.max_new_tokens, args.compile))
 
 
 class ChatSession:

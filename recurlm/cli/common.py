@@ -47,6 +47,7 @@ def add_policy_flags(s: argparse.ArgumentParser, sampling: bool = True, depth: b
     )
     s.add_argument("--kv-budget", type=positive_int, help="core KV slots per block (r: exact; 1: memory flat in r)")
     s.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
+    s.add_argument("--context", type=positive_int, help="context in tokens, e.g. longer than trained (NoPE, Abacus)")
     if sampling:
         s.add_argument("--temperature", type=float, help="0 = greedy")
         s.add_argument("--top-k", type=int)
@@ -57,6 +58,6 @@ def policy_from(args, base: InferencePolicy, depth: bool = True) -> InferencePol
     """The run's policy with the flags given on the command line replacing its fields (`depth`: --recurrences and
     --exit too, when they are one value each rather than a sweep)."""
     names = ("recurrences", "exit") if depth else ()
-    names += ("min_steps", "max_steps", "prompt_exit", "kv_budget", "warm_start")
+    names += ("min_steps", "max_steps", "prompt_exit", "kv_budget", "warm_start", "context")
     names += ("temperature", "top_k", "top_p")
     return base.override(**{k: getattr(args, k, None) for k in names})

@@ -59,6 +59,7 @@ def run(args):
     else:
         raise UserError("eval needs --task NAME or --data FILE.jsonl")
     policy = policy_from(args, configs.inference, depth=False)
+    model.set_context(policy.context)
     exits = args.exit or [None]
     if args.max_steps and all((e or policy.exit) == "none" for e in exits):
         raise UserError("--max-steps caps adaptive exit: add --exit latent:EPS or kl:EPS")

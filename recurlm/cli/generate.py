@@ -64,6 +64,7 @@ def run(args):
             raise UserError("adaptive exit needs the KV cache (drop --no-cache)")
         base = base.override(exit="none")  # the run's default exit is a default, not a request
     policy = policy_from(args, base)
+    model.set_context(policy.context)
     if not args.prompt:
         raise UserError("the prompt is empty")
     # A run is asked the way it trained (the reasoning suite wraps questions in <INST>...</INST>), and a prompt of

@@ -42,6 +42,7 @@ def run(args):
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     model, tok, configs = load_checkpoint(args.checkpoint)
     configs = configs.replace(inference=policy_from(args, configs.inference))
+    model.set_context(configs.inference.context)
     name = args.model_name or Path(args.checkpoint).resolve().name
     app = create_app(model.eval(), tok, configs, name, args.max_batch, args.max_queue, args.api_key, args.max_body)
 

@@ -34,7 +34,7 @@ class RecurLM(LM):
         )
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1  # 'auto' -> 1
         self.engine = Engine(self.model, self.tok.digit_ids)
-        self.context = configs.model.seq_len
+        self.context = self.model.cfg.seq_len  # inference.context may have raised it
         self.prefix = self.tok.bos_ids  # every sequence starts as training started it
 
     # ---- scoring ----

@@ -4,7 +4,9 @@ nanochat-style blocks: pre-norm RMSNorm without weights, RoPE, QK-norm, optional
 biases. A plain GPT is the case n_core = 0.
 """
 
+import dataclasses
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +124,19 @@ class Context:
 
 
 @dataclass
+class Supervision:
+    """What a training step's loss reads besides the final iteration's output (recurrence config, docs/design.md
+    §1): every `every`-th iteration's output, weighted `weight` against the final one (deep supervision); and with
+    weight `progressive`, the output after `split` = (n, k) iterations, n of them without gradient (Bansal et al.'s
+    progressive loss)."""
+
+    every: int = 0
+    weight: float = 0.5
+    progressive: float = 0.0
+    split: tuple[int, int] = (0, 1)
+
+
+@dataclass
 class Recurrence:
     """What the recurrence loop computed under a `Halting`: the final state, the iterations each token ran (B, T),
     and the logits of the final state when the exit check already computed them (a KL criterion), else None."""
@@ -210,6 +225,14 @@ class RecurrentGPT(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.reset_parameters()
+
+    def set_context(self, n: int):
+        """Run with a context of n tokens (0: keep the trained one), e.g. longer than trained (inference.context):
+        the rotary tables are recomputed; nothing else in the network depends on the length."""
+        if n and n != self.cfg.seq_len:
+            self.cfg = dataclasses.replace(self.cfg, seq_len=n)
+            cos, sin = self._rotary_tables(n)
+            self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
 
     def _rotary_tables(self, T: int):
         hd = self.cfg.head_dim
@@ -340,23 +363,31 @@ class RecurrentGPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(logits / c) if c else logits
 
-    def recur(self, e: torch.Tensor, s: torch.Tensor, r: int, ctx: Context, bptt_k: int = 0) -> torch.Tensor:
-        """r recurrences from state s: the final state. The recurrence loop of training, of the prompt pass and of
-        every fixed-depth decoding step (`recur_until` adds per-token exits on top of it).
+    def recur(
+        self, e: torch.Tensor, s: torch.Tensor, r: int, ctx: Context, bptt_k: int = 0, start: int = 0
+    ) -> torch.Tensor:
+        """r recurrences from state s (iterations numbered from `start`): the final state. The recurrence loop of
+        training, of the prompt pass and of every fixed-depth decoding step (`recur_until` adds per-token exits)."""
+        assert r >= 1, f"recurrences must be >= 1, got {r}"  # policies are checked when built (config.py)
+        final = s  # a plain GPT's state passes through
+        for final in self.iterate(e, s, r, ctx, bptt_k, start):  # noqa: B007 (only the last state is wanted)
+            pass
+        return final
+
+    def iterate(self, e: torch.Tensor, s: torch.Tensor, r: int, ctx: Context, bptt_k: int = 0, start: int = 0):
+        """The state after each of r recurrences from state s (none for a plain GPT), iterations numbered from
+        `start`.
 
         Under autograd only the last bptt_k iterations build a graph (truncated BPTT): the earlier ones run under
         no_grad, so memory does not grow with r, while gradients still reach the prelude through the injection.
         """
-        assert r >= 1, f"recurrences must be >= 1, got {r}"  # policies are checked when built (config.py)
-        if not self.core:  # a plain GPT: nothing to loop
-            return s
+        if not self.core:
+            return
         n_free = max(r - bptt_k, 0) if bptt_k and torch.is_grad_enabled() else 0
-        with torch.no_grad():
-            for i in range(n_free):
+        for i in range(start, start + r):
+            with torch.no_grad() if i - start < n_free else nullcontext():
                 s = self.core_step(e, s, i, ctx)
-        for i in range(n_free, r):
-            s = self.core_step(e, s, i, ctx)
-        return s
+            yield s
 
     def recur_until(self, e: torch.Tensor, s: torch.Tensor, halt: Halting, ctx: Context) -> Recurrence:
         """Row b runs at most halt.cap[b] iterations and each token stops once its exit criterion fires; a stopped
@@ -399,14 +430,32 @@ class RecurrentGPT(nn.Module):
         digit_pos: torch.Tensor | None = None,
         bptt_k: int = 0,
         targets: torch.Tensor | None = None,
+        supervision: Supervision | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) of the full sequence with r recurrences, all positions in parallel (training); with
-        (B, T) `targets`, the mean cross-entropy against them instead (-1: ignored)."""
+        (B, T) `targets`, the training loss against them instead (-1: ignored): the mean cross-entropy of the final
+        iteration's output, mixed with the losses `supervision` asks for."""
         ctx = self.context(idx.size(1))
         e = self.embed(idx, ctx, digit_pos)
-        s = self.recur(e, self.init_state(e), recurrences, ctx, bptt_k)
-        h = self.coda_out(s, ctx)
-        return self.unembed(h) if targets is None else self.loss(h, targets)
+        s0 = self.init_state(e)
+        if targets is None:
+            return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
+        sup = supervision or Supervision()
+        every = sup.every if self.core else 0
+        s, early = s0, []
+        for i, s in enumerate(self.iterate(e, s0, recurrences, ctx, bptt_k), 1):
+            if every and i % every == 0 and i < recurrences:
+                early.append(self.loss(self.coda_out(s, ctx), targets))
+        loss = self.loss(self.coda_out(s, ctx), targets)
+        if early:  # deep supervision: the loop's intermediate outputs are answers too
+            loss = (1 - sup.weight) * loss + sup.weight * torch.stack(early).mean()
+        if sup.progressive and self.core:
+            n, k = sup.split
+            with torch.no_grad():  # a state the loop did not make under gradient: it learns to improve any state
+                s = self.recur(e, s0, n, ctx) if n else s0
+            s = self.recur(e, s.detach(), k, ctx, bptt_k, start=n)
+            loss = (1 - sup.progressive) * loss + sup.progressive * self.loss(self.coda_out(s, ctx), targets)
+        return loss
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the coda's output against targets: one function, so that `train.compile_blocks` fuses the

@@ -1,10 +1,10 @@
-"""How many recurrences a training step runs.
+"""How many recurrences a training step runs, and the progressive loss's split of them.
 
 Poisson log-normal (Huginn, recursive nanochat): tau ~ N(log(mean - 1) - sigma^2 / 2, sigma), r = 1 + Poisson(e^tau),
 clamped to [1, max]. Since E[e^tau] = mean - 1, E[r] = mean: the public reference centres tau on log(mean) instead
-and so trains at a mean of ~5 when it says 4.
+and so trains at a mean of ~5 when it says 4. Uniform: r ~ U{1, 2 mean - 1} (mean `mean`), clamped to max.
 
-The draw is a pure function of (seed, step), so every data-parallel rank picks the same r without communicating.
+Every draw is a pure function of (seed, step), so every data-parallel rank picks the same r without communicating.
 """
 
 import math
@@ -20,10 +20,20 @@ def sample_recurrences(cfg: RecurrenceConfig, seed: int, step: int, size: int | 
         r = round(cfg.mean)
         return r if size is None else np.full(size, r, dtype=np.int64)
     rng = np.random.default_rng([seed, step])
-    if cfg.mean == 1:
-        rate = np.zeros(size or 1)
+    if cfg.schedule == "uniform":
+        r = rng.integers(1, 2 * round(cfg.mean), size=size or 1)
+    elif cfg.mean == 1:
+        r = np.ones(size or 1, dtype=np.int64)
     else:
         mu = math.log(cfg.mean - 1) - cfg.sigma**2 / 2
-        rate = np.exp(rng.normal(mu, cfg.sigma, size=size or 1))
-    r = np.clip(1 + rng.poisson(rate), 1, cfg.max)
+        r = 1 + rng.poisson(np.exp(rng.normal(mu, cfg.sigma, size=size or 1)))
+    r = np.clip(r, 1, cfg.max)
     return int(r[0]) if size is None else r
+
+
+def sample_progressive(seed: int, step: int, r: int) -> tuple[int, int]:
+    """The progressive loss's (n, k) for a step at depth r (Bansal et al. 2022): n ~ U{0, r-1} iterations without
+    gradient, then k ~ U{1, r-n} with it, so the loop learns to improve a state it did not make itself."""
+    rng = np.random.default_rng([seed, step, 1])  # a stream of its own: r's draws do not change with the switch
+    n = int(rng.integers(0, r))
+    return n, int(rng.integers(1, r - n + 1))

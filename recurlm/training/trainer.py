@@ -22,11 +22,11 @@ from recurlm.checkpoint import build_tokenizer, load_checkpoint, read_file, save
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
-from recurlm.network.model import build_model
+from recurlm.network.model import Supervision, build_model
 from recurlm.tasks.runs import stage_tasks
 from recurlm.training.corpus import TextStream, sample_texts
 from recurlm.training.data import TaskMixture
-from recurlm.training.depth import sample_recurrences
+from recurlm.training.depth import sample_progressive, sample_recurrences
 from recurlm.training.optim import base_lrs, build_optimizers, lr_factor
 
 CKPT = "checkpoint"
@@ -246,6 +246,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                     for group in opt.param_groups:
                         group["lr"] = lr * stage.lr_scale * factor
                 r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
+                split = sample_progressive(tcfg.seed, step, r) if rcfg.progressive else (0, 1)
+                supervision = Supervision(rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split)
                 t0 = time.perf_counter()
                 loss_sum, n_tok = 0.0, 0
                 for micro in range(tcfg.grad_accum):
@@ -257,7 +259,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                     digit_pos = digit_pos.to(device) if digit_pos is not None else None
                     sync = nullcontext() if not ddp or micro == tcfg.grad_accum - 1 else net.no_sync()
                     with sync, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                        loss = net(x, r, digit_pos=digit_pos, bptt_k=rcfg.bptt_k, targets=y)
+                        loss = net(x, r, digit_pos, rcfg.bptt_k, y, supervision)
                     (loss / tcfg.grad_accum).backward()
                     loss_sum += loss.item() / tcfg.grad_accum
                     n_tok += x.numel()
