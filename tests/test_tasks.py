@@ -217,3 +217,26 @@ def test_spelling_bee_asks_a_chat_model_the_bare_question_and_reads_its_hashes()
     assert ex.prompt == f"<INST>{ex.meta['chat']}</INST>" and ex.meta["chat"].startswith("How many ")
     assert task.score(ex, f"Let me count. #### {ex.answer}") == 1.0 and task.score(ex, ex.target) == 1.0
     assert task.score(ex, f"#### {int(ex.answer) + 1}") == 0.0
+
+
+def test_addition_draws_equal_and_unequal_lengths(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "addition_draws.py"
+    for flag in ([], ["--unequal"]):
+        cmd = [sys.executable, str(script), "--digits", "12", "--n", "300", "--seed", "5", "--out", str(tmp_path)]
+        subprocess.run(cmd + flag, check=True, capture_output=True)
+    equal = [json.loads(x) for x in (tmp_path / "d12.jsonl").read_text().splitlines()]
+    unequal = [json.loads(x) for x in (tmp_path / "u12.jsonl").read_text().splitlines()]
+    for rows, same in ((equal, True), (unequal, False)):
+        assert len(rows) == 300
+        for row in rows:
+            a, b = row["prompt"].rstrip("=").split("+")
+            assert int(row["answer"]) == int(a) + int(b) and max(len(a), len(b)) == 12
+            assert (len(a) == len(b)) or not same
+    lengths = {min(len(r["prompt"].split("+")[0]), len(r["prompt"].split("+")[1]) - 1) for r in unequal}
+    assert lengths >= {1, 6, 11}  # the shorter operand takes every length
+    assert any(len(r["prompt"].split("+")[0]) < 12 for r in unequal)  # and either side
