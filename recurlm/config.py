@@ -75,6 +75,8 @@ class ModelConfig:
     logn_attention: bool = False  # queries scaled by a learned per-head gain x log(position + 2) (scalable softmax,
     # Nakanishi 2025): QK-norm caps attention logits, so a lookup's weight fades as keys multiply; log n keeps it
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
+    # 'contractive' (Parcae): lambda * s + e, lambda = exp(-exp(theta)) per channel, in (0, 1) by construction, so the
+    # injected map shrinks the old state and the loop can settle
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
     recur_lora_rank: int = 0  # per-iteration LoRA on every core projection (0: off)
@@ -82,7 +84,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _one_of("model", self, "mlp", ("relu2", "swiglu"))
-        _one_of("model", self, "inject", ("add", "concat_linear"))
+        _one_of("model", self, "inject", ("add", "concat_linear", "contractive"))
         _one_of("model", self, "state_init", ("prelude", "zero", "random"))
         _at_least("model", self, 1, ("vocab_size", "seq_len", "d_model", "n_head"))
         names = ("n_kv_head", "n_prelude", "n_core", "n_coda", "mlp_hidden", "proj_rank", "abacus")

@@ -217,3 +217,20 @@ def test_policy_context_from_flag_and_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "ckpt", build_model(configs.model), build_tokenizer(configs), configs)
     loaded, _, saved = load_checkpoint(tmp_path / "ckpt")
     assert saved.model.seq_len == 128 and loaded.cfg.seq_len == 320  # the trained context stays on record
+
+
+def test_contractive_injection_shrinks_the_state_for_any_parameters():
+    model = build_model(tiny_config(inject="contractive"))  # at init the blocks are identities: s <- s / 2 + e
+    ctx = model.context(IDX.size(1))
+    with torch.no_grad():
+        e = model.embed(IDX, ctx)
+        s = model.init_state(e)
+        assert torch.allclose(model.core_step(e, s, 0, ctx), 0.5 * s + e, atol=1e-6)
+        model.decay.copy_(torch.linspace(-8, 8, model.decay.numel()))  # whatever theta learns: lambda in [0, 1)
+        lam = torch.exp(-torch.exp(model.decay))
+        assert (lam < 1).all() and (lam >= 0).all()
+        x, y = torch.randn_like(e), torch.randn_like(e)
+        gap = (model.injected(e, x) - model.injected(e, y)).abs()
+        assert (gap <= (x - y).abs() + 1e-6).all()  # a contraction of the old state, channel by channel
+    added = build_model(tiny_config(inject="add")).param_groups()["core_per_iteration"]
+    assert model.param_groups()["core_per_iteration"] == added + model.cfg.d_model  # one theta per channel

@@ -148,6 +148,7 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.core = nn.ModuleList(Block(c, lora) for _ in range(c.n_core))
         self.coda = nn.ModuleList(Block(c) for _ in range(c.n_coda))
         self.inject = Linear(2 * d, d) if c.n_core and c.inject == "concat_linear" else None
+        self.decay = nn.Parameter(torch.empty(d)) if c.n_core and c.inject == "contractive" else None
         self.gate = Linear(2 * d, d) if c.n_core and c.gate else None
         self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
         self.lm_head = None if c.tie_embeddings else Linear(d, c.vocab_size)
@@ -174,7 +175,12 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
     def _step(self, e, s, i, cos, sin):
         c = self.config
         adapter = min(i, c.recur_lora_count - 1) if c.recur_lora_rank else None
-        u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
+        if self.inject is not None:
+            u = self.inject(torch.cat([e, s], dim=-1))
+        elif self.decay is not None:  # contractive: lambda = exp(-exp(theta)) in (0, 1)
+            u = torch.exp(-torch.exp(self.decay)).to(s.dtype) * s + e
+        else:
+            u = e + s
         for block in self.core:
             u = block(u, cos, sin, adapter)
         if self.gate is None:

@@ -218,6 +218,7 @@ class RecurrentGPT(nn.Module):
         has_core = cfg.n_core > 0
         # The injection stays full rank even with proj_rank: a rank-k matrix cannot start as the identity.
         self.inject = Linear(2 * d, d) if has_core and cfg.inject == "concat_linear" else None
+        self.decay = nn.Parameter(torch.empty(d)) if has_core and cfg.inject == "contractive" else None
         self.gate = Linear(2 * d, d) if has_core and cfg.gate else None
         self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size)
@@ -260,6 +261,8 @@ class RecurrentGPT(nn.Module):
             d = self.cfg.d_model
             self.inject.weight.zero_()
             self.inject.weight[:, :d].copy_(torch.eye(d))
+        if self.decay is not None:  # lambda = exp(-exp(theta)) starts at 1/2
+            self.decay.fill_(math.log(math.log(2)))
         if self.gate is not None:  # g = sigmoid(4) ~ 0.98: the gate starts (almost) open
             self.gate.weight.zero_()
             self.gate_bias.fill_(4.0)
@@ -339,7 +342,7 @@ class RecurrentGPT(nn.Module):
         # The LoRA adapter index, clamped, and None without LoRA: a compiled block then sees at most lora_count
         # distinct values instead of one per iteration, and does not recompile for every new r.
         adapter = min(iteration, self.cfg.recur_lora_count - 1) if self.cfg.recur_lora_rank else None
-        u = self.inject(torch.cat([e, s], dim=-1)) if self.inject is not None else e + s
+        u = self.injected(e, s)
         for j, block in enumerate(self.core):
             slot = None if ctx.cache is None else ctx.cache.core_slot(j, iteration)
             u = block(u, ctx, slot, adapter, stopped)
@@ -347,6 +350,14 @@ class RecurrentGPT(nn.Module):
             return u
         g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
         return g * u + (1 - g) * s
+
+    def injected(self, e: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The core's input from the prelude output e and the state s (model.inject)."""
+        if self.inject is not None:
+            return self.inject(torch.cat([e, s], dim=-1))
+        if self.decay is not None:  # the state's coefficient has spectral radius < 1 whatever theta learns
+            return torch.exp(-torch.exp(self.decay)).to(s.dtype) * s + e
+        return e + s
 
     def head(self, s: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Coda blocks, final norm, unembedding and optional soft-cap: the logits."""
@@ -474,7 +485,7 @@ class RecurrentGPT(nn.Module):
         lora_total = sum(p.numel() for m in linears for p in (m.lora_a, m.lora_b) if p is not None)
         lora_one = sum(m.lora_params_per_adapter() for m in linears)
         core_per_iter = count([self.core, self.inject, self.gate]) - lora_total + lora_one
-        core_per_iter += self.gate_bias.numel() if self.gate_bias is not None else 0
+        core_per_iter += sum(p.numel() for p in (self.gate_bias, self.decay) if p is not None)
         return {
             "unique": sum(p.numel() for p in self.parameters()),
             "embedding": self.wte.weight.numel(),
