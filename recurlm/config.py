@@ -115,7 +115,7 @@ class ModelConfig:
 class RecurrenceConfig:
     """How many recurrences a training step runs (docs/design.md §1) and how far back gradients flow."""
 
-    schedule: str = "poisson_lognormal"  # 'fixed' (r = mean), 'poisson_lognormal' or 'uniform' (1 to max)
+    schedule: str = "poisson_lognormal"  # 'fixed' (r = mean), 'poisson_lognormal' or 'uniform' (1 to 2 mean - 1)
     mean: float = 4.0
     sigma: float = 0.5
     max: int = 16

@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from recurlm.tasks.addition import number
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -28,9 +30,12 @@ def main():
         path = out / f"{'u' if args.unequal else 'd'}{d}.jsonl"
         with open(path, "w") as f:
             for _ in range(args.n):
-                lengths = [d, rng.randint(1, d) if args.unequal else d]
-                rng.shuffle(lengths)
-                a, b = (rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1) for n in lengths)
+                if args.unequal:  # drawn apart from the equal-length sets, whose draws stay as published
+                    lengths = [d, rng.randint(1, d)]
+                    rng.shuffle(lengths)
+                    a, b = (number(rng, n) for n in lengths)
+                else:
+                    a, b = (rng.randint(10 ** (d - 1), 10**d - 1) for _ in range(2))
                 f.write(
                     json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b), "task": "addition", "difficulty": d})
                     + "\n"

@@ -452,10 +452,9 @@ class RecurrentGPT(nn.Module):
         if targets is None:
             return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
         sup = supervision or Supervision()
-        every = sup.every if self.core else 0
         s, early = s0, []
         for i, s in enumerate(self.iterate(e, s0, recurrences, ctx, bptt_k), 1):
-            if every and i % every == 0 and i < recurrences:
+            if sup.every and i % sup.every == 0 and i < recurrences:
                 early.append(self.loss(self.coda_out(s, ctx), targets))
         loss = self.loss(self.coda_out(s, ctx), targets)
         if early:  # deep supervision: the loop's intermediate outputs are answers too
