@@ -20,24 +20,28 @@ from recurlm.errors import UserError
 
 # The exit criteria recurlm.network.exits implements (tests/test_engine.py checks the two lists agree): named here
 # so that the grammar of an exit spec is checked in one place, whatever reads it (flags, requests, config files).
-EXIT_CRITERIA = ("latent", "kl")
+EXIT_CRITERIA = ("latent", "kl", "entropy", "cosine", "minp", "argmax")
+EXIT_HELP = "none, latent:EPS, kl:EPS, entropy:EPS, cosine:EPS, minp:EPS or argmax:N"
 
 
 def parse_exit(spec: str | None) -> tuple[str, float] | None:
-    """'none' -> None; 'latent:0.03' -> ('latent', 0.03): stop once the measure falls below the threshold."""
+    """'none' -> None; 'latent:0.03' -> ('latent', 0.03): stop once the measure falls below the threshold
+    ('argmax:2' -> ('argmax', 2.0): once the top token has stayed the same for 2 iterations)."""
     if spec is None or spec == "none":
         return None
     if not isinstance(spec, str):
         raise UserError(f"an exit criterion is a string such as latent:0.03, got {spec!r}")
     name, _, value = spec.partition(":")
     if name not in EXIT_CRITERIA:
-        raise UserError(f"unknown exit criterion {spec!r}: use none, " + " or ".join(f"{c}:EPS" for c in EXIT_CRITERIA))
+        raise UserError(f"unknown exit criterion {spec!r}: use {EXIT_HELP}")
     try:
         eps = float(value)
     except ValueError:
         raise UserError(f"exit criterion {spec!r} needs a number after the colon, e.g. {name}:0.03") from None
     if not (math.isfinite(eps) and eps >= 0):
         raise UserError(f"exit threshold must be a finite number >= 0, got {spec!r}")
+    if name == "argmax" and not (eps >= 1 and eps == int(eps)):
+        raise UserError(f"exit argmax:N needs a whole number N >= 1 (iterations with one top token), got {spec!r}")
     return name, eps
 
 
@@ -146,7 +150,7 @@ class InferencePolicy:
     and `override` (CLI flags, API request fields) replaces it field by field."""
 
     recurrences: int = 0  # r; 0: the training mean (1 for a plain GPT), resolved when the config is built
-    exit: str = "none"  # adaptive exit of generated tokens: 'none', 'latent:EPS' or 'kl:EPS'
+    exit: str = "none"  # adaptive exit of generated tokens: config.EXIT_HELP's grammar
     min_steps: int = 1  # an exit may fire after this many recurrences
     max_steps: int = 0  # a generated token runs at most this many with an exit (0: r); the prompt runs r
     # the prompt's tokens exit too, each under the same criterion and cap, and the prompt pass ends once all have

@@ -133,7 +133,8 @@ def test_early_exit_fills_skipped_slots_with_final_kv():
 
 def varied_exit(model, criterion, prompts, r=8):
     """A threshold of `criterion` under which the tokens of these prompts stop after different numbers of steps."""
-    for eps in (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4):
+    thresholds = (1, 2, 3) if criterion == "argmax" else (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4)
+    for eps in thresholds:
         out = Engine(model).generate(prompts, 6, policy(r, exit=f"{criterion}:{eps}"))
         if len({s for row in out.steps for s in row[1:]}) > 2:
             return f"{criterion}:{eps}"
@@ -169,7 +170,7 @@ def drive(engine, prompts, policies, n, joins):
     return [(tokens, steps[:n]) for tokens, steps in out]
 
 
-@pytest.mark.parametrize("exit", ["none", "kl", "latent"])
+@pytest.mark.parametrize("exit", ["none", "kl", "latent", "entropy", "cosine", "minp", "argmax"])
 @pytest.mark.parametrize("budget", [1, "r"])
 @pytest.mark.parametrize("warm", [False, True])
 def test_rows_joining_and_leaving_a_batch_decode_as_alone(exit, budget, warm):

@@ -31,7 +31,8 @@ ARCHITECTURES = {
     "plain-nope-logn": ("miniaxion-0.9m", ["n_core=0", "n_prelude=2", "n_coda=1", "rope=false", "logn_attention=true"]),
 }  # fmt: skip
 
-EXITS = ("latent:0.255", "latent:0.3", "latent:0.45", "kl:0.001", "kl:0.01", "kl:0.1")
+EXITS = ("latent:0.255", "latent:0.3", "latent:0.45", "kl:0.001", "kl:0.01", "kl:0.1", "cosine:0.01", "cosine:0.05",
+         "entropy:0.01", "entropy:0.1", "minp:0.01", "argmax:1", "argmax:2")  # fmt: skip
 LOAD = (
     f"EXITS = {EXITS}\n"
     + r"""

@@ -48,7 +48,7 @@ def test_fifty_concurrent_streams_each_equal_to_its_solo_output(server):
     requests = [
         (
             f"What is {i} + {i % 7}?",
-            {"recurrences": 1 + i % 4, "exit": ["none", "kl:0.1", "latent:0.2"][i % 3]},
+            {"recurrences": 1 + i % 4, "exit": ["none", "kl:0.1", "latent:0.2", "argmax:1", "entropy:0.05"][i % 5]},
             3 + i % 11,
         )
         for i in range(50)

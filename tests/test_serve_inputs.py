@@ -66,6 +66,7 @@ def assert_openai_error(response, status, param=None):
         ({"messages": HI, "temperature": 3}, "temperature"),
         ({"messages": HI, "exit": "kl:nan"}, "exit"),
         ({"messages": HI, "exit": "latent:-1"}, "exit"),
+        ({"messages": HI, "exit": "argmax:0.5"}, "exit"),
         ({"messages": HI, "recurrences": 0}, "recurrences"),
         ({"messages": HI, "recurrences": 10**6}, "recurrences"),
         ({"messages": HI, "logprobs": True}, "logprobs"),

@@ -21,7 +21,7 @@ from recurlm.text.prompting import Prompter
 
 HELP = (
     "/r N        recurrences per token (with an exit: its cap)\n"
-    "/exit SPEC  adaptive exit: kl:EPS, latent:EPS, or off\n"
+    "/exit SPEC  adaptive exit: kl:EPS, latent:EPS, entropy:EPS, cosine:EPS, minp:EPS, argmax:N, or off\n"
     "/temp T     sampling temperature (0: greedy)\n"
     "/steps      show or hide the recurrences each token used\n"
     "/reset      forget the conversation\n"

@@ -2,7 +2,7 @@
 
 import argparse
 
-from recurlm.config import InferencePolicy
+from recurlm.config import EXIT_HELP, InferencePolicy
 from recurlm.errors import UserError
 
 COMPILE_HELP = "torch.compile the single-token step at a fixed r (about 4x faster at batch 1; compiles per r first)"
@@ -37,7 +37,7 @@ def add_policy_flags(s: argparse.ArgumentParser, sampling: bool = True, depth: b
     """The inference policy's fields as flags; each one given overrides the checkpoint's (or preset's) value."""
     if depth:
         s.add_argument("--recurrences", type=int, help="r (the max steps with --exit); default: the run's")
-        s.add_argument("--exit", help="adaptive exit: none, latent:EPS or kl:EPS (default: the run's)")
+        s.add_argument("--exit", help=f"adaptive exit: {EXIT_HELP} (default: the run's)")
     s.add_argument("--min-steps", type=positive_int, help="adaptive exit fires after at least this many steps")
     s.add_argument(
         "--max-steps", type=positive_int, help="cap on adaptive exit's steps per generated token (default: r)"

@@ -5,6 +5,7 @@ import json
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.cli.common import add_policy_flags, parse_int_list, policy_from, positive_int
+from recurlm.config import EXIT_HELP
 from recurlm.errors import UserError
 from recurlm.evaluation.metrics import aggregate, chatcore
 from recurlm.evaluation.scoring import file_sets, sweep, task_sets
@@ -27,9 +28,7 @@ def register(sub):
     s.add_argument("--task", action="append", help="task name (repeatable)")
     s.add_argument("--data", action="append", help="JSONL of {prompt, answer, ...} examples (repeatable)")
     s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the run's)")
-    s.add_argument(
-        "--exit", action="append", help="adaptive exit: none, latent:EPS or kl:EPS, repeatable (default: the run's)"
-    )
+    s.add_argument("--exit", action="append", help=f"adaptive exit: {EXIT_HELP}; repeatable (default: the run's)")
     s.add_argument("--beam", type=positive_int, default=1, help="also decode by beam search of this width")
     s.add_argument(
         "--draft",
@@ -62,7 +61,7 @@ def run(args):
     model.set_context(policy.context)
     exits = args.exit or [None]
     if args.max_steps and all((e or policy.exit) == "none" for e in exits):
-        raise UserError("--max-steps caps adaptive exit: add --exit latent:EPS or kl:EPS")
+        raise UserError("--max-steps caps adaptive exit: add --exit, e.g. latent:EPS or kl:EPS")
     recurrences = args.recurrences or [policy.recurrences]
     print(
         f"{'task':<24} {'diff':>4} {'r':>3} {'exit':<12} {'decode':<6} {'accuracy':>8} {'n':>5} {'steps':>6} "

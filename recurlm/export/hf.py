@@ -73,8 +73,10 @@ print(tok.decode(out[0, ids.shape[1]:]))
 ## Recurrence settings
 - `num_steps` (default {p.recurrences}): recurrences of the core. More can help a model trained at several depths.
 - `exit` (default `{p.exit}`): per-token adaptive exit, `none`, `latent:EPS` (the state's relative change falls under
-  EPS) or `kl:EPS` (the next-token distribution's KL from the previous iteration's falls under EPS); `num_steps`
-  is then the cap. `min_steps` (default {p.min_steps}): the exit fires after at least this many.
+  EPS), `cosine:EPS` (1 - the cosine of successive states), `kl:EPS` (the next-token distribution's KL from the
+  previous iteration's), `entropy:EPS` (the change of its entropy), `minp:EPS` (KL of min-p filtered distributions)
+  or `argmax:N` (the top token unchanged for N iterations); `num_steps` is then the cap.
+  `min_steps` (default {p.min_steps}): the exit fires after at least this many.
 - Each is a field of config.json and an argument of `forward()` and `generate()`; `forward()` returns `steps`, the
   recurrences each token ran.
 

@@ -3,7 +3,8 @@ transformers only).
 
 Prelude blocks run once, the core blocks `num_steps` times, then the coda: the same mathematics as recurlm's model
 without its KV cache, so every forward recomputes the whole sequence (what recurlm computes with `kv_budget = r`).
-`num_steps`, `exit` ('none', 'latent:EPS' or 'kl:EPS') and `min_steps` are config fields and per-call arguments of
+`num_steps`, `exit` ('none', 'latent:EPS', 'kl:EPS', 'entropy:EPS', 'cosine:EPS', 'minp:EPS' or 'argmax:N') and
+`min_steps` are config fields and per-call arguments of
 `forward` and `generate`.
 """
 
@@ -110,9 +111,41 @@ def parse_exit(spec):
     if spec in (None, "none"):
         return None
     name, _, eps = str(spec).partition(":")
-    if name not in ("latent", "kl"):
-        raise ValueError(f"unknown exit {spec!r}: use none, latent:EPS or kl:EPS")
+    if name not in ("latent", "kl", "entropy", "cosine", "minp", "argmax"):
+        raise ValueError(f"unknown exit {spec!r}: use none or latent, kl, entropy, cosine, minp:EPS, or argmax:N")
     return name, float(eps)
+
+
+def kl(prev, cur):
+    return (cur.exp() * (cur - prev)).sum(dim=-1)
+
+
+def min_p_filtered(logprobs, min_p=0.1):
+    p = logprobs.exp()
+    q = torch.where(p < min_p * p.amax(dim=-1, keepdim=True), 1 / p.shape[-1], p)
+    return (q / q.sum(dim=-1, keepdim=True)).log()
+
+
+def entropy(logprobs):
+    return -(logprobs.exp() * logprobs).sum(dim=-1)
+
+
+def exit_fired(name, eps, prev, cur, memory):
+    """recurlm.network.exits' criteria: does each token's measure of two successive iterations fire?"""
+    if name == "argmax":  # the top token unchanged for eps successive iterations
+        memory["streak"] = (memory.get("streak", 0) + 1) * (prev.argmax(-1) == cur.argmax(-1))
+        return memory["streak"] >= eps
+    if name == "latent":
+        measure = (cur - prev).float().norm(dim=-1) / cur.float().norm(dim=-1).clamp_min(1e-12)
+    elif name == "cosine":
+        measure = 1 - F.cosine_similarity(cur.float(), prev.float(), dim=-1, eps=1e-12)
+    elif name == "kl":
+        measure = kl(prev, cur)
+    elif name == "entropy":
+        measure = (entropy(cur) - entropy(prev)).abs()
+    else:
+        measure = kl(min_p_filtered(prev), min_p_filtered(cur))
+    return measure < eps
 
 
 def significance_ids(ids, n_prompt, digits):
@@ -197,7 +230,7 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         return cap * torch.tanh(logits / cap) if cap else logits
 
     def _watch(self, name, s, cos, sin):
-        return s if name == "latent" else F.log_softmax(self._head(s, cos, sin).float(), dim=-1)
+        return s if name in ("latent", "cosine") else F.log_softmax(self._head(s, cos, sin).float(), dim=-1)
 
     def forward(
         self, input_ids=None, attention_mask=None, labels=None, num_steps=None, exit=None, min_steps=None,
@@ -236,16 +269,12 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         elif self.core:  # per-token exit: a token whose measure falls under eps stops and keeps its state
             name, eps = rule
             active, steps = torch.ones(B, T, dtype=torch.bool, device=e.device), torch.zeros_like(steps)
-            prev = self._watch(name, s, cos, sin)
+            prev, memory = self._watch(name, s, cos, sin), {}
             for i in range(r):
                 s = torch.where(active[..., None], self._step(e, s, i, cos, sin), s)
                 steps += active
                 cur = self._watch(name, s, cos, sin)
-                if name == "latent":
-                    measure = (cur - prev).float().norm(dim=-1) / cur.float().norm(dim=-1).clamp_min(1e-12)
-                else:
-                    measure = (cur.exp() * (cur - prev)).sum(dim=-1)
-                active = active & ~((measure < eps) & (i + 1 >= least)) & (i + 1 < r)
+                active = active & ~(exit_fired(name, eps, prev, cur, memory) & (i + 1 >= least)) & (i + 1 < r)
                 prev = cur
                 if not bool(active.any()):
                     break

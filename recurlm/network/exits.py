@@ -13,25 +13,91 @@ import torch
 from recurlm.config import parse_exit
 
 
-class LatentChange:
-    """The state barely moves: ||s_i - s_{i-1}|| / ||s_i||."""
+class Criterion:
+    """Fires for a token when `measure` of two successive iterations falls under its threshold."""
 
     watches = "state"
 
     def measure(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fired(self, prev: torch.Tensor, cur: torch.Tensor, eps: torch.Tensor, memory: dict) -> torch.Tensor:
+        return self.measure(prev, cur) < eps
+
+
+class LatentChange(Criterion):
+    """The state barely moves: ||s_i - s_{i-1}|| / ||s_i||."""
+
+    def measure(self, prev, cur):
         return (cur - prev).float().norm(dim=-1) / cur.float().norm(dim=-1).clamp_min(1e-12)
 
 
-class KLDivergence:
+class CosineChange(Criterion):
+    """The state's direction barely moves: 1 - cos(s_i, s_{i-1}) (Huginn's cosine criterion; blind to scale)."""
+
+    def measure(self, prev, cur):
+        return 1 - torch.nn.functional.cosine_similarity(cur.float(), prev.float(), dim=-1, eps=1e-12)
+
+
+class KLDivergence(Criterion):
     """The next-token distribution barely moves: KL(p_i || p_{i-1})."""
 
     watches = "logprobs"
 
-    def measure(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    def measure(self, prev, cur):
         return (cur.exp() * (cur - prev)).sum(dim=-1)
 
 
-CRITERIA = {"latent": LatentChange(), "kl": KLDivergence()}  # the names config.EXIT_CRITERIA lists
+class EntropyChange(Criterion):
+    """The model's uncertainty barely moves: |H(p_i) - H(p_{i-1})| (Huginn's entropy difference)."""
+
+    watches = "logprobs"
+
+    def measure(self, prev, cur):
+        return (entropy(cur) - entropy(prev)).abs()
+
+
+class MinPKL(Criterion):
+    """KL(q_i || q_{i-1}) between min-p filtered distributions (Huginn's min-p KL): tokens under 0.1 x the top
+    probability count as 1/V each before renormalising, so the long tail's churn does not delay the exit."""
+
+    watches = "logprobs"
+    min_p = 0.1
+
+    def filtered(self, logprobs: torch.Tensor) -> torch.Tensor:
+        p = logprobs.exp()
+        q = torch.where(p < self.min_p * p.amax(dim=-1, keepdim=True), 1 / p.shape[-1], p)
+        return (q / q.sum(dim=-1, keepdim=True)).log()
+
+    def measure(self, prev, cur):
+        return KLDivergence().measure(self.filtered(prev), self.filtered(cur))
+
+
+class ArgmaxStable(Criterion):
+    """The top token has stayed the same for N successive iterations (Huginn's argmax stability; eps = N). Counts
+    in `memory`, which the halting loop starts empty for every forward pass."""
+
+    watches = "logprobs"
+
+    def fired(self, prev, cur, eps, memory):
+        same = prev.argmax(dim=-1) == cur.argmax(dim=-1)
+        streak = memory["argmax"] = (memory.get("argmax", 0) + 1) * same
+        return (streak >= eps) & eps.isfinite()  # eps = -inf: a row that does not use this criterion
+
+
+def entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    return -(logprobs.exp() * logprobs).sum(dim=-1)
+
+
+# the names config.EXIT_CRITERIA lists
+CRITERIA = {
+    "latent": LatentChange(),
+    "kl": KLDivergence(),
+    "entropy": EntropyChange(),
+    "cosine": CosineChange(),
+    "minp": MinPKL(),
+    "argmax": ArgmaxStable(),
+}
 
 
 @dataclass
@@ -68,13 +134,14 @@ class Halting:
     def watches(self) -> set[str]:
         return {CRITERIA[name].watches for name in self.eps}
 
-    def stop(self, iteration: int, prev: dict, cur: dict) -> torch.Tensor:
-        """(B, T) bool: which tokens stop after running iteration `iteration` (0-based)."""
+    def stop(self, iteration: int, prev: dict, cur: dict, memory: dict) -> torch.Tensor:
+        """(B, T) bool: which tokens stop after running iteration `iteration` (0-based). `memory` is what stateful
+        criteria carry from one iteration to the next: the caller passes a new dict per forward pass."""
         n = iteration + 1
         done = (n >= self.cap)[:, None]
         for name, eps in self.eps.items():
             crit = CRITERIA[name]
-            fired = crit.measure(prev[crit.watches], cur[crit.watches]) < eps[:, None]
+            fired = crit.fired(prev[crit.watches], cur[crit.watches], eps[:, None], memory)
             done = done | (fired & (n >= self.min_steps)[:, None])
         return done
 

@@ -413,13 +413,13 @@ class RecurrentGPT(nn.Module):
         cap = halt.cap[:, None]
         active = torch.ones(B, T, dtype=torch.bool, device=s.device)
         steps = torch.zeros(B, T, dtype=torch.long, device=s.device)
-        prev = self._watch(s, ctx, halt.watches)
+        prev, memory = self._watch(s, ctx, halt.watches), {}
         for i in range(r):
             stopped = Stopped(active, ~active & (i < cap))
             s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
             steps += active
             cur = self._watch(s, ctx, halt.watches)
-            active = active & ~halt.stop(i, prev, cur)
+            active = active & ~halt.stop(i, prev, cur, memory)
             prev = cur
             if not bool(active.any()):
                 if ctx.cache is not None:

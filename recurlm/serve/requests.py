@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recurlm.config import InferencePolicy
+from recurlm.config import EXIT_HELP, InferencePolicy
 from recurlm.errors import UserError
 
 MAX_RECURRENCES = 64  # a request's r: one client cannot buy unbounded compute per token
@@ -55,7 +55,7 @@ class Common(BaseModel):
     logprobs: bool | int | None = Field(None, description="not supported: only false, 0 or null")
     top_logprobs: int | None = Field(None, description="not supported: only 0 or null")
     recurrences: int | None = Field(None, ge=1, le=MAX_RECURRENCES, description="r (with an exit: its cap)")
-    exit: str | None = Field(None, description="adaptive exit: none, latent:EPS or kl:EPS")
+    exit: str | None = Field(None, description=f"adaptive exit: {EXIT_HELP}")
     kv_budget: int | None = Field(None, ge=1, description="must be the server's own (recurlm serve --kv-budget)")
 
 
