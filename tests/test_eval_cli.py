@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from recurlm.checkpoint import load_checkpoint
 from recurlm.cli import main
 from recurlm.tasks import get_task, read_jsonl, split_of, write_jsonl
 
@@ -19,13 +20,18 @@ def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
             "1,2",
             "--limit",
             "5",
+            "--dynamics",
             "--json",
             str(out),
         ]
     )
     printed = capsys.readouterr().out
-    assert "accuracy by r" in printed and "r=2" in printed
+    assert "accuracy by r" in printed and "r=2" in printed and "settle or drift" in printed
     res = json.loads(out.read_text())["results"]
+    trained_r = load_checkpoint(run_dir, "meta")[2].inference.recurrences
+    traced = json.loads(out.read_text())["dynamics"]  # 4x the trained r, a row per iteration, finite values
+    assert [r["iteration"] for r in traced] == list(range(1, 4 * trained_r + 1))
+    assert all(r["state_change"] >= 0 and r["distribution_change"] >= -1e-6 for r in traced)
     assert {(r["difficulty"], r["recurrences"]) for r in res} == {(d, r) for d in (1, 2) for r in (1, 2)}
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 5 and r["tokens_per_s"] > 0 for r in res)
     assert {r["exit"] for r in res} == {"kl:0.01"}  # the run's own policy (the preset's) unless --exit says

@@ -27,7 +27,9 @@ def test_report_evaluates_once_then_plots(run_dir, tmp_path):
     for section in ("Does thinking longer help?", "Adaptive exit", "## Cost", "| r=1 | r=2 |", f"| {params:,} |"):
         assert section in md, section
     pngs = ["accuracy_vs_r.png", "accuracy_vs_difficulty.png", "steps_vs_difficulty.png", "exit_tradeoff.png"]
-    pngs += ["training.png"]
+    pngs += ["training.png", "settle_or_drift.png"]
+    dynamics = json.loads((run_dir / "eval.json").read_text())["dynamics"]
+    assert [r["iteration"] for r in dynamics if r["task"] == "addition"] == [1, 2]  # traced to the largest r
     for name in pngs:
         assert f"]({name})" in md
         assert_real_png(out / name)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state and no displa
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.errors import UserError
+from recurlm.evaluation.dynamics import default_depths, settle_or_drift
 from recurlm.evaluation.metrics import aggregate, centred_mean, chance, chatcore, in_chatcore, pooled
 from recurlm.evaluation.scoring import sweep, task_sets
 from recurlm.tasks.runs import trained_task_names
@@ -90,6 +91,7 @@ class Run:
         metrics = self.path / "metrics.jsonl"
         self.metrics = [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
         self.results: list[dict] = []
+        self.dynamics: list[dict] = []
 
     def fixed(self) -> list[dict]:
         """Greedy rows without adaptive exit: the test-time-scaling curve."""
@@ -97,6 +99,11 @@ class Run:
 
     def adaptive(self) -> list[dict]:
         return [r for r in self.results if r["exit"] != "none" and r["decode"] == "greedy"]
+
+
+def load_dynamics(run_dir: Path) -> list[dict]:
+    """The settle-or-drift rows (`recurlm eval --dynamics`) of the run's eval*.json files."""
+    return [row for f in sorted(run_dir.glob("eval*.json")) for row in json.loads(f.read_text()).get("dynamics", [])]
 
 
 def load_results(run_dir: Path) -> list[dict]:
@@ -112,19 +119,22 @@ def load_results(run_dir: Path) -> list[dict]:
     return rows
 
 
-def evaluate_run(run_dir: Path, recurrences: list[int], exits: list[str], limit: int) -> list[dict]:
-    """The run's own training tasks on the test split: every r without exit, and each exit threshold capped at the
-    largest r."""
+def evaluate_run(run_dir: Path, recurrences: list[int] | None, exits: list[str], limit: int) -> list[dict]:
+    """The run's own training tasks on the test split: every r without exit (by default up to 4x the run's r), each
+    exit threshold capped at the largest r, and the recurrence's settle-or-drift trace to that r."""
     model, tok, configs = load_checkpoint(run_dir)
     names = trained_task_names(configs)
     if not names:
         raise UserError(f"{run_dir} trained on text only: evaluate it with `recurlm eval --task ...` first")
     sets = task_sets(names, configs, "test", limit)
     policy = configs.inference
+    recurrences = list(recurrences or default_depths(policy.recurrences))
     rows = list(sweep(model, tok, sets, policy, recurrences if model.core else [1], ["none"]))
+    out = {"checkpoint": str(run_dir), "results": rows}
     if model.core:
         rows += sweep(model, tok, sets, policy.override(max_steps=0), [max(recurrences)], exits)
-    (run_dir / "eval.json").write_text(json.dumps({"checkpoint": str(run_dir), "results": rows}, indent=1))
+        out["dynamics"] = settle_or_drift(model, tok, sets, max(recurrences))
+    (run_dir / "eval.json").write_text(json.dumps(out, indent=1))
     return rows
 
 
@@ -239,6 +249,27 @@ def plot_exit_tradeoff(runs: list[Run], path: Path):
     save(fig, path)
 
 
+def plot_settle_or_drift(runs: list[Run], path: Path):
+    """Per iteration of the prompt pass: how much the state and the next-token distribution still move, one line per
+    task, the run's trained r marked: falling lines settle, flat or rising ones drift."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    keys = (("state_change", "relative state change"), ("distribution_change", "KL of next-token distribution"))
+    for run in runs:
+        tasks: dict[str, list[dict]] = {}
+        for row in run.dynamics:
+            tasks.setdefault(row["task"], []).append(row)
+        for ax, (key, _) in zip(axes, keys, strict=True):
+            for task, rows in tasks.items():
+                label = task if len(runs) == 1 else f"{run.name}: {task}"
+                ax.plot([r["iteration"] for r in rows], [max(r[key], 1e-9) for r in rows], marker=".", label=label)
+            ax.axvline(run.configs.inference.recurrences, color="grey", linestyle=":")
+    for ax, (_, title) in zip(axes, keys, strict=True):
+        ax.set(xlabel="iteration (dotted: the run's r)", yscale="log", title=title)
+        ax.legend(fontsize=7)
+    save(fig, path)
+
+
 def plot_training(runs: list[Run], path: Path):
     fig = Figure(figsize=(11, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -277,13 +308,14 @@ def cost_table(runs: list[Run]) -> str:
 def write_report(
     run_dirs: list[str],
     out: str | None = None,
-    recurrences: list[int] = (1, 2, 4, 8, 16),
+    recurrences: list[int] | None = None,
     exits: list[str] = DEFAULT_EXITS,
     limit: int = 100,
 ) -> Path:
     runs = [Run(d) for d in run_dirs]
     for run in runs:
-        run.results = load_results(run.path) or evaluate_run(run.path, list(recurrences), list(exits), limit)
+        run.results = load_results(run.path) or evaluate_run(run.path, recurrences, list(exits), limit)
+        run.dynamics = load_dynamics(run.path)
     out_dir = Path(out) if out else runs[0].path / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     md = [f"# recurlm report: {', '.join(r.name for r in runs)}", ""]
@@ -316,6 +348,8 @@ def write_report(
             md += [f"## Beam search against greedy: {run.name}\n\n{scaling_table(columns)}\n"]
     md += ["## Cost", "", "Parameters per token count a shared block once per use; FLOPs/token are forward, at the"]
     md += ["model's full context.", "", cost_table(runs), ""]
+    if any(run.dynamics for run in runs):
+        plots["settle_or_drift.png"] = plot_settle_or_drift
     if any(run.metrics for run in runs):
         plots["training.png"] = plot_training
     md += ["## Plots", ""]

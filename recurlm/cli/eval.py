@@ -43,12 +43,19 @@ def register(sub):
     s.add_argument("--limit", type=positive_int, help="examples per task and difficulty (default 200)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument(
+        "--dynamics",
+        action="store_true",
+        help="also trace the prompt pass to 4x the run's r (or the largest --recurrences): per iteration, the mean "
+        "change of the state and of the next-token distribution (does the recurrence settle or drift?)",
+    )
     s.add_argument("--json", help="write the results here")
     s.set_defaults(func=run)
 
 
 def run(args):
     from recurlm.analysis.report import by_r, scaling_table
+    from recurlm.evaluation.dynamics import settle_or_drift
 
     model, tok, configs = load_checkpoint(args.checkpoint)
     if args.data:
@@ -88,6 +95,14 @@ def run(args):
         for at_r in by_r(rows).values():
             if (value := chatcore(aggregate(at_r))) is not None:
                 core.append({"recurrences": at_r[0]["recurrences"], "exit": spec, "decode": decode, "chatcore": value})
+    out = {"checkpoint": args.checkpoint, "results": results, "chatcore": core}
+    if args.dynamics and model.core:
+        depth = max(4 * configs.inference.recurrences, *recurrences)
+        out["dynamics"] = settle_or_drift(model, tok, sets, depth, args.seed)
+        print(f"\nsettle or drift (prompt pass, r = 1..{depth}): mean relative state change / KL of next-token")
+        for row in out["dynamics"]:
+            change = f"{row['state_change']:>9.4f} {row['distribution_change']:>9.4f}"
+            print(f"{row['task']:<24} {row['iteration']:>3} {change}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "results": results, "chatcore": core}, f, indent=1)
+            json.dump(out, f, indent=1)

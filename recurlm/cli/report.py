@@ -10,7 +10,9 @@ def register(sub):
     s = sub.add_parser("report", help="report.md and PNG plots of runs (accuracy vs r, adaptive exit, costs)")
     s.add_argument("runs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--out", help="directory for report.md and the plots (default: RUN_DIR/report)")
-    s.add_argument("--recurrences", type=parse_int_list, default=[1, 2, 4, 8, 16], help="for runs not evaluated yet")
+    s.add_argument(
+        "--recurrences", type=parse_int_list, help="for runs not evaluated yet (default: 1 to 4x the run's r)"
+    )
     s.add_argument("--exit", action="append", help="exit thresholds to sweep, for runs not evaluated yet")
     s.add_argument("--limit", type=positive_int, default=100, help="examples per task and difficulty, likewise")
     s.set_defaults(func=report)
