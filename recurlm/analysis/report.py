@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state and no display backend, files only
 
 from recurlm.checkpoint import load_checkpoint
+from recurlm.config import EXIT_CRITERIA
 from recurlm.errors import UserError
 from recurlm.evaluation.dynamics import default_depths, settle_or_drift
 from recurlm.evaluation.metrics import aggregate, centred_mean, chance, chatcore, in_chatcore, pooled
@@ -20,6 +21,7 @@ from recurlm.evaluation.scoring import sweep, task_sets
 from recurlm.tasks.runs import trained_task_names
 
 DEFAULT_EXITS = ["latent:0.3", "latent:0.1", "latent:0.03", "kl:0.01", "kl:0.001"]
+CRITERION_COLORS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 EXIT_KEYS = ("exit", "recurrences", "accuracy", "mean_steps", "max_steps", "n")  # the adaptive-exit table's columns
 
 
@@ -241,9 +243,13 @@ def plot_exit_tradeoff(runs: list[Run], path: Path):
         settings: dict[tuple, list] = {}
         for r in run.adaptive():
             settings.setdefault((r["exit"], r["recurrences"]), []).append(r)
-        for (spec, cap), rows in settings.items():
+        seen: dict[str, int] = {}
+        for (spec, cap), rows in settings.items():  # a colour per criterion, a marker per threshold of it
+            name = spec.partition(":")[0]
+            nth = seen[name] = seen.get(name, -1) + 1
+            color = CRITERION_COLORS[EXIT_CRITERIA.index(name) % len(CRITERION_COLORS)]
             point = [pooled(rows, "mean_steps")], [pooled(rows, "accuracy")]
-            ax.scatter(*point, marker="x", label=f"{run.name}: {spec}, r ≤ {cap}")
+            ax.scatter(*point, color=color, marker="xo+sd^v"[nth % 7], label=f"{run.name}: {spec}, r ≤ {cap}")
     ax.set(xlabel="recurrences per token (mean)", ylabel="accuracy (all tasks)", title="accuracy / compute")
     ax.legend(fontsize=8)
     save(fig, path)
