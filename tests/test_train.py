@@ -430,3 +430,28 @@ def test_loop_objectives_change_training_and_still_learn(tmp_path):
     for name in ("prog", "deep"):
         got = losses(tmp_path / name)
         assert sum(a != b for a, b in zip(got, plain, strict=True)) >= 6 and got[-1] < 0.8 * got[0], name
+
+
+def test_fp32_muon_takes_torchs_muon_step_and_state():
+    # the same update as torch's Muon (which orthogonalises in bf16: agreement to bf16 precision), on a wide and a
+    # tall matrix over three steps of momentum, and a state dict either optimiser loads
+    from recurlm.training.optim import Fp32Muon
+
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 40), torch.randn(40, 16)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(3)]
+    params = {k: [torch.nn.Parameter(w.clone()) for w in weights] for k in ("torch", "fp32")}
+    opts = {"torch": torch.optim.Muon(params["torch"], lr=0.02, weight_decay=0.1),
+            "fp32": Fp32Muon(params["fp32"], lr=0.02, weight_decay=0.1)}  # fmt: skip
+    for step_grads in grads:
+        for k, opt in opts.items():
+            for p, g in zip(params[k], step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for ours, theirs, w in zip(params["fp32"], params["torch"], weights, strict=True):
+        moved_ours, moved_theirs = (ours - w).detach(), (theirs - w).detach()
+        assert torch.nn.functional.cosine_similarity(moved_ours.flatten(), moved_theirs.flatten(), dim=0) > 0.999
+        assert torch.allclose(moved_ours, moved_theirs, atol=2e-3, rtol=0.02)
+        assert not torch.allclose(moved_ours, torch.zeros_like(w))
+    torch.optim.Muon(params["torch"]).load_state_dict(opts["fp32"].state_dict())
+    Fp32Muon(params["fp32"]).load_state_dict(opts["torch"].state_dict())

@@ -27,20 +27,9 @@ from recurlm.tasks.runs import stage_tasks
 from recurlm.training.corpus import TextStream, sample_texts
 from recurlm.training.data import TaskMixture
 from recurlm.training.depth import sample_progressive, sample_recurrences
-from recurlm.training.optim import base_lrs, build_optimizers, lr_factor
+from recurlm.training.optim import base_lrs, build_optimizers, cpu_has_bf16, lr_factor
 
 CKPT = "checkpoint"
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16), from /proc/cpuinfo's flags."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def autocast_dtype(setting: str, device: torch.device, cpuinfo: str | None = None):
