@@ -103,25 +103,25 @@ class Run:
         return [r for r in self.results if r["exit"] != "none" and r["decode"] == "greedy"]
 
 
-def load_dynamics(run_dir: Path) -> list[dict]:
-    """The settle-or-drift rows (`recurlm eval --dynamics`) of the run's eval*.json files."""
-    return [row for f in sorted(run_dir.glob("eval*.json")) for row in json.loads(f.read_text()).get("dynamics", [])]
-
-
-def load_results(run_dir: Path) -> list[dict]:
-    """The rows of the run's eval*.json files; keys a row leaves out (docs/design.md §4) get `recurlm eval` defaults."""
-    rows = []
+def load_results(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The result rows and the settle-or-drift rows (`recurlm eval --dynamics`) of the run's eval*.json files; keys
+    a result row leaves out (docs/design.md §4) get `recurlm eval` defaults."""
+    rows, dynamics = [], []
     for f in sorted(run_dir.glob("eval*.json")):
         try:
-            for row in json.loads(f.read_text())["results"]:
+            saved = json.loads(f.read_text())
+            for row in saved["results"]:
                 rows.append({"difficulty": None, "exit": "none", "decode": "greedy", **row})
                 rows[-1]["max_steps"] = rows[-1].get("max_steps", rows[-1]["mean_steps"])
+            dynamics += saved.get("dynamics", [])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{f} is not a `recurlm eval --json` file") from None
-    return rows
+    return rows, dynamics
 
 
-def evaluate_run(run_dir: Path, recurrences: list[int] | None, exits: list[str], limit: int) -> list[dict]:
+def evaluate_run(
+    run_dir: Path, recurrences: list[int] | None, exits: list[str], limit: int
+) -> tuple[list[dict], list[dict]]:
     """The run's own training tasks on the test split: every r without exit (by default up to 4x the run's r), each
     exit threshold capped at the largest r, and the recurrence's settle-or-drift trace to that r."""
     model, tok, configs = load_checkpoint(run_dir)
@@ -132,12 +132,13 @@ def evaluate_run(run_dir: Path, recurrences: list[int] | None, exits: list[str],
     policy = configs.inference
     recurrences = list(recurrences or default_depths(policy.recurrences))
     rows = list(sweep(model, tok, sets, policy, recurrences if model.core else [1], ["none"]))
-    out = {"checkpoint": str(run_dir), "results": rows}
+    dynamics = []
     if model.core:
         rows += sweep(model, tok, sets, policy.override(max_steps=0), [max(recurrences)], exits)
-        out["dynamics"] = settle_or_drift(model, tok, sets, max(recurrences))
-    (run_dir / "eval.json").write_text(json.dumps(out, indent=1))
-    return rows
+        dynamics = settle_or_drift(model, tok, sets, max(recurrences))
+    saved = {"checkpoint": str(run_dir), "results": rows, "dynamics": dynamics}
+    (run_dir / "eval.json").write_text(json.dumps(saved, indent=1))
+    return rows, dynamics
 
 
 def draw_against_r(ax, run: Run, pts: list[tuple], color: str):
@@ -320,8 +321,9 @@ def write_report(
 ) -> Path:
     runs = [Run(d) for d in run_dirs]
     for run in runs:
-        run.results = load_results(run.path) or evaluate_run(run.path, recurrences, list(exits), limit)
-        run.dynamics = load_dynamics(run.path)
+        run.results, run.dynamics = load_results(run.path)
+        if not run.results:
+            run.results, run.dynamics = evaluate_run(run.path, recurrences, list(exits), limit)
     out_dir = Path(out) if out else runs[0].path / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     md = [f"# recurlm report: {', '.join(r.name for r in runs)}", ""]

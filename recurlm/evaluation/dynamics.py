@@ -9,7 +9,7 @@ import torch
 
 from recurlm.evaluation.scoring import EvalSet
 from recurlm.inference.engine import Engine
-from recurlm.network.exits import KLDivergence, LatentChange
+from recurlm.network.exits import CRITERIA
 from recurlm.text.prompting import example_ids, example_question
 from recurlm.text.tokenizer import Tokenizer
 
@@ -39,8 +39,8 @@ def settle_or_drift(model, tok: Tokenizer, sets: list[EvalSet], r: int, seed: in
         logprobs = torch.log_softmax(model.head(state, ctx).float(), dim=-1)
         for i, nxt in enumerate(model.iterate(e, state, r, ctx), start=1):
             nxt_logprobs = torch.log_softmax(model.head(nxt, ctx).float(), dim=-1)
-            state_change = LatentChange().measure(state, nxt)
-            distribution_change = KLDivergence().measure(logprobs, nxt_logprobs)
+            state_change = CRITERIA["latent"].measure(state, nxt)
+            distribution_change = CRITERIA["kl"].measure(logprobs, nxt_logprobs)
             rows.append(
                 dict(
                     task=task,
