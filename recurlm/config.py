@@ -251,6 +251,8 @@ class StageConfig:
     max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
+    wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
+    # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'
@@ -270,6 +272,8 @@ class StageConfig:
             raise UserError("stage curriculum 'schedule' needs promote_every >= 1")
         if self.tasks and self.text:
             raise UserError("a stage trains on tasks or on text, not both: make two stages")
+        if self.wording not in ("fixed", "varied"):
+            raise UserError(f"stage wording must be fixed or varied, got {self.wording!r}")
 
 
 # Sections of a config file / preset and the dataclass that holds each; 'stage' holds one table per stage, in order.

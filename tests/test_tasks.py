@@ -240,3 +240,72 @@ def test_addition_draws_equal_and_unequal_lengths(tmp_path):
     lengths = {min(len(r["prompt"].split("+")[0]), len(r["prompt"].split("+")[1]) - 1) for r in unequal}
     assert lengths >= {1, 6, 11}  # the shorter operand takes every length
     assert any(len(r["prompt"].split("+")[0]) < 12 for r in unequal)  # and either side
+
+
+def _shape(prompt: str) -> str:
+    """A question's wording without its numbers and typing slips: what a frame looks like."""
+    text = re.sub(r"-?\d+", "#", prompt.lower()).rstrip("?.</inst>").removeprefix("<inst>")
+    return re.sub(r"\s*([+\-*=,])\s*", r"\1", text)
+
+
+@pytest.mark.parametrize("name", SUITE[:-1])
+def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name):
+    import random
+
+    fixed, varied = get_task(name), get_task(name, wording="varied")
+    prompts = set()
+    for i in range(300):
+        canonical, other = fixed.sample(random.Random(i), 1 + i % 2), varied.sample(random.Random(i), 1 + i % 2)
+        assert canonical.key is None and other.key in (None, canonical.prompt)
+        assert (other.answer, other.completion) == (canonical.answer, canonical.completion)
+        assert other.split == canonical.split
+        prompts.add(other.prompt)
+    assert len({_shape(p) for p in prompts}) >= 5  # several frames...
+    questions = [p.removeprefix("<INST>").removesuffix("</INST>") for p in prompts]
+    assert any(q == q.lower() and q != q.upper() for q in questions)  # ...and slips
+    assert any(q[-1] not in "?." for q in questions)
+    if name not in ("even_odd", "comparison", "word_problem"):  # those with operators or lists: written unspaced
+        assert any(re.search(r"\d[+\-*=,]\S", q) for q in questions)
+    train = varied.generate("train", 300, seed=1)
+    assert all(split_of(ex.key or ex.prompt) == "train" for ex in train)
+    assert sum(ex.key is not None for ex in train) > 200
+
+
+@pytest.mark.parametrize("name", SUITE[:-1])
+def test_held_out_wordings_share_no_frame_names_or_things_with_training(name):
+    from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS
+
+    trained = {_shape(ex.prompt) for ex in get_task(name, wording="varied").generate("train", 3000, seed=2)}
+    held = get_task(name, wording="held_out").generate("test", 300, seed=2)
+    assert held and all(ex.split == "test" and ex.key for ex in held)
+    if name == "word_problem":  # who and what: only the held-out lists, none of which training draws
+        names = {n for n, _ in HELD_OUT_NAMES}
+        assert not names & {n for n, _ in NAMES} and not set(HELD_OUT_THINGS) & set(THINGS)
+        assert all(any(n.lower() in ex.prompt.lower() for n in names) or "shelf" in ex.prompt.lower() or
+                   ex.prompt.lower().startswith("<inst>out of") for ex in held)  # fmt: skip
+        assert not any(n.lower() in p for p in trained for n in names)
+    else:
+        assert not trained & {_shape(ex.prompt) for ex in held}
+
+
+def test_stage_wording_shapes_training_only():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+
+    stage = StageConfig(tasks="arithmetic,sorting", wording="varied")
+    assert [t.wording for t in stage_tasks(stage, training=True)] == ["varied", "varied"]
+    assert [t.wording for t in stage_tasks(stage)] == ["fixed", "fixed"]
+    with pytest.raises(UserError, match="wording"):
+        StageConfig(tasks="arithmetic", wording="held_out")
+
+
+def test_typed_questions_script_writes_held_out_test_questions(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "typed_questions.py"
+    subprocess.run([sys.executable, str(script), "--n", "5", "--out", str(tmp_path)], check=True, capture_output=True)
+    rows = read_jsonl(tmp_path / "sorting.jsonl")
+    assert len(rows) == 20 and {r.difficulty for r in rows} == {1, 2, 3, 4}
+    assert all(split_of(r.prompt) in ("train", "val", "test") and r.task == "sorting" for r in rows)

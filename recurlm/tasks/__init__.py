@@ -26,6 +26,11 @@ class Example:
     difficulty: int | None = None
     choices: list[str] | None = None  # multiple choice: the answer letters, scored by their logits in one forward
     meta: dict | None = None  # what the task's scorer needs beyond the answer (a reasoning_gym entry)
+    key: str | None = None  # the problem's canonical prompt when this is another wording of it: the split's key
+
+    @property
+    def split(self) -> str:
+        return split_of(self.key or self.prompt)
 
     @property
     def target(self) -> str:
@@ -83,7 +88,7 @@ class Task:
         while len(out) < n and tries < 50 * n + 1000:
             tries += 1
             ex = self.sample(rng, levels[tries % len(levels)])  # by tries: an exhausted level cannot block
-            if split_of(ex.prompt) != split or (split != "train" and ex.prompt in seen):
+            if ex.split != split or (split != "train" and ex.prompt in seen):
                 continue
             seen.add(ex.prompt)
             out.append(ex)

@@ -12,7 +12,9 @@ the left, sorting one selection per step with the numbers still left written out
 import random
 import re
 
-from recurlm.tasks import Example, Task, columns
+from recurlm.errors import UserError
+from recurlm.tasks import Example, Task, columns, wording
+from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS, WORDINGS, Question
 
 TRACE = re.compile(r"<THINK>(<STEP>[^<]+</STEP>)+</THINK><ANS>[^<]+</ANS>")
 
@@ -26,19 +28,28 @@ def trace(steps: list[str], answer) -> str:
 
 
 class TraceTask(Task):
-    """A task whose examples are (question, steps, answer) triples; subclasses implement `problem`."""
+    """A task whose examples are (question, steps, answer) triples; subclasses implement `problem`. `wording`
+    (`recurlm.tasks.wording`): the canonical question ('fixed'), one of many phrasings ('varied', for training) or
+    one of those kept out of training ('held_out')."""
 
     difficulties = (1, 2)
     prompt_template = "<INST>{}</INST>"
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
-    def problem(self, rng: random.Random, difficulty: int) -> tuple[str, list[str], object]:
+    def __init__(self, wording: str = "fixed"):
+        if wording not in WORDINGS:
+            raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
+        self.wording = wording
+
+    def problem(self, rng: random.Random, difficulty: int) -> tuple[Question, list[str], object]:
         raise NotImplementedError
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         question, steps, answer = self.problem(rng, difficulty)
-        prompt = self.prompt_template.format(question)
-        return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty)
+        canonical = self.prompt_template.format(wording.canonical(question))
+        prompt = self.prompt_template.format(wording.phrase(rng, question, self.wording))
+        key = canonical if prompt != canonical else None  # the split is the problem's, whatever its wording
+        return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty, key=key)
 
 
 class Arithmetic(TraceTask):
@@ -51,10 +62,11 @@ class Arithmetic(TraceTask):
         op = rng.choice("+-*")
         hi = 12 if op == "*" else 9 if difficulty == 1 else 99
         a, b = rng.randint(0, hi), rng.randint(0, hi)
+        question = Question("arithmetic", dict(a=a, op=op, b=b))
         if op == "*":
-            return f"What is {a} * {b}?", times(a, b), a * b
+            return question, times(a, b), a * b
         steps, value = columns.signed(a, op, b)
-        return f"What is {a} {op} {b}?", steps, value
+        return question, steps, value
 
 
 def times(a: int, b: int) -> list[str]:
@@ -78,7 +90,7 @@ class TwoStep(TraceTask):
         op1, op2 = rng.choice("+-"), rng.choice("+-")
         first, x = columns.signed(a, op1, b)
         second, y = columns.signed(x, op2, c)
-        return f"What is ({a} {op1} {b}) {op2} {c}?", [*first, *second], y
+        return Question("two_step", dict(a=a, op1=op1, b=b, op2=op2, c=c)), [*first, *second], y
 
 
 class EvenOdd(TraceTask):
@@ -92,7 +104,7 @@ class EvenOdd(TraceTask):
         n = rng.randint(0 if difficulty == 1 else 10 ** (difficulty - 1), 10**difficulty - 1)
         last = n % 10
         parity = "even" if last % 2 == 0 else "odd"
-        return f"Is {n} even or odd?", [f"The last digit of {n} is {last}.", f"{last} is {parity}."], parity
+        return Question("even_odd", dict(n=n)), [f"The last digit of {n} is {last}.", f"{last} is {parity}."], parity
 
 
 class Comparison(TraceTask):
@@ -116,7 +128,7 @@ class Comparison(TraceTask):
                 steps.append(f"{x} = {y}" if x == y else f"{max(x, y)} > {min(x, y)}")
                 if x != y:
                     break
-        return f"Which is larger: {a} or {b}?", [*steps, f"{big} > {small}"], big
+        return Question("comparison", dict(a=a, b=b)), [*steps, f"{big} > {small}"], big
 
 
 class Pattern(TraceTask):
@@ -143,7 +155,7 @@ class Pattern(TraceTask):
             rule = [f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."]
             work, _ = columns.multiply(terms[3], factor)
         shown = ", ".join(map(str, terms[:4]))
-        return f"Complete the pattern: {shown}, ?", [*rule, *work], terms[4]
+        return Question("pattern", dict(s=shown, values=terms[:4])), [*rule, *work], terms[4]
 
 
 NAMES = [
@@ -224,28 +236,33 @@ def made_up_word(rng: random.Random) -> str:
 class WordProblem(TraceTask):
     """'NAME has A THINGS. PRONOUN gets B more. How many THINGS does PRONOUN have now?' and the 'gives away B'
     variant (0-50, B <= A; difficulty 1: adding, 2: giving away). Names and things come from the lists or, one time
-    in three each, are made up, so any name and any object can appear."""
+    in three each, are made up, so any name and any object can appear; held-out wordings use names and things of
+    their own."""
 
     name = "word_problem"
 
     def problem(self, rng, difficulty):
-        name, pronoun = rng.choice(NAMES)
-        if rng.random() < 1 / 3:
-            name = made_up_word(rng).capitalize()
-        things = rng.choice(THINGS) if rng.random() >= 1 / 3 else made_up_word(rng) + "s"
+        if self.wording == "held_out":  # people and things of no training list
+            name, pronoun = rng.choice(HELD_OUT_NAMES)
+            things = rng.choice(HELD_OUT_THINGS)
+        else:
+            name, pronoun = rng.choice(NAMES)
+            if rng.random() < 1 / 3:
+                name = made_up_word(rng).capitalize()
+            things = rng.choice(THINGS) if rng.random() >= 1 / 3 else made_up_word(rng) + "s"
         a = rng.randint(0, 50)
         b = rng.randint(0, a) if difficulty == 2 else rng.randint(0, 50)
-        they = pronoun.capitalize()
-        has = "have" if pronoun == "they" else "has"
-        action = f"{they} gives away {b}." if difficulty == 2 else f"{they} gets {b} more."
-        if pronoun == "they":
-            action = action.replace("gives", "give").replace("gets", "get")
+        other = name  # someone else, for the wordings with two people (drawn only then: fixed draws stay as they were)
+        while self.wording != "fixed" and other == name:
+            other = rng.choice(HELD_OUT_NAMES if self.wording == "held_out" else NAMES)[0]
+        plural = pronoun == "they"
+        fields = dict(N=name, p=pronoun, P=pronoun.capitalize(), M=other, T=things, a=a, b=b)
+        fields |= {"o": {"she": "her", "he": "him", "they": "them"}[pronoun], "has": "have" if plural else "has"}
+        fields |= {v: v.removesuffix("s") if plural else v for v in ("gets", "gives", "buys")}
+        fields["does"] = "do" if plural else "does"
         op = "-" if difficulty == 2 else "+"
-        question = f"{name} {has} {a} {things}. {action} How many {things} does {pronoun} have now?"
-        if pronoun == "they":
-            question = question.replace("does they", "do they")
         steps, value = columns.signed(a, op, b)
-        return question, [f"{a} {op} {b}", *steps], value
+        return Question("loss" if difficulty == 2 else "gain", fields), [f"{a} {op} {b}", *steps], value
 
 
 class Sorting(TraceTask):
@@ -262,7 +279,8 @@ class Sorting(TraceTask):
             smallest = min(left)
             steps.append(f"{', '.join(map(str, left))} -> {smallest}")
             left.remove(smallest)
-        return f"Sort ascending: {', '.join(map(str, values))}", steps, ", ".join(map(str, sorted(values)))
+        question = Question("sorting", dict(s=", ".join(map(str, values)), values=values))
+        return question, steps, ", ".join(map(str, sorted(values)))
 
 
 SUITE = {t.name: t for t in (Arithmetic, TwoStep, EvenOdd, Comparison, Pattern, WordProblem, Sorting)}

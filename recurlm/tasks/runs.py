@@ -25,8 +25,12 @@ def task_weights(stage: StageConfig) -> dict[str, float]:
 def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     """The stage's tasks, built with the stage's task options (those that only shape training data when
     `training`: evaluation keeps the task's own definition)."""
+    from recurlm.tasks.reasoning import SUITE
+
     addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
     options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
+    if training:
+        options |= {name: {"wording": stage.wording} for name in SUITE}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 

@@ -9,7 +9,7 @@ import random
 import torch
 
 from recurlm.config import StageConfig
-from recurlm.tasks import Example, Task, split_of
+from recurlm.tasks import Example, Task
 from recurlm.tasks.runs import stage_tasks, task_weights
 from recurlm.text.prompting import example_ids
 from recurlm.text.tokenizer import Tokenizer, significance_ids
@@ -77,7 +77,7 @@ class TaskMixture:
         while len(out) < n:
             task = rng.choices(self.tasks, self.weights)[0] if self.weights else rng.choice(self.tasks)
             ex = task.sample(rng, self._difficulty(rng, task, level))
-            if split_of(ex.prompt) == "train":
+            if ex.split == "train":
                 out.append(ex)
         return out
 

@@ -309,7 +309,7 @@ def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
     for _, stage in stages:
         if stage.text:
             texts += sample_texts(stage.text)
-        for task in stage_tasks(stage):
+        for task in stage_tasks(stage, training=True):  # in the wordings training asks
             texts += [ex.prompt + ex.target for ex in task.generate("train", n_per_task, seed=seed)]
     return texts
 

@@ -1,0 +1,240 @@
+"""Many ways to ask the reasoning suite's questions, as people type them.
+
+A model trained on one template per task learns the template: MiniAxion's shipped checkpoint scored 94.8% on its
+own phrasing and 28.8% on other wordings of the same problems. Each question is a `Question` (a kind and its
+numbers), phrased by one of several frames, with the slips people make when typing (all lowercase, no final
+punctuation, no spaces around operators or after commas). Two disjoint sets of frames:
+- `varied`: what training draws from;
+- `held_out`: frames, names and objects no training example uses, kept to check that the model learned the task.
+`fixed` is each task's one canonical wording. Splits are drawn by the canonical question, so a test problem is
+never trained in another wording.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+WORDINGS = ("fixed", "varied", "held_out")
+
+
+@dataclass
+class Question:
+    kind: str  # a key of FRAMES
+    fields: dict = field(default_factory=dict)
+
+
+OPS = {"+": ["+", "plus"], "-": ["-", "minus"], "*": ["*", "times", "x", "multiplied by"]}
+VERBS = {"+": "add", "-": "subtract"}
+
+# Each kind: (canonical, frames training uses, held-out frames). {x} is the expression written with operator words.
+FRAMES = {
+    "arithmetic": (
+        "What is {a} {op} {b}?",
+        [
+            "What is {x}?",
+            "Calculate {x}.",
+            "{x} = ?",
+            "{x} =",
+            "{x}",
+            "How much is {x}?",
+            "Work out {x}.",
+            "Solve {x}.",
+            "Tell me what {x} is.",
+            "Can you work out {x}?",
+            "Find {x}.",
+            "What does {x} make?",
+            "{phrase}",
+        ],
+        [
+            "What's {x}?",
+            "Compute {x}.",
+            "Evaluate {x}.",
+            "Please calculate {x}.",
+            "What do you get for {x}?",
+            "{x} equals what?",
+            "I need the answer to {x}.",
+            "{held_phrase}",
+        ],
+    ),
+    "two_step": (
+        "What is ({a} {op1} {b}) {op2} {c}?",
+        [
+            "What is {x}?",
+            "Calculate {x}.",
+            "{x} = ?",
+            "{x}",
+            "How much is {x}?",
+            "Work out {x}.",
+            "Find {x}.",
+            "Start with {a}, {verb1} {b}, then {verb2} {c}.",
+        ],
+        [
+            "What's {x}?",
+            "Compute {x}.",
+            "Evaluate {x}.",
+            "{x} equals what?",
+            "Take {a}, {verb1} {b} and {verb2} {c}. What do you get?",
+        ],
+    ),
+    "even_odd": (
+        "Is {n} even or odd?",
+        [
+            "Is {n} even or odd?",
+            "Is {n} odd or even?",
+            "Even or odd: {n}",
+            "{n}: even or odd?",
+            "Is the number {n} even or odd?",
+            "Tell me if {n} is even or odd.",
+            "Odd or even? {n}",
+            "Is {n} an odd number or an even number?",
+        ],
+        [
+            "Would you call {n} even or odd?",
+            "Decide whether {n} is odd or even.",
+            "Is {n} even, or is it odd?",
+            "{n} - odd or even?",
+            "Check if {n} is even or odd.",
+        ],
+    ),
+    "comparison": (
+        "Which is larger: {a} or {b}?",
+        [
+            "Which is larger: {a} or {b}?",
+            "Which is bigger, {a} or {b}?",
+            "Which is greater: {a} or {b}?",
+            "Which number is larger, {a} or {b}?",
+            "What is the larger number: {a} or {b}?",
+            "Pick the bigger one: {a} or {b}",
+            "Larger of {a} and {b}?",
+            "{a} or {b}: which is more?",
+        ],
+        [
+            "Which number is bigger, {a} or {b}?",
+            "Between {a} and {b}, which is greater?",
+            "Of {a} and {b}, which one is bigger?",
+            "Is {a} or {b} the larger number?",
+            "Tell me the greater of {a} and {b}.",
+        ],
+    ),
+    "pattern": (
+        "Complete the pattern: {s}, ?",
+        [
+            "Complete the pattern: {s}, ?",
+            "What is the next number: {s}, ?",
+            "Continue the sequence: {s}, ...",
+            "{s}, ?",
+            "Next term of {s}?",
+            "Find the next number in {s}.",
+            "Fill in the blank: {s}, _",
+        ],
+        [
+            "What comes next: {s}?",
+            "What number follows {s}?",
+            "{s}, what's next?",
+            "Give the next term in the sequence {s}.",
+            "Guess the next one: {s}, ...",
+        ],
+    ),
+    "sorting": (
+        "Sort ascending: {s}",
+        [
+            "Sort ascending: {s}",
+            "Sort these numbers from smallest to largest: {s}",
+            "Arrange in increasing order: {s}",
+            "Order from lowest to highest: {s}",
+            "Sort {s}",
+            "Sort from small to big: {s}",
+            "Put these numbers in order, smallest first: {s}",
+            "{s} sorted ascending?",
+        ],
+        [
+            "Put in ascending order: {s}",
+            "Can you sort {s} from low to high?",
+            "Rank from least to greatest: {s}",
+            "List {s} in increasing order.",
+            "Order these: {s}",
+        ],
+    ),
+    # Word problems: {N} the name, {p}/{P} its pronoun, {M} someone else, {T} the things; verbs agree with {p}. (The
+    # canonical wordings' "{N} {has}" reads "Sam have" for 'they': kept, as the published test split is written so.)
+    "gain": (
+        "{N} {has} {a} {T}. {P} {gets} {b} more. How many {T} {does} {p} have now?",
+        [
+            "{N} has {a} {T}. {P} {gets} {b} more. How many {T} {does} {p} have now?",
+            "{N} had {a} {T} and found {b} more. How many {T} does {N} have?",
+            "There are {a} {T} in a box. {N} puts in {b} more. How many {T} are in the box now?",
+            "{N} has {a} {T}. {M} gives {o} {b} more. How many {T} does {N} have?",
+            "{N} collected {a} {T} on Monday and {b} on Tuesday. How many {T} did {p} collect in all?",
+        ],
+        [
+            "{N} starts with {a} {T} and is given {b} more. What's the total?",
+            "{N} owns {a} {T}. Then {p} {buys} {b} more. How many {T} does {N} own now?",
+            "A shelf holds {a} {T}. Someone adds {b}. How many {T} are on the shelf?",
+        ],
+    ),
+    "loss": (
+        "{N} {has} {a} {T}. {P} {gives} away {b}. How many {T} {does} {p} have now?",
+        [
+            "{N} has {a} {T}. {P} {gives} away {b}. How many {T} {does} {p} have now?",
+            "{N} had {a} {T} and lost {b}. How many {T} are left?",
+            "There are {a} {T} in a bag. {N} takes out {b}. How many {T} are still in the bag?",
+            "{N} bought {a} {T} and used {b}. How many {T} remain?",
+            "{N} has {a} {T} and eats {b}. How many {T} {does} {p} have left?",
+        ],
+        [
+            "{N} has {a} {T} and gives {b} to {M}. How many {does} {p} have left?",
+            "{N} owned {a} {T} but sold {b}. How many {T} {does} {p} still own?",
+            "Out of {a} {T}, {b} broke. How many {T} are left?",
+        ],
+    ),
+}
+
+# Sentence forms of one operation (they name the operands in their own order)
+PHRASES = {
+    "+": (["Add {a} and {b}.", "What is the sum of {a} and {b}?"], ["Find the total of {a} and {b}."]),
+    "-": (["Subtract {b} from {a}.", "What is {a} take away {b}?"], ["Take {b} away from {a}.", "{a} less {b}?"]),
+    "*": (["Multiply {a} by {b}.", "What is the product of {a} and {b}?"], ["What if you multiply {a} by {b}?"]),
+}
+
+# Who and what the held-out word problems are about: in none of the training lists
+HELD_OUT_NAMES = [("Zainab", "she"), ("Thibault", "he"), ("Ngozi", "she"), ("Kenji", "he"), ("Fatima", "she"),
+                  ("Lars", "he"), ("Aiko", "she"), ("Diego", "he"), ("Robin", "they")]  # fmt: skip
+HELD_OUT_THINGS = ["pebbles", "magnets", "feathers", "spoons", "badges", "ribbons", "pins", "bricks", "acorns"]
+
+
+def canonical(q: Question) -> str:
+    return FRAMES[q.kind][0].format(**q.fields)
+
+
+def phrase(rng: random.Random, q: Question, wording: str) -> str:
+    """The question in one of the `wording` set's frames, with typing slips drawn at random."""
+    if wording == "fixed":
+        return canonical(q)
+    held_out = wording == "held_out"
+    f = dict(q.fields)
+    frames = FRAMES[q.kind][2 if held_out else 1]
+    if q.kind == "arithmetic":
+        f["x"] = f"{f['a']} {rng.choice(OPS[f['op']])} {f['b']}"
+        f["phrase" if not held_out else "held_phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)
+    elif q.kind == "two_step":
+        ops = [rng.choice(OPS[f["op1"]]), rng.choice(OPS[f["op2"]])]
+        left = f"{f['a']} {ops[0]} {f['b']}"
+        f["x"] = f"{left if rng.random() < 0.3 else f'({left})'} {ops[1]} {f['c']}"  # left to right: same value
+        f["verb1"], f["verb2"] = VERBS[f["op1"]], VERBS[f["op2"]]
+    elif q.kind in ("pattern", "sorting"):
+        signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
+        f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
+    text = rng.choice(frames).format(**f)
+    return typing_slips(rng, text)
+
+
+def typing_slips(rng: random.Random, text: str) -> str:
+    """What people do when typing a question: lowercase, no final punctuation, no spaces around operators."""
+    if rng.random() < 0.25:
+        text = text.lower()
+    if rng.random() < 0.25:
+        text = text.rstrip("?.")
+    if rng.random() < 0.25:
+        for op in ("+", "-", "*", "="):
+            text = text.replace(f" {op} ", op)
+        text = text.replace(", ", ",")
+    return text
