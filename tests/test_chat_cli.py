@@ -40,6 +40,10 @@ def test_terminal_chat_streams_answers_changes_r_and_quits():
     chat.sendintr()  # Ctrl-C at the prompt keeps the session
     chat.sendline("/r 2")
     chat.expect("r = 2")
+    chat.sendline("/r")  # alone: the current value
+    chat.expect("r = 2")
+    chat.sendline("/r two")
+    chat.expect("bad value 'two' \\(expected a whole number of recurrences\\)")
     chat.sendline("What is 47 + 38?")  # the session goes on
     chat.expect(r"\x1b\[0m85\x1b\[0m")
     chat.expect("> ")

@@ -50,6 +50,11 @@ def test_presets_json(capsys):
     assert rows["recursive-nanochat-d20"]["flops_per_token"] > rows["recursive-nanochat-d20"]["params_per_token"] * 2
 
 
+def shown_steps(err: str) -> list[str]:
+    """--show-steps' table: one line per token (the stop token's last), the recurrences behind it at the end."""
+    return [line.split()[-1] for line in err.split("recurrences per token:\n")[1].splitlines() if line[:1] == " "]
+
+
 GENERATE = ["generate", "--preset", "rrslm-addition", "--seed", "1", "--prompt", "12+34=", "--max-new-tokens", "6"]
 
 
@@ -58,12 +63,13 @@ def test_generate_from_random_preset(capsys):
     out = capsys.readouterr()
     text = out.out.strip()
     assert 1 <= len(text) <= 6 and set(text) <= set("0123456789+=<|pad>")
-    steps = out.err.split("steps: ")[1].splitlines()[0].split()
+    steps = shown_steps(out.err)
     assert steps[0] == "5" and set(steps[1:]) <= {"1"}
+    assert len(steps) in (len(text), len(text) + 1)  # a line per token, and the stop token's when it stopped
     if len(text) == 6:  # a random model runs to its budget, and generate says so
         assert "[stopped at the 6-token budget" in out.err
     main([*GENERATE, "--show-steps", "--exit", "latent:1e9", "--recurrences", "5", "--prompt-exit"])
-    assert set(capsys.readouterr().err.split("steps: ")[1].splitlines()[0].split()) == {"1"}  # the prompt pass too
+    assert set(shown_steps(capsys.readouterr().err)) == {"1"}  # the prompt pass too
     main([*GENERATE, "--exit", "none", "--kv-budget", "5"])
     again = capsys.readouterr().out
     main([*GENERATE, "--no-cache", "--exit", "none", "--kv-budget", "5"])
@@ -79,7 +85,7 @@ def test_preset_default_exit_does_not_forbid_no_cache(capsys):
     with_exit = [*GENERATE, "--set", "inference.exit=kl:0.01", "--kv-budget", "5", "--show-steps"]
     main([*with_exit, "--no-cache"])
     out = capsys.readouterr()
-    assert set(out.err.split("steps: ")[1].splitlines()[0].split()) == {"5"}
+    assert set(shown_steps(out.err)) == {"5"}
     main([*GENERATE, "--kv-budget", "5", "--exit", "none"])
     assert capsys.readouterr().out == out.out
     code, out = run_cli(capsys, *with_exit, "--no-cache", "--exit", "kl:0.01")
@@ -97,7 +103,8 @@ def test_generate_shows_sums_in_normal_digit_order(run_dir, capsys):
 
 def test_generate_asks_as_training_did(monkeypatch, capsys):
     """BOS first, as training and eval put it; a reasoning-suite run wraps the question in <INST>...</INST> itself,
-    a typed '<INST>' is text (not the special token), and --raw passes the prompt through."""
+    a typed '<INST>' is text (not the special token), --raw keeps the template and --no-template passes the prompt
+    through."""
     import recurlm.cli.generate as generate
     from recurlm.checkpoint import build_tokenizer
     from recurlm.config import load_config
@@ -114,6 +121,7 @@ def test_generate_asks_as_training_did(monkeypatch, capsys):
     for prompt in ("What is 2 + 2?", "<INST>What is 2 + 2?</INST>"):
         main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", prompt])
     main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", "What is 2 + 2?", "--raw"])
+    main(["generate", "--preset", "miniaxion-0.9m", *small, "--prompt", "What is 2 + 2?", "--no-template"])
     capsys.readouterr()
     tok = build_tokenizer(load_config("miniaxion-0.9m"))
     bos = tok.token_id("<|bos|>")
@@ -122,4 +130,5 @@ def test_generate_asks_as_training_did(monkeypatch, capsys):
     typed = tok.encode("<INST>What is 2 + 2?</INST>")
     assert tok.token_id("<INST>") not in typed and tok.decode(typed) == "<INST>What is 2 + 2?</INST>"
     question = tok.encode("What is 2 + 2?")
-    assert seen == [[bos, *head, *question, *tail], [bos, *head, *typed, *tail], [bos, *question]]
+    wrapped = [bos, *head, *question, *tail]
+    assert seen == [wrapped, [bos, *head, *typed, *tail], wrapped, [bos, *question]]

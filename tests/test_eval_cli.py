@@ -34,7 +34,11 @@ def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
     assert all(r["state_change"] >= 0 and r["distribution_change"] >= -1e-6 for r in traced)
     assert {(r["difficulty"], r["recurrences"]) for r in res} == {(d, r) for d in (1, 2) for r in (1, 2)}
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 5 and r["tokens_per_s"] > 0 for r in res)
-    assert {r["exit"] for r in res} == {"kl:0.01"}  # the run's own policy (the preset's) unless --exit says
+    assert {r["exit"] for r in res} == {"none"}  # a sweep of r runs each r fixed, and says so
+    assert all(r["mean_steps"] == r["recurrences"] for r in res) and "exit kl:0.01 is off in a sweep" in printed
+    main(["eval", "--checkpoint", str(run_dir), "--task", "addition", "--limit", "5", "--json", str(out)])
+    res = json.loads(out.read_text())["results"]  # without --recurrences: the run's own policy, exit included
+    assert {(r["exit"], r["recurrences"]) for r in res} == {("kl:0.01", trained_r)}
     assert all(1 <= r["mean_steps"] <= r["recurrences"] for r in res)
 
 

@@ -40,7 +40,7 @@ import json, os, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 spec, out = json.load(open(sys.argv[1])), {}
 for name, s in spec.items():
-    tok = AutoTokenizer.from_pretrained(s["dir"])
+    tok = AutoTokenizer.from_pretrained(s["dir"], trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(s["dir"], trust_remote_code=True).eval()
     ids = torch.tensor([tok(s["text"]).input_ids]) if s["text"] else torch.tensor([s["ids"]])
     res = {"ids": ids[0].tolist(), "logits": {}}
@@ -56,6 +56,14 @@ for name, s in spec.items():
         torch.manual_seed(0)
         gen = model.generate(ids, max_new_tokens=6, do_sample=False, num_steps=2, exit="none")
     res["generated"] = gen[0, ids.shape[1]:].tolist()
+    res["decoded"] = tok.decode(res["generated"], skip_special_tokens=True)
+    trace = "<INST>What is 1 + 2?</INST><THINK><STEP>1 + 2 = 3</STEP></THINK><ANS>3</ANS>"
+    res["trace"] = tok.decode(tok(trace).input_ids, skip_special_tokens=True) if "<STEP>" in tok.get_vocab() else trace
+    if s.get("pipeline"):
+        from transformers import pipeline
+        pipe = pipeline("text-generation", model=s["dir"], trust_remote_code=True)
+        res["pipeline"] = pipe(s["text"], max_new_tokens=6, do_sample=False, num_steps=2, exit="none",
+                               return_full_text=False)[0]["generated_text"]
     res["default_r"] = model.config.num_steps
     out[name] = res
 json.dump(out, open(sys.argv[2], "w"))
@@ -83,7 +91,7 @@ def exported(tmp_path_factory):
         save_checkpoint(root / name, perturbed(configs, i), tok, configs)
         assert main(["export", "hf", str(root / name), str(root / f"{name}-hf")]) in (0, None)
         text = "12+34=" if preset == "rrslm-addition" else "<INST>What is 4 + 5?</INST>"
-        spec[name] = {"dir": str(root / f"{name}-hf"), "text": text, "rs": [1, 2]}
+        spec[name] = {"dir": str(root / f"{name}-hf"), "text": text, "rs": [1, 2], "pipeline": i == 0}
     (root / "spec.json").write_text(json.dumps(spec))
     (root / "load.py").write_text(LOAD)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -92,6 +100,7 @@ def exported(tmp_path_factory):
         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "to instantiate a model of type" not in run.stderr  # the README's way of loading warns of nothing
     return root, json.loads((root / "out.json").read_text())
 
 
@@ -141,6 +150,12 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
     torch.manual_seed(0)
     gen = Engine(model, tok.digit_ids if configs.model.abacus else None).generate([ids], 6, pol, tok.stop_ids)
     assert res["generated"][: len(gen.tokens[0])] == gen.tokens[0]
+    # decoded as pipelines do (skip_special_tokens): only BOS/EOS/PAD go, the trace tags stay
+    dropped = {tok.token_id(t) for t in ("<|bos|>", "<|eos|>", "<|pad|>")} | {tok.eos_id}
+    assert res["decoded"] == tok.decode([t for t in res["generated"] if t not in dropped])
+    assert res["trace"] == "<INST>What is 1 + 2?</INST><THINK><STEP>1 + 2 = 3</STEP></THINK><ANS>3</ANS>"
+    if "pipeline" in res:
+        assert res["pipeline"] == res["decoded"]
 
 
 def test_export_refuses_a_non_empty_directory(tmp_path, capsys):

@@ -107,3 +107,44 @@ def test_scaling_table_centres_guessable_tasks_on_chance():
     }
     *_, mean, centred = scaling_table(rows).splitlines()
     assert mean == "| mean over tasks | 0.400 |" and centred == "| mean over tasks, centred on chance | 0.150 |"
+
+
+def test_plots_keep_every_line_visible_with_integer_ticks_accuracy_from_zero_and_legends_outside(run_dir, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from recurlm.analysis import report
+
+    run = report.Run(str(run_dir))
+    base = dict(task="addition", decode="greedy", n=10, tokens_per_s=1.0)
+    run.results = [
+        {**base, "difficulty": d, "recurrences": r, "exit": "none", "accuracy": 1.0, "mean_steps": r, "max_steps": r}
+        for d in (1, 2, 3)
+        for r in (1, 2, 4)
+    ] + [
+        {**base, "difficulty": d, "recurrences": 4, "exit": spec, "accuracy": 0.95, "mean_steps": 1.5, "max_steps": 4}
+        for d in (1, 2, 3)
+        for spec in ("kl:0.01", "latent:0.1")  # the same steps at every difficulty: lines that coincide
+    ]
+    run.metrics = [{"step": s, "eval": {f"task{i}/1": 0.5 for i in range(13)}} for s in (100, 200)]
+    for plot in (report.plot_accuracy_vs_difficulty, report.plot_steps_vs_difficulty, report.plot_exit_tradeoff,
+                 report.plot_accuracy_vs_r, report.plot_training):  # fmt: skip
+        fig = plot([run], tmp_path / "p.png")
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # the layout as saved
+        axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+        legend = fig.legends[0].get_window_extent(renderer)
+        page = fig.bbox
+        assert page.x0 <= legend.x0 and legend.x1 <= page.x1 + 1  # on the page...
+        assert all(legend.x0 >= ax.get_window_extent(renderer).x1 for ax in axes)  # ...beside the data
+        ax = axes[-1] if plot is report.plot_training else axes[0]
+        if plot is not report.plot_steps_vs_difficulty:
+            assert ax.get_ylim()[0] == 0  # accuracies from 0
+        if plot in (report.plot_accuracy_vs_difficulty, report.plot_steps_vs_difficulty):
+            lo, hi = ax.get_xlim()
+            assert all(float(t).is_integer() for t in ax.get_xticks() if lo <= t <= hi)
+            xs = [tuple(line.get_xdata()) for line in ax.get_lines() if line.get_marker() in report.MARKERS]
+            assert len(xs) >= 2 and len(set(xs)) == len(xs)  # equal values, still side by side
+        if plot is report.plot_accuracy_vs_r:
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+        if plot is report.plot_training:
+            assert len(fig.legends[0].get_texts()) == 13

@@ -241,3 +241,52 @@ def test_web_chat_in_a_real_browser_streams_a_reply_shaded_by_steps(server, tmp_
         assert (tmp_path / "web-chat.png").stat().st_size > 5000
     finally:
         page.quit()
+
+
+TRACE_REPLY = [("<THINK>", 1), ("<STEP>", 1), ("7 + 8", 2), (" = 15", 3), ("</STEP>", 1), ("<STEP>", 1),
+               ("47 + 38 = 85", 4), ("</STEP>", 1), ("</THINK>", 1), ("<ANS>", 2), ("85", 2),
+               ("</ANS>", 1)]  # fmt: skip
+
+
+@needs_chromium
+def test_web_chat_folds_the_thinking_and_shades_steps_within_the_reply(server, tmp_path):
+    """A reasoning trace, streamed as the server streams it, shows as a collapsed thinking block with the answer
+    plain beneath; shades span the reply's own range of steps (1 to 4 here), with a legend and a bar per token."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chunks = [{"choices": [{"index": 0, "delta": {"content": t}, "recurrence_steps": k}]} for t, k in TRACE_REPLY]
+    chunks[-1]["choices"][0]["finish_reason"] = "stop"
+    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    page = browser()
+    try:
+        page.get(server.url + "/")
+        wait = WebDriverWait(page, 30)
+        wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
+        page.execute_script(  # the chat endpoint answers with this stream: the page's rendering is what is tested
+            "const real = window.fetch; window.fetch = (path, options) => path === '/v1/chat/completions'"
+            " ? Promise.resolve(new Response(arguments[0], {headers: {'Content-Type': 'text/event-stream'}}))"
+            " : real(path, options);",
+            sse,
+        )
+        page.find_element(By.ID, "text").send_keys("What is 47 + 38?\n")
+        wait.until(lambda b: b.find_elements(By.ID, "last-meta"))
+        thinking = page.find_element(By.CSS_SELECTOR, ".assistant details.thinking")
+        assert thinking.get_attribute("open") is None  # folded once the thinking ends
+        steps = page.execute_script("return [...document.querySelectorAll('.thinking .step')].map(s => s.textContent)")
+        assert steps == ["7 + 8 = 15", "47 + 38 = 85"]
+        assert page.find_element(By.CSS_SELECTOR, ".assistant .answer").text == "85"
+        assert "<" not in page.find_element(By.CSS_SELECTOR, ".assistant").get_attribute("textContent")  # no tags
+        shades = {t.get_attribute("data-steps"): t.value_of_css_property("background-color")
+                  for t in page.find_elements(By.CSS_SELECTOR, ".assistant .tok")}  # fmt: skip
+        assert set(shades) == {"2", "3", "4"} and len(set(shades.values())) == 3  # 2 and 3 steps look different
+        legend = page.find_elements(By.CSS_SELECTOR, ".legend span")
+        assert [s.text for s in legend] == ["1", "2", "3", "4"]
+        assert len(page.find_elements(By.CSS_SELECTOR, ".bar i")) == len(TRACE_REPLY)
+        thinking.find_element(By.TAG_NAME, "summary").click()  # unfolds on a click
+        assert thinking.get_attribute("open") is not None
+        page.save_screenshot(str(tmp_path / "thinking.png"))
+        errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # no console errors (the favicon included)
+    finally:
+        page.quit()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state and no display backend, files only
+from matplotlib.ticker import MaxNLocator
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.config import EXIT_CRITERIA
@@ -141,106 +142,142 @@ def evaluate_run(
     return rows, dynamics
 
 
-def draw_against_r(ax, run: Run, pts: list[tuple], color: str):
+MARKERS = "os^Dvx<>P*"
+ACCURACY = (0, 1.02)  # accuracies from 0: a point at 0 or 1 stays visible (markers are not clipped)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def spread(x: list, k: int, n: int, log: bool = False) -> list:
+    """x shifted a little for the k-th of n lines, so that lines with equal values stay visible side by side."""
+    shift = (k - (n - 1) / 2) * 0.05
+    return [v * 2**shift if log else v + shift for v in x]
+
+
+def line(ax, x, y, k: int, n: int, log: bool = False, **kw):
+    ax.plot(spread(list(x), k, n, log), list(y), marker=MARKERS[k % len(MARKERS)], clip_on=False, **kw)
+
+
+def legend_outside(fig: Figure, axes: list):
+    """One legend for the figure, to the right of the data, however many lines (13 tasks, several runs) it lists."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        ncol = 1 + (len(entries) - 1) // 18
+        fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize=7, ncol=ncol, frameon=False)
+
+
+def integer_ticks(ax, axis: str = "x"):
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def r_axis(ax, rs: list[int]):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(rs, [str(r) for r in rs])
+    ax.minorticks_off()
+
+
+def draw_against_r(ax, run: Run, pts: list[tuple], color: str, k: int = 0, n: int = 1):
     """A looped run's (r, value) points as a line; a plain GPT has one depth: a dashed level across the r axis."""
     if pts and run.model.core:
-        ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=run.name)
+        line(ax, *zip(*pts, strict=True), k, n, log=True, color=color, label=run.name)
     elif pts:
         ax.axhline(pts[0][1], linestyle="--", color=color, label=f"{run.name} (plain)")
 
 
-def plot_aggregate_vs_r(runs: list[Run], path: Path):
+def plot_aggregate_vs_r(runs: list[Run], path: Path) -> Figure:
     """The task mean centred on chance (ChatCORE's rule) against r: a line per looped run, a level per plain run."""
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(7, 4)
     ax = fig.subplots()
     for i, run in enumerate(runs):
-        draw_against_r(
-            ax,
-            run,
-            [(rows[0]["recurrences"], centred_mean(aggregate(rows))) for rows in by_r(run.fixed()).values()],
-            f"C{i}",
-        )
-    rs = sorted({r["recurrences"] for run in runs if run.model.core for r in run.fixed()})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(rs, [str(r) for r in rs])
-    ax.set(xlabel="recurrences r", ylabel="aggregate (centred on chance)", title="all tasks")
-    ax.legend(fontsize=8)
-    save(fig, path)
+        pts = [(rows[0]["recurrences"], centred_mean(aggregate(rows))) for rows in by_r(run.fixed()).values()]
+        draw_against_r(ax, run, pts, f"C{i}", i, len(runs))
+    r_axis(ax, sorted({r["recurrences"] for run in runs if run.model.core for r in run.fixed()}))
+    ax.set(xlabel="recurrences r", ylabel="aggregate (centred on chance)", title="all tasks", ylim=(0, 1.02))
+    legend_outside(fig, [ax])
+    return save(fig, path)
 
 
 def panels(n: int, width: float, height: float) -> tuple[Figure, list]:
     """A figure of n panels, wrapped four to a row so that many tasks stay readable."""
     ncols = min(n, 4)
-    fig = Figure(figsize=(width * ncols, height * -(-n // ncols)))
+    fig = new_figure(width * ncols + 2, height * -(-n // ncols))
     axes = fig.subplots(-(-n // ncols), ncols, squeeze=False).flatten()
     for ax in axes[n:]:
         ax.set_axis_off()
     return fig, list(axes[:n])
 
 
-def plot_accuracy_vs_r(runs: list[Run], path: Path):
+def plot_accuracy_vs_r(runs: list[Run], path: Path) -> Figure:
     tasks = list(dict.fromkeys(row_label(r) for run in runs for r in run.fixed()))
     fig, axes = panels(len(tasks), 4, 3.5)
+    rs = sorted({r["recurrences"] for run in runs for r in run.fixed()})
     for ax, task in zip(axes, tasks, strict=True):
         for i, run in enumerate(runs):
             pts = sorted((r["recurrences"], r["accuracy"]) for r in run.fixed() if row_label(r) == task)
-            draw_against_r(ax, run, pts, f"C{i}")
-        ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=(-0.02, 1.02))
-        ax.set_xscale("log", base=2)
-        rs = sorted({r["recurrences"] for run in runs for r in run.fixed()})
-        ax.set_xticks(rs, [str(r) for r in rs])
-        ax.legend(fontsize=8, loc="lower right")
-    save(fig, path)
+            draw_against_r(ax, run, pts, f"C{i}", i, len(runs))
+        ax.set(title=task, xlabel="recurrences r", ylabel="accuracy", ylim=ACCURACY)
+        r_axis(ax, rs)
+    legend_outside(fig, axes)
+    return save(fig, path)
 
 
-def plot_accuracy_vs_difficulty(runs: list[Run], path: Path):
+def plot_accuracy_vs_difficulty(runs: list[Run], path: Path) -> Figure:
     """Per task, accuracy against difficulty (addition: operand digits), one line per run and r (plain runs
     dashed): where a model stops generalising, and whether more r moves that point."""
     tasks = list(dict.fromkeys(r["task"] for run in runs for r in run.fixed() if r["difficulty"] is not None))
-    fig, axes = panels(len(tasks), 5, 4)
+    fig, axes = panels(len(tasks), 4, 3.5)
     for ax, task in zip(axes, tasks, strict=True):
+        series = {}
         for run in runs:
-            lines: dict[int, list] = {}
             for r in run.fixed():
                 if r["task"] == task and r["difficulty"] is not None:
-                    lines.setdefault(r["recurrences"], []).append((r["difficulty"], r["accuracy"]))
-            for rec, pts in sorted(lines.items()):
-                label, style = (f"{run.name} (plain)", "--") if not run.model.core else (f"{run.name}, r={rec}", "-")
-                ax.plot(*zip(*sorted(pts), strict=True), style, marker="o", label=label)
-        ax.set(title=Path(task).name, xlabel="difficulty", ylabel="accuracy", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=7)
-    save(fig, path)
+                    series.setdefault((run, r["recurrences"]), []).append((r["difficulty"], r["accuracy"]))
+        for k, ((run, rec), pts) in enumerate(series.items()):
+            label, style = (f"{run.name} (plain)", "--") if not run.model.core else (f"{run.name}, r={rec}", "-")
+            line(ax, *zip(*sorted(pts), strict=True), k, len(series), linestyle=style, label=label)
+        ax.set(title=Path(task).name, xlabel="difficulty", ylabel="accuracy", ylim=ACCURACY)
+        integer_ticks(ax)
+    legend_outside(fig, axes)
+    return save(fig, path)
 
 
-def plot_steps_vs_difficulty(runs: list[Run], path: Path):
-    fig = Figure(figsize=(6, 4))
+def plot_steps_vs_difficulty(runs: list[Run], path: Path) -> Figure:
+    fig = new_figure(7, 4)
     ax = fig.subplots()
+    series: dict[tuple, list] = {}
     for run in runs:
-        series: dict[tuple, list] = {}
         for r in run.adaptive():
             if r["difficulty"] is not None:
-                series.setdefault((r["task"], r["exit"], r["recurrences"]), []).append(r)
-        for (task, spec, cap), rows in series.items():
-            rows.sort(key=lambda r: r["difficulty"])
-            # per problem: its mean recurrences per decoded token; the median and the 10-90% band over problems
-            bands = [np.percentile(r.get("steps_by_example") or [r["mean_steps"]], [10, 50, 90]) for r in rows]
-            p10, p50, p90 = np.array(bands).T
-            label = f"{run.name}: {task}, {spec} (max {cap})"
-            x = [r["difficulty"] for r in rows]
-            ax.errorbar(x, p50, yerr=[p50 - p10, p90 - p50], marker="o", capsize=3, label=label)
+                series.setdefault((run.name, r["task"], r["exit"], r["recurrences"]), []).append(r)
+    for k, ((name, task, spec, cap), rows) in enumerate(series.items()):
+        rows.sort(key=lambda r: r["difficulty"])
+        # per problem: its mean recurrences per decoded token; the median and the 10-90% band over problems
+        bands = [np.percentile(r.get("steps_by_example") or [r["mean_steps"]], [10, 50, 90]) for r in rows]
+        p10, p50, p90 = np.array(bands).T
+        x = spread([r["difficulty"] for r in rows], k, len(series))
+        label = f"{name}: {Path(task).name}, {spec} (max {cap})"
+        marker = MARKERS[k % len(MARKERS)]
+        ax.errorbar(x, p50, yerr=[p50 - p10, p90 - p50], marker=marker, capsize=3, label=label, clip_on=False)
     ax.set(xlabel="difficulty", ylabel="steps per token (median problem, 10-90%)", title="adaptive exit: steps used")
-    ax.legend(fontsize=7)
-    save(fig, path)
+    ax.set_ylim(bottom=0)
+    integer_ticks(ax)
+    legend_outside(fig, [ax])
+    return save(fig, path)
 
 
-def plot_exit_tradeoff(runs: list[Run], path: Path):
+def plot_exit_tradeoff(runs: list[Run], path: Path) -> Figure:
     """Accuracy against mean recurrences per token: fixed r as a line, each exit threshold as a labelled point."""
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(7, 4)
     ax = fig.subplots()
     for run in runs:
         fixed = sorted((pooled(rows, "mean_steps"), pooled(rows, "accuracy")) for rows in by_r(run.fixed()).values())
         if fixed:
-            ax.plot(*zip(*fixed, strict=True), marker="o", label=f"{run.name}: fixed r")
+            ax.plot(*zip(*fixed, strict=True), marker="o", label=f"{run.name}: fixed r", clip_on=False)
         settings: dict[tuple, list] = {}
         for r in run.adaptive():
             settings.setdefault((r["exit"], r["recurrences"]), []).append(r)
@@ -250,55 +287,67 @@ def plot_exit_tradeoff(runs: list[Run], path: Path):
             nth = seen[name] = seen.get(name, -1) + 1
             color = CRITERION_COLORS[EXIT_CRITERIA.index(name) % len(CRITERION_COLORS)]
             point = [pooled(rows, "mean_steps")], [pooled(rows, "accuracy")]
-            ax.scatter(*point, color=color, marker="xo+sd^v"[nth % 7], label=f"{run.name}: {spec}, r ≤ {cap}")
+            label = f"{run.name}: {spec}, r ≤ {cap}"
+            marker = "xo+sd^v"[(EXIT_CRITERIA.index(name) + nth) % 7]
+            ax.scatter(*point, color=color, marker=marker, label=label, clip_on=False)
     ax.set(xlabel="recurrences per token (mean)", ylabel="accuracy (all tasks)", title="accuracy / compute")
-    ax.legend(fontsize=8)
-    save(fig, path)
+    ax.set(ylim=ACCURACY, xlim=(0, None))
+    legend_outside(fig, [ax])
+    return save(fig, path)
 
 
-def plot_settle_or_drift(runs: list[Run], path: Path):
+def plot_settle_or_drift(runs: list[Run], path: Path) -> Figure:
     """Per iteration of the prompt pass: how much the state and the next-token distribution still move, one line per
     task, the run's trained r marked: falling lines settle, flat or rising ones drift."""
-    fig = Figure(figsize=(11, 4))
+    fig = new_figure(12, 4)
     axes = fig.subplots(1, 2)
     keys = (("state_change", "relative state change"), ("distribution_change", "KL of next-token distribution"))
-    for run in runs:
-        tasks: dict[str, list[dict]] = {}
-        for row in run.dynamics:
-            tasks.setdefault(row["task"], []).append(row)
-        for ax, (key, _) in zip(axes, keys, strict=True):
-            for task, rows in tasks.items():
-                label = task if len(runs) == 1 else f"{run.name}: {task}"
-                ax.plot([r["iteration"] for r in rows], [max(r[key], 1e-9) for r in rows], marker=".", label=label)
+    lines = [(run, task, rows) for run in runs for task, rows in by_task(run.dynamics).items()]
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        for k, (run, task, rows) in enumerate(lines):
+            label = task if len(runs) == 1 else f"{run.name}: {task}"
+            ys = [max(r[key], 1e-9) for r in rows]
+            ax.plot([r["iteration"] for r in rows], ys, marker=MARKERS[k % len(MARKERS)], markersize=3, label=label)
+        for run in runs:
             ax.axvline(run.configs.inference.recurrences, color="grey", linestyle=":")
-    for ax, (_, title) in zip(axes, keys, strict=True):
         ax.set(xlabel="iteration (dotted: the run's r)", yscale="log", title=title)
-        ax.legend(fontsize=7)
-    save(fig, path)
+        integer_ticks(ax)
+    legend_outside(fig, list(axes))
+    return save(fig, path)
 
 
-def plot_training(runs: list[Run], path: Path):
-    fig = Figure(figsize=(11, 4))
+def by_task(rows: list[dict]) -> dict[str, list[dict]]:
+    tasks: dict[str, list[dict]] = {}
+    for row in rows:
+        tasks.setdefault(row["task"], []).append(row)
+    return tasks
+
+
+def plot_training(runs: list[Run], path: Path) -> Figure:
+    fig = new_figure(12, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
     for run in runs:
         steps = [m for m in run.metrics if "loss" in m]
         if steps:
             loss_ax.plot([m["tokens"] for m in steps], [m["loss"] for m in steps], label=run.name)
         evals = [m for m in run.metrics if "eval" in m]
-        for key in dict.fromkeys(k for m in evals for k in m["eval"]):
+        keys = list(dict.fromkeys(k for m in evals for k in m["eval"]))
+        for k, key in enumerate(keys):
             pts = [(m["step"], m["eval"][key]) for m in evals if key in m["eval"]]
-            acc_ax.plot(*zip(*pts, strict=True), marker=".", label=f"{run.name}: {key}")
+            acc_ax.plot(
+                *zip(*pts, strict=True), marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{run.name}: {key}"
+            )
     loss_ax.set(xlabel="tokens", ylabel="training loss", yscale="log", title="training loss")
-    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02), title="periodic evaluation (val split)")
-    for ax in (loss_ax, acc_ax):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    save(fig, path)
+    acc_ax.set(xlabel="step", ylabel="accuracy", ylim=ACCURACY, title="periodic evaluation (val split)")
+    if len(runs) > 1:
+        loss_ax.legend(fontsize=7)  # a line per run; the evaluations' many lines get the legend outside
+    legend_outside(fig, [acc_ax])
+    return save(fig, path)
 
 
-def save(fig: Figure, path: Path):
-    fig.tight_layout()
+def save(fig: Figure, path: Path) -> Figure:
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def cost_table(runs: list[Run]) -> str:

@@ -11,7 +11,7 @@ import sys
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.cli.common import COMPILE_HELP, add_policy_flags, policy_from, positive_int
-from recurlm.config import InferencePolicy, RunConfig
+from recurlm.config import EXIT_HELP, InferencePolicy, RunConfig
 from recurlm.errors import UserError
 from recurlm.inference.engine import Engine
 from recurlm.inference.generation import Sequence
@@ -21,8 +21,9 @@ from recurlm.text.prompting import Prompter
 
 HELP = (
     "/r N        recurrences per token (with an exit: its cap)\n"
-    "/exit SPEC  adaptive exit: kl:EPS, latent:EPS, entropy:EPS, cosine:EPS, minp:EPS, argmax:N, or off\n"
+    f"/exit SPEC  adaptive exit: {EXIT_HELP} (off: none)\n"
     "/temp T     sampling temperature (0: greedy)\n"
+    "            (/r, /exit or /temp alone: the current value)\n"
     "/steps      show or hide the recurrences each token used\n"
     "/reset      forget the conversation\n"
     "/help       this list;  Ctrl-C stops a reply, Ctrl-D quits"
@@ -63,18 +64,19 @@ class ChatSession:
         """Run a /command; returns what to print."""
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
+        if name in ("r", "exit", "temp") and not arg:
+            return self.setting(name)
         try:
             if name == "r":
                 self.policy = self.policy.override(recurrences=number(arg, int, "a whole number of recurrences"))
-                return f"r = {self.policy.recurrences}"
-            if name == "exit":
+            elif name == "exit":
                 self.policy = self.policy.override(exit="none" if arg in ("off", "none") else arg)
-                return f"exit = {self.policy.exit}"
-            if name == "temp":
+            elif name == "temp":
                 self.policy = self.policy.override(temperature=number(arg, float, "a temperature such as 0.7"))
-                return f"temperature = {self.policy.temperature:g}"
         except UserError as e:  # the policy checks every value (config.py): its message says what is wrong
             return f"/{name}: bad value {arg!r} ({e})"
+        if name in ("r", "exit", "temp"):
+            return self.setting(name)
         if name == "steps":
             self.show_steps = not self.show_steps
             return f"steps {'shown' if self.show_steps else 'hidden'}"
@@ -84,6 +86,11 @@ class ChatSession:
         if name == "help":
             return HELP
         return f"unknown command /{name}; /help lists them"
+
+    def setting(self, name: str) -> str:
+        p = self.policy
+        values = {"r": f"r = {p.recurrences}", "exit": f"exit = {p.exit}", "temp": f"temperature = {p.temperature:g}"}
+        return values[name]
 
     def _prompt(self, text: str, out) -> tuple[list[int], object] | None:
         """The prompt ids and the task that recognises the question; None if the message cannot fit."""
@@ -132,6 +139,8 @@ class ChatSession:
             out.write(PLAIN + " [stopped]")
         answer = self.tok.decode(seq.generated)
         out.write((task.extract(answer) if task is not None else "") + PLAIN + "\n")
+        if not seq.generated:
+            out.write(f"{DIM}[the model ended its reply at once: nothing to show]{PLAIN}\n")
         if seq.finish in ("length", "context"):
             out.write(f"{DIM}[cut at {len(seq.generated)} tokens: the reply budget or the context ran out]{PLAIN}\n")
         if self.show_steps and seq.steps:

@@ -27,8 +27,12 @@ def register(sub):
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--task", action="append", help="task name (repeatable)")
     s.add_argument("--data", action="append", help="JSONL of {prompt, answer, ...} examples (repeatable)")
-    s.add_argument("--recurrences", type=parse_int_list, help="e.g. 1,2,4,8 (default: the run's)")
-    s.add_argument("--exit", action="append", help=f"adaptive exit: {EXIT_HELP}; repeatable (default: the run's)")
+    s.add_argument(
+        "--recurrences", type=parse_int_list, help="e.g. 1,2,4,8, each a fixed r unless --exit (default: the run's)"
+    )
+    s.add_argument(
+        "--exit", action="append", help=f"adaptive exit: {EXIT_HELP}; repeatable (default: the run's, at its r)"
+    )
     s.add_argument("--beam", type=positive_int, default=1, help="also decode by beam search of this width")
     s.add_argument(
         "--draft",
@@ -67,6 +71,9 @@ def run(args):
     policy = policy_from(args, configs.inference, depth=False)
     model.set_context(policy.context)
     exits = args.exit or [None]
+    if args.recurrences and not args.exit and policy.exit != "none":  # a sweep of r asks for each r itself
+        exits = ["none"]
+        print(f"[fixed r: the run's exit {policy.exit} is off in a sweep of r (--exit {policy.exit} caps each r)]")
     if args.max_steps and all((e or policy.exit) == "none" for e in exits):
         raise UserError("--max-steps caps adaptive exit: add --exit, e.g. latent:EPS or kl:EPS")
     recurrences = args.recurrences or [policy.recurrences]

@@ -31,7 +31,10 @@ def register(sub):
     add_policy_flags(s)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence for every token")
     s.add_argument("--raw", action="store_true", help="print the tokens as generated, not the task's answer form")
-    s.add_argument("--show-steps", action="store_true", help="print the recurrences used by each token")
+    s.add_argument(
+        "--no-template", action="store_true", help="continue the prompt as typed, without the tasks' template"
+    )
+    s.add_argument("--show-steps", action="store_true", help="print each token with the recurrences behind it")
     s.add_argument("--bf16", action="store_true", help="bf16 weights and cache: faster, outputs may differ from fp32")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.set_defaults(func=run)
@@ -44,6 +47,13 @@ def why_it_stopped(seq: Sequence, context: int) -> str | None:
     if seq.finish == "context":
         return f"stopped: the context ({context} tokens) is full"
     return None
+
+
+def steps_table(tok, seq: Sequence) -> str:
+    """Each generated token beside the recurrences behind it, the stop token's last (when there is one)."""
+    tokens = [repr(tok.decode([t])) for t in seq.generated]
+    tokens += ["(stop)"] * (len(seq.steps) - len(tokens))
+    return "\n".join(f"{t:>12} {k}" for t, k in zip(tokens, seq.steps, strict=True))
 
 
 def run(args):
@@ -69,14 +79,16 @@ def run(args):
         raise UserError("the prompt is empty")
     # A run is asked the way it trained (the reasoning suite wraps questions in <INST>...</INST>), and a prompt of
     # one of its tasks is answered in that task's normal form (addition models write sums least-significant digit
-    # first); --raw passes the prompt through and prints the tokens as generated.
+    # first); --raw prints the tokens as generated, --no-template continues the prompt as typed.
     prompter = Prompter(tok, configs)
     if prompter.chat:
         ids, task = prompter.messages([{"role": "user", "content": args.prompt}]), None
-    elif args.raw:
+    elif args.no_template:
         ids, task = prompter.completion(args.prompt), None
     else:
         ids, task = prompter.question(args.prompt)
+    if args.raw:
+        task = None
     budget = args.max_new_tokens or (task.max_new_tokens if task is not None else prompter.max_new_tokens)
     seq = Sequence(ids, budget, policy, args.seed)
     engine = Engine(model, tok.digit_ids, compile=args.compile)
@@ -90,13 +102,14 @@ def run(args):
     dt = time.perf_counter() - t0
     print(task.extract(tok.decode(seq.generated)) if task is not None else "")
     n = len(seq.generated)
-    if seq.steps:
-        print(
-            f"[{n} token{'s' * (n != 1)}, {len(seq.steps) / dt:.1f} tok/s, recurrences per token: mean "
-            f"{sum(seq.steps) / len(seq.steps):.2f}, max {max(seq.steps)}]",
-            file=sys.stderr,
-        )
-        if args.show_steps:
-            print("steps: " + " ".join(map(str, seq.steps)), file=sys.stderr)
+    if not n:
+        print("[the model ended its reply at once: no tokens]", file=sys.stderr)
+    looped = model.cfg.n_core > 0 and seq.steps  # a plain GPT has no recurrences to report
+    mean = sum(seq.steps) / max(len(seq.steps), 1)
+    depth = f", recurrences per token: mean {mean:.2f}, max {max(seq.steps)}" if looped else ""
+    print(f"[{n} token{'s' * (n != 1)}, {len(seq.steps) / dt:.1f} tok/s{depth}]", file=sys.stderr)
+    if args.show_steps and looped:
+        print("recurrences per token:", file=sys.stderr)
+        print(steps_table(tok, seq), file=sys.stderr)
     if (note := why_it_stopped(seq, model.cfg.seq_len)) is not None:
         print(f"[{note}]", file=sys.stderr)

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 
 from safetensors.torch import save_file
+from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.errors import UserError
 from recurlm.tasks.runs import task_from_configs, trained_task_names
-from recurlm.text.tokenizer import BOS, PAD
+from recurlm.text.tokenizer import BOS, EOS, PAD
 
 MODELING = Path(__file__).with_name("modeling_recurlm.py")
 AUTO_MAP = {
@@ -63,11 +64,11 @@ The core blocks run `num_steps` times per token: effective depth {m.n_prelude} +
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained(DIR)
+tok = AutoTokenizer.from_pretrained(DIR, trust_remote_code=True)  # the config it reads is remote code too
 model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 ids = tok({example!r}, return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=64, do_sample=False, num_steps={p.recurrences})
-print(tok.decode(out[0, ids.shape[1]:]))
+print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))  # trace tags kept, only BOS/EOS/PAD dropped
 ```
 
 ## Recurrence settings
@@ -90,12 +91,17 @@ print(tok.decode(out[0, ids.shape[1]:]))
 
 
 def tokenizer_files(tok, seq_len: int) -> dict[str, str]:
-    """tokenizer.json with recurlm's BOS added to every encoded text, and a PreTrainedTokenizerFast config."""
-    hf = tok.hf
+    """tokenizer.json with recurlm's BOS added to every encoded text, and a PreTrainedTokenizerFast config. Only
+    BOS, EOS and PAD stay special: the trace tags (`<STEP>`, `<ANS>`, ...) and chat markers are the answer's
+    structure, and `decode(skip_special_tokens=True)` (what pipelines do) must keep them."""
+    hf = HFTokenizer.from_str(tok.hf.to_str())
     bos = tok.token_id(BOS)
     if bos is not None:  # recurlm starts every prompt with BOS (nanochat's chat turns too)
         hf.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, bos)])
     eos = hf.id_to_token(tok.eos_id) if tok.eos_id is not None else None
+    spec = json.loads(hf.to_str())
+    for added in spec["added_tokens"]:
+        added["special"] = added["content"] in (BOS, EOS, PAD, eos)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": seq_len,
@@ -104,7 +110,8 @@ def tokenizer_files(tok, seq_len: int) -> dict[str, str]:
         "eos_token": eos,
         "pad_token": PAD if tok.token_id(PAD) is not None else eos,
     }
-    return {"tokenizer.json": hf.to_str(), "tokenizer_config.json": json.dumps(config, indent=2)}
+    tokenizer_config = json.dumps(config, indent=2)
+    return {"tokenizer.json": json.dumps(spec, ensure_ascii=False), "tokenizer_config.json": tokenizer_config}
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> Path:
