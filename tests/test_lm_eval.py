@@ -135,3 +135,27 @@ def test_recurlm_lm_eval_is_lm_evals_command_line_with_the_model_registered(chec
     args = ["--model", "recurlm", "--model_args", f"checkpoint={checkpoint},recurrences=2", "--tasks", "toy_choice"]
     main(["lm-eval", *args, "--include_path", str(tmp_path), "--device", "cpu"])
     assert "toy_choice" in capsys.readouterr().out
+
+
+def test_an_abacus_models_continuation_is_scored_as_generated_digits(tmp_path):
+    """The continuation of '12+34=' is an answer: its digits get the significance ids decoding gives them (counted
+    from the answer's first digit, the sum being reversed), not a prompt number's."""
+    from recurlm.inference.engine import Engine
+
+    configs = load_config("addition-length", overrides=["d_model=32", "n_head=2", "mlp_hidden=48", "seq_len=32"])
+    torch.manual_seed(0)
+    model = build_model(configs.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "ck", model, build_tokenizer(configs), configs)
+    lm = RecurLM(checkpoint=str(tmp_path / "ck"), recurrences="2")
+    tok = lm.tok
+    context, continuation = lm.prefix + tok.encode("123+45="), tok.encode("861")
+    ids = context + continuation
+    x, digit_pos = Engine(model, tok.digit_ids).right_pad([ids[:-1]], [len(context)])
+    assert digit_pos[0, -2:].tolist() == [1, 2]  # '8', '6' of the answer: its 1st and 2nd digits
+    with torch.no_grad():
+        lp = F.log_softmax(model.eval()(x, 2, digit_pos=digit_pos)[0].float(), dim=-1)
+    want = sum(float(lp[len(context) - 1 + i, t]) for i, t in enumerate(continuation))
+    assert lm.score(context, continuation)[0] == pytest.approx(want, abs=1e-5)

@@ -39,9 +39,10 @@ class RecurLM(LM):
 
     # ---- scoring ----
 
-    def _logprobs(self, ids: list[int]) -> torch.Tensor:
-        """log p(ids[i + 1] | ids[: i + 1]) for every i: one forward at r."""
-        x, digit_pos = self.engine.right_pad([ids[:-1]], [len(ids) - 1])  # the engine's ids and Abacus ids
+    def _logprobs(self, ids: list[int], n_prompt: int) -> torch.Tensor:
+        """log p(ids[i + 1] | ids[: i + 1]) for every i: one forward at r. Abacus ids count the first n_prompt tokens'
+        numbers as a prompt's and the rest as generated ones (an addition model's reversed sum), as in decoding."""
+        x, digit_pos = self.engine.right_pad([ids[:-1]], [min(n_prompt, len(ids) - 1)])
         with torch.no_grad():
             logits = self.model(x, self.policy.recurrences, digit_pos=digit_pos)
         return F.log_softmax(logits[0].float(), dim=-1)
@@ -50,7 +51,7 @@ class RecurLM(LM):
         """Summed log-probability of `continuation` after `context` (cut to the model's context from the left),
         and whether greedy decoding would have produced it."""
         ids = (context + continuation)[-(self.context + 1) :]
-        lp = self._logprobs(ids)[-len(continuation) :]
+        lp = self._logprobs(ids, len(ids) - len(continuation))[-len(continuation) :]
         target = torch.tensor(continuation, device=lp.device)
         picked = lp.gather(1, target[:, None])[:, 0]
         return float(picked.sum()), bool((lp.argmax(-1) == target).all())

@@ -2,9 +2,10 @@
 
 Difficulty d = digits per operand (both operands have exactly d digits; d = 1 means 0-9). With `reverse`, the
 target is the sum written least-significant digit first, the order in which carries are computed, which small
-models learn far more easily; scoring always compares the true sum. With `mixed_lengths` (training data only), one
-operand has d digits and the other 1 to d, as McLeish et al. train: with equal lengths only, a model can learn to
-stop after len(A) + 1 digits instead of when both operands have run out, which fails on longer numbers.
+models learn far more easily; scoring always compares the true sum. With `mixed_lengths` (training data only),
+one example in two has one operand of d digits and the other of 1 to d, as McLeish et al. train: with equal lengths
+only, a model can learn to stop after len(A) + 1 digits instead of when both operands have run out, which fails on
+longer numbers (and on '7+45='); the other half keeps equal lengths, whose carries into a new digit are the hardest.
 """
 
 import random
@@ -28,8 +29,9 @@ class Addition(Task):
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         a = number(rng, difficulty)
-        b = number(rng, rng.randint(1, difficulty) if self.mixed_lengths else difficulty)
-        if self.mixed_lengths and rng.random() < 0.5:  # the shorter operand on either side
+        mixed = self.mixed_lengths and rng.random() < 0.5
+        b = number(rng, rng.randint(1, difficulty) if mixed else difficulty)
+        if mixed and rng.random() < 0.5:  # the shorter operand on either side
             a, b = b, a
         total = str(a + b)
         return Example(f"{a}+{b}=", total, total[::-1] if self.reverse else None, self.name, difficulty)
