@@ -10,5 +10,5 @@ run=runs/rrslm-addition
 .venv/bin/recurlm eval --checkpoint "$run" --task addition --recurrences 1,2,4,5,8 --exit none --limit 500 \
     --json "$run/eval.json"
 .venv/bin/recurlm eval --checkpoint "$run" --task addition --recurrences 8 --limit 500 \
-    --exit latent:0.3 --exit latent:0.2 --exit kl:0.1 --exit kl:0.01 --exit kl:0.001 --json "$run/eval-exit.json"
+    --exit latent:0.3 --exit latent:0.2 --exit kl:0.01 --exit kl:0.001 --exit kl:0.00001 --json "$run/eval-exit.json"
 .venv/bin/recurlm report "$run"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniA
 
 # bars a little under what the shipped weights score on these very samples (README), so that a change in loading,
 # tokenising or decoding shows, while the last-digit noise of another CPU does not
-MEAN_BAR, TASK_BAR = 0.85, 0.5  # measured: mean 0.91, lowest 0.625 (pattern: its held-out geometric sequence)
+MEAN_BAR, TASK_BAR = 0.75, 0.375  # measured: mean 0.857, lowest 0.5 (pattern: its held-out geometric sequence)
 
 
 def test_shipped_miniaxion_answers_a_fixed_sample_of_every_task():
@@ -56,3 +56,38 @@ def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
     examples = task.generate("test", 20, seed=0, difficulty=30)
     res = evaluate(model, tok, examples, configs.inference, 33, task.score)
     assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.945 on 200 such problems
+
+
+def test_shipped_miniaxion_answers_questions_in_wordings_it_never_trained_on():
+    """Held-out frames, names and objects with typing slips (scripts/typed_questions.py): the checkpoint shipped
+    before this one, trained on one template per task, scored 10% on them."""
+    model, tok, configs = load_checkpoint(MINIAXION)
+    examples = [ex for name in SUITE for ex in get_task(name, wording="held_out").generate("test", 6, seed=1)]
+    res = evaluate(model, tok, examples, configs.inference, 192)
+    assert res["accuracy"] >= 0.55, res["accuracy"]  # measured 0.69 on these 42 (0.68 on 874 such, README)
+
+
+def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
+    """Fixed r = 8, four times the training mean: the checkpoint shipped before this one (fixed r = 2 in training)
+    fell from 94% to 31% there; this one keeps most of its accuracy."""
+    model, tok, configs = load_checkpoint(MINIAXION)
+    examples = [ex for name in SUITE for ex in get_task(name).generate("test", 6, seed=0)]
+    accuracy = {}
+    for r in (2, 8):
+        policy = configs.inference.override(recurrences=r, exit="none")
+        accuracy[r] = evaluate(model, tok, examples, policy, 192)["accuracy"]
+    assert accuracy[8] >= accuracy[2] - 0.15 and accuracy[2] >= 0.7, accuracy  # measured 0.81 and 0.86
+
+
+def test_shipped_addition_length_adds_operands_of_different_lengths():
+    """'37 digits + 5 digits', as a calculator's user types them: the checkpoint shipped before this one (equal
+    lengths in training) scored 2.7% on such sums up to 40 digits; this one 1.00 on 50 draws of up to 10 digits."""
+    model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
+    rng, examples = random.Random(3), []
+    for _ in range(20):
+        a, b = rng.randint(10**9, 10**10 - 1), rng.randint(0, 10 ** rng.randint(1, 9))
+        a, b = (a, b) if rng.random() < 0.5 else (b, a)
+        examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
+    task = get_task("addition", reverse=True, max_digits=10)
+    res = evaluate(model, tok, examples, configs.inference, 13, task.score)
+    assert res["accuracy"] >= 0.85, res["accuracy"]  # measured 0.95 on these 20
