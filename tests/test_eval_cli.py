@@ -35,10 +35,11 @@ def test_eval_json_and_scaling_table(run_dir, tmp_path, capsys):
     assert {(r["difficulty"], r["recurrences"]) for r in res} == {(d, r) for d in (1, 2) for r in (1, 2)}
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 5 and r["tokens_per_s"] > 0 for r in res)
     assert {r["exit"] for r in res} == {"none"}  # a sweep of r runs each r fixed, and says so
-    assert all(r["mean_steps"] == r["recurrences"] for r in res) and "exit kl:0.01 is off in a sweep" in printed
+    default_exit = load_checkpoint(run_dir, "meta")[2].inference.exit  # the preset's: a KL threshold
+    assert all(r["mean_steps"] == r["recurrences"] for r in res) and f"exit {default_exit} is off" in printed
     main(["eval", "--checkpoint", str(run_dir), "--task", "addition", "--limit", "5", "--json", str(out)])
     res = json.loads(out.read_text())["results"]  # without --recurrences: the run's own policy, exit included
-    assert {(r["exit"], r["recurrences"]) for r in res} == {("kl:0.01", trained_r)}
+    assert {(r["exit"], r["recurrences"]) for r in res} == {(default_exit, trained_r)} and default_exit != "none"
     assert all(1 <= r["mean_steps"] <= r["recurrences"] for r in res)
 
 

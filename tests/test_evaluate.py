@@ -129,3 +129,12 @@ def test_data_files_are_scored_per_difficulty(tmp_path):
     sets = file_sets(str(tmp_path / "set.jsonl"), build_configs({}), limit=2)
     assert [(s.difficulty, len(s.examples)) for s in sets] == [(1, 2), (2, 2), (3, 2)]
     assert all(ex.difficulty == s.difficulty for s in sets for ex in s.examples)
+
+
+def test_a_split_without_problems_of_a_difficulty_gets_no_row():
+    """One-digit even/odd has ten problems, none of them in the validation split: no set, rather than a 0.000 row."""
+    from recurlm.evaluation.scoring import task_sets
+
+    sets = task_sets(["even_odd"], build_configs({}), "val", 20)
+    assert [s.difficulty for s in sets] == [2, 3] and all(s.examples for s in sets)
+    assert not get_task("even_odd").generate("val", 20, difficulty=1)

@@ -212,7 +212,7 @@ def test_policy_context_from_flag_and_checkpoint(tmp_path):
     from recurlm.config import InferencePolicy, load_config
 
     assert policy_from(type("Args", (), {"context": 300})(), InferencePolicy(recurrences=2)).context == 300
-    small = ["d_model=32", "n_head=2", "mlp_hidden=64", "inference.context=320"]
+    small = ["d_model=32", "n_head=2", "mlp_hidden=64", "seq_len=128", "inference.context=320"]
     configs = load_config("addition-length", overrides=small)
     save_checkpoint(tmp_path / "ckpt", build_model(configs.model), build_tokenizer(configs), configs)
     loaded, _, saved = load_checkpoint(tmp_path / "ckpt")

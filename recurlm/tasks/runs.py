@@ -4,6 +4,7 @@ a checkpoint the questions it learned, in the form it learned them."""
 from recurlm.config import RunConfig, StageConfig
 from recurlm.errors import UserError
 from recurlm.tasks import Task, get_task
+from recurlm.tasks.reasoning import SUITE
 
 
 def task_weights(stage: StageConfig) -> dict[str, float]:
@@ -25,8 +26,6 @@ def task_weights(stage: StageConfig) -> dict[str, float]:
 def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     """The stage's tasks, built with the stage's task options (those that only shape training data when
     `training`: evaluation keeps the task's own definition)."""
-    from recurlm.tasks.reasoning import SUITE
-
     addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
     options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
     if training:
