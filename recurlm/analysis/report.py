@@ -152,7 +152,8 @@ def new_figure(width: float, height: float) -> Figure:
 
 def spread(x: list, k: int, n: int, log: bool = False) -> list:
     """x shifted a little for the k-th of n lines, so that lines with equal values stay visible side by side."""
-    shift = (k - (n - 1) / 2) * 0.05
+    gaps = np.diff(sorted(set(x))) if not log and len(set(x)) > 1 else [1.0]
+    shift = (k - (n - 1) / 2) * 0.05 * float(min(gaps))  # a twentieth of the closest points' distance per line
     return [v * 2**shift if log else v + shift for v in x]
 
 
