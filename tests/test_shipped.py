@@ -81,7 +81,7 @@ def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
 
 def test_shipped_addition_length_adds_operands_of_different_lengths():
     """'37 digits + 5 digits', as a calculator's user types them: the checkpoint shipped before this one (equal
-    lengths in training) scored 2.7% on such sums up to 40 digits; this one 1.00 on 50 draws of up to 10 digits."""
+    lengths in training) scored 2.7% on such sums up to 40 digits; this one 0.98 on 50 draws of up to 10 digits."""
     model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
     rng, examples = random.Random(3), []
     for _ in range(20):
@@ -90,4 +90,4 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
         examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
     task = get_task("addition", reverse=True, max_digits=10)
     res = evaluate(model, tok, examples, configs.inference, 13, task.score)
-    assert res["accuracy"] >= 0.85, res["accuracy"]  # measured 0.95 on these 20
+    assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.95 on these 20 with the 2,400-step weights
