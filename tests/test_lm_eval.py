@@ -58,16 +58,22 @@ metric_list:
 }
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm_eval")
-    configs = load_config("miniaxion-0.9m", overrides=["d_model=32", "n_head=4", "mlp_hidden=48", "seq_len=64"])
+def perturbed_checkpoint(path, preset: str, overrides: list[str], scale: float):
+    """A small model of the preset, its weights moved off the identity blocks (so that scores differ), saved."""
+    configs = load_config(preset, overrides=overrides)
     torch.manual_seed(0)
     model = build_model(configs.model)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    save_checkpoint(root / "ck", model, build_tokenizer(configs), configs)
+            p.add_(scale * torch.randn_like(p))
+    save_checkpoint(path, model, build_tokenizer(configs), configs)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_eval")
+    perturbed_checkpoint(root / "ck", "miniaxion-0.9m", ["d_model=32", "n_head=4", "mlp_hidden=48", "seq_len=64"], 0.1)
     return root / "ck"
 
 
@@ -142,13 +148,8 @@ def test_an_abacus_models_continuation_is_scored_as_generated_digits(tmp_path):
     from the answer's first digit, the sum being reversed), not a prompt number's."""
     from recurlm.inference.engine import Engine
 
-    configs = load_config("addition-length", overrides=["d_model=32", "n_head=2", "mlp_hidden=48", "seq_len=32"])
-    torch.manual_seed(0)
-    model = build_model(configs.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    save_checkpoint(tmp_path / "ck", model, build_tokenizer(configs), configs)
+    small = ["d_model=32", "n_head=2", "mlp_hidden=48", "seq_len=32"]
+    model = perturbed_checkpoint(tmp_path / "ck", "addition-length", small, 0.3)
     lm = RecurLM(checkpoint=str(tmp_path / "ck"), recurrences="2")
     tok = lm.tok
     context, continuation = lm.prefix + tok.encode("123+45="), tok.encode("861")
@@ -156,6 +157,6 @@ def test_an_abacus_models_continuation_is_scored_as_generated_digits(tmp_path):
     x, digit_pos = Engine(model, tok.digit_ids).right_pad([ids[:-1]], [len(context)])
     assert digit_pos[0, -2:].tolist() == [1, 2]  # '8', '6' of the answer: its 1st and 2nd digits
     with torch.no_grad():
-        lp = F.log_softmax(model.eval()(x, 2, digit_pos=digit_pos)[0].float(), dim=-1)
+        lp = F.log_softmax(model(x, 2, digit_pos=digit_pos)[0].float(), dim=-1)
     want = sum(float(lp[len(context) - 1 + i, t]) for i, t in enumerate(continuation))
     assert lm.score(context, continuation)[0] == pytest.approx(want, abs=1e-5)

@@ -64,18 +64,16 @@ class ChatSession:
         """Run a /command; returns what to print."""
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
-        if name in ("r", "exit", "temp") and not arg:
-            return self.setting(name)
-        try:
-            if name == "r":
-                self.policy = self.policy.override(recurrences=number(arg, int, "a whole number of recurrences"))
-            elif name == "exit":
-                self.policy = self.policy.override(exit="none" if arg in ("off", "none") else arg)
-            elif name == "temp":
-                self.policy = self.policy.override(temperature=number(arg, float, "a temperature such as 0.7"))
-        except UserError as e:  # the policy checks every value (config.py): its message says what is wrong
-            return f"/{name}: bad value {arg!r} ({e})"
         if name in ("r", "exit", "temp"):
+            try:  # with a value: set it; alone: show it
+                if arg and name == "r":
+                    self.policy = self.policy.override(recurrences=number(arg, int, "a whole number of recurrences"))
+                elif arg and name == "exit":
+                    self.policy = self.policy.override(exit="none" if arg in ("off", "none") else arg)
+                elif arg:
+                    self.policy = self.policy.override(temperature=number(arg, float, "a temperature such as 0.7"))
+            except UserError as e:  # the policy checks every value (config.py): its message says what is wrong
+                return f"/{name}: bad value {arg!r} ({e})"
             return self.setting(name)
         if name == "steps":
             self.show_steps = not self.show_steps

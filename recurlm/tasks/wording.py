@@ -52,7 +52,7 @@ FRAMES = {
             "What do you get for {x}?",
             "{x} equals what?",
             "I need the answer to {x}.",
-            "{held_phrase}",
+            "{phrase}",
         ],
     ),
     "two_step": (
@@ -214,7 +214,7 @@ def phrase(rng: random.Random, q: Question, wording: str) -> str:
     frames = FRAMES[q.kind][2 if held_out else 1]
     if q.kind == "arithmetic":
         f["x"] = f"{f['a']} {rng.choice(OPS[f['op']])} {f['b']}"
-        f["phrase" if not held_out else "held_phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)
+        f["phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)  # a sentence form of its own set
     elif q.kind == "two_step":
         ops = [rng.choice(OPS[f["op1"]]), rng.choice(OPS[f["op2"]])]
         left = f"{f['a']} {ops[0]} {f['b']}"
