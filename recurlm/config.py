@@ -85,6 +85,9 @@ class ModelConfig:
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
     recur_lora_rank: int = 0  # per-iteration LoRA on every core projection (0: off)
     recur_lora_count: int = 0  # adapters; iterations past the last reuse it (0: one per iteration up to recurrence.max)
+    # sandwich norm (Ouro, Gemma 2): each sublayer's output is normalised too, with a learned per-channel gain, before
+    # it joins the residual stream: x + g * norm(f(norm(x))). What a looped block adds per pass stays bounded
+    sandwich_norm: bool = False
 
     def __post_init__(self):
         _one_of("model", self, "mlp", ("relu2", "swiglu"))
@@ -216,6 +219,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # 'adamw', or 'muon' (Muon for block matrices, AdamW for the rest, as nanochat)
     lr: float = 3e-3  # AdamW (embeddings, head, scalars; everything with 'adamw')
     matrix_lr: float = 0.02  # Muon
+    # the learning rates of what every recurrence reuses (core blocks, injection, gate) times this: a shared block
+    # gets r iterations' gradients, and small-scale practice lowers its rate (e.g. 1 / the mean of r)
+    core_lr_scale: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 20
     warmdown_frac: float = 0.3  # the last fraction of each stage decays the lr linearly to final_lr_frac
@@ -236,6 +242,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "eval_n"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.core_lr_scale) and self.core_lr_scale > 0):
+            raise UserError(f"train.core_lr_scale must be a number > 0, got {self.core_lr_scale}")
 
 
 @dataclass

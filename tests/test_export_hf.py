@@ -27,7 +27,7 @@ ARCHITECTURES = {
                                               "tie_embeddings=false", "logit_softcap=15", "state_init=zero"]),
     "lora-random-state": ("miniaxion-0.9m", ["recur_lora_rank=2", "recur_lora_count=2", "state_init=random"]),
     "gate-abacus": ("rrslm-addition", ["n_core=1"]),
-    "contractive": ("miniaxion-0.9m", ["inject=contractive", "recurrences=3"]),
+    "contractive-sandwich": ("miniaxion-0.9m", ["inject=contractive", "sandwich_norm=true", "recurrences=3"]),
     "plain-nope-logn": ("miniaxion-0.9m", ["n_core=0", "n_prelude=2", "n_coda=1", "rope=false", "logn_attention=true"]),
 }  # fmt: skip
 

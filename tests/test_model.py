@@ -234,3 +234,30 @@ def test_contractive_injection_shrinks_the_state_for_any_parameters():
         assert (gap <= (x - y).abs() + 1e-6).all()  # a contraction of the old state, channel by channel
     added = build_model(tiny_config(inject="add")).param_groups()["core_per_iteration"]
     assert model.param_groups()["core_per_iteration"] == added + model.cfg.d_model  # one theta per channel
+
+
+def test_sandwich_norm_bounds_what_each_sublayer_adds():
+    """model.sandwich_norm: a sublayer's output is normalised (scale-free) and scaled by its learned gain before the
+    residual sum; with gains at zero every block is the identity. Without it, a projection's scale shows."""
+    ctx = torch.randint(0, 37, (1, 9), generator=torch.Generator().manual_seed(1))
+    for sandwich in (True, False):
+        model = tiny_model(sandwich_norm=sandwich)
+        block, x = model.core[0], torch.randn(1, 9, 32)
+        context = model.context(9)
+        with torch.no_grad():
+            before = block(x, context)
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.mul_(10)
+            after = block(x, context)
+        assert torch.allclose(before, after, atol=1e-4) == sandwich
+    sandwiched = tiny_model(sandwich_norm=True)
+    with torch.no_grad():
+        for b in [*sandwiched.prelude, *sandwiched.core, *sandwiched.coda]:
+            b.attn_gain.zero_()
+            b.mlp_gain.zero_()
+        x = torch.randn(1, 9, 32)
+        assert torch.equal(sandwiched.core[1](x, sandwiched.context(9)), x)
+        assert not torch.allclose(logits(sandwiched, ctx), logits(tiny_model(), ctx), atol=1e-4)
+    fresh = build_model(tiny_config(sandwich_norm=True))  # output projections start non-zero (a zero would blow up)
+    assert fresh.core[0].attn.c_proj.weight.abs().sum() > 0 and fresh.core[0].mlp_gain.eq(1).all()
+    assert fresh.param_groups()["unique"] == build_model(tiny_config()).param_groups()["unique"] + 4 * 2 * 32

@@ -456,3 +456,18 @@ def test_fp32_muon_takes_torchs_muon_step_and_state():
         assert not torch.allclose(moved_ours, torch.zeros_like(w))
     torch.optim.Muon(params["torch"]).load_state_dict(opts["fp32"].state_dict())
     Fp32Muon(params["fp32"]).load_state_dict(opts["torch"].state_dict())
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_core_lr_scale_slows_only_the_shared_parameters(tmp_path, optimizer):
+    """train.core_lr_scale multiplies the rate of what every recurrence reuses (core blocks, injection, gate) and of
+    nothing else: at a vanishing scale those stay put while the prelude, coda and embeddings learn."""
+    init, _ = train(tiny(f"optimizer={optimizer}"), tmp_path / "init", stop_after=0)
+    init = {k: v.clone() for k, v in init.state_dict().items()}
+    model, _ = train(tiny(f"optimizer={optimizer}", "core_lr_scale=1e-9", "stage.curriculum.steps=4"), tmp_path / "s")
+    moved = {k for k, v in model.state_dict().items() if not torch.allclose(v, init[k], atol=1e-6)}
+    shared = {k for k in init if k.split(".")[0] in ("core", "inject", "gate", "gate_bias", "decay")}
+    assert shared and not moved & shared
+    assert {k.split(".")[0] for k in moved} >= {"prelude", "coda", "wte"}
+    with pytest.raises(UserError, match="core_lr_scale"):
+        tiny("core_lr_scale=0")

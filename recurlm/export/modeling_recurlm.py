@@ -23,13 +23,14 @@ class RecurLMConfig(PretrainedConfig):
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
         mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
         abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
-        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, **kwargs,
+        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, sandwich_norm=False, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
         self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
         self.abacus, self.digit_token_ids, self.logn_attention = abacus, list(digit_token_ids), logn_attention
+        self.sandwich_norm = sandwich_norm
         self.inject, self.gate, self.state_init = inject, gate, state_init
         self.recur_lora_rank, self.recur_lora_count = recur_lora_rank, recur_lora_count
         self.num_steps, self.exit, self.min_steps = num_steps, exit, min_steps
@@ -86,6 +87,9 @@ class Block(nn.Module):
         if self.swiglu:
             self.mlp.c_gate = Linear(d, h, r, *lora)
         self.mlp.c_proj = Linear(h, d, r, *lora)
+        # sandwich norm: each sublayer's output normalised with a learned gain before the residual sum
+        self.attn_gain = nn.Parameter(torch.ones(d)) if c.sandwich_norm else None
+        self.mlp_gain = nn.Parameter(torch.ones(d)) if c.sandwich_norm else None
 
     def forward(self, x, cos, sin, adapter=None):
         B, T, _ = x.shape
@@ -100,11 +104,12 @@ class Block(nn.Module):
             logn = torch.log(torch.arange(T, device=x.device, dtype=torch.float32) + 2)[:, None]
             q = q * (a.logn_gain[:, None, None] * logn).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv != self.n_head)
-        x = x + a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
+        y = a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
+        x = x + (y if self.attn_gain is None else F.rms_norm(y, (y.size(-1),), self.attn_gain))
         h = norm(x)
         u = self.mlp.c_fc(h, adapter)
-        u = F.silu(self.mlp.c_gate(h, adapter)) * u if self.swiglu else F.relu(u).square()
-        return x + self.mlp.c_proj(u, adapter)
+        u = self.mlp.c_proj(F.silu(self.mlp.c_gate(h, adapter)) * u if self.swiglu else F.relu(u).square(), adapter)
+        return x + (u if self.mlp_gain is None else F.rms_norm(u, (u.size(-1),), self.mlp_gain))
 
 
 def parse_exit(spec):

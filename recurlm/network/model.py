@@ -158,7 +158,8 @@ class Attention(nn.Module):
         self.c_q = Linear(d, self.n_head * self.hd, r, *lora)
         self.c_k = Linear(d, self.n_kv * self.hd, r, *lora)
         self.c_v = Linear(d, self.n_kv * self.hd, r, *lora)
-        self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=True)
+        # a sandwich norm would blow a zero output up to unit scale: then the projection starts like the others
+        self.c_proj = Linear(self.n_head * self.hd, d, r, *lora, zero_init=not cfg.sandwich_norm)
         self.logn_gain = nn.Parameter(torch.full((self.n_head,), LOGN_GAIN)) if cfg.logn_attention else None
 
     def forward(self, x, ctx: Context, slot, adapter: int | None, stopped: Stopped | None = None):
@@ -185,7 +186,7 @@ class MLP(nn.Module):
         self.swiglu = cfg.mlp == "swiglu"
         self.c_fc = Linear(d, h, r, *lora)
         self.c_gate = Linear(d, h, r, *lora) if self.swiglu else None
-        self.c_proj = Linear(h, d, r, *lora, zero_init=True)
+        self.c_proj = Linear(h, d, r, *lora, zero_init=not cfg.sandwich_norm)
 
     def forward(self, x, adapter):
         h = self.c_fc(x, adapter)
@@ -198,10 +199,15 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(cfg, lora)
         self.mlp = MLP(cfg, lora)
+        d = cfg.d_model
+        self.attn_gain = nn.Parameter(torch.ones(d)) if cfg.sandwich_norm else None  # model.sandwich_norm
+        self.mlp_gain = nn.Parameter(torch.ones(d)) if cfg.sandwich_norm else None
 
     def forward(self, x, ctx: Context, slot=None, adapter: int | None = None, stopped: Stopped | None = None):
-        x = x + self.attn(norm(x), ctx, slot, adapter, stopped)
-        return x + self.mlp(norm(x), adapter)
+        a = self.attn(norm(x), ctx, slot, adapter, stopped)
+        x = x + (a if self.attn_gain is None else F.rms_norm(a, (a.size(-1),), self.attn_gain))
+        m = self.mlp(norm(x), adapter)
+        return x + (m if self.mlp_gain is None else F.rms_norm(m, (m.size(-1),), self.mlp_gain))
 
 
 class RecurrentGPT(nn.Module):
@@ -250,6 +256,9 @@ class RecurrentGPT(nn.Module):
                 m.reset_parameters()
             if isinstance(m, Attention) and m.logn_gain is not None:
                 m.logn_gain.fill_(LOGN_GAIN)
+            if isinstance(m, Block) and m.attn_gain is not None:
+                m.attn_gain.fill_(1.0)
+                m.mlp_gain.fill_(1.0)
         # Tied weights also produce the logits, so they start small; an untied input table does not matter in
         # scale (it is normalised) and a nearly-zero head starts at the uniform distribution (nanochat).
         self.wte.weight.normal_(0.0, 0.02 if self.cfg.tie_embeddings else 1.0)

@@ -66,20 +66,35 @@ def lr_factor(step: int, steps: int, warmup: int, warmdown_frac: float, final: f
     return 1.0
 
 
+# What every recurrence reuses: train.core_lr_scale applies to these parameters
+SHARED = ("core", "inject", "gate", "gate_bias", "decay")
+
+
 def build_optimizers(model, tcfg) -> list[torch.optim.Optimizer]:
     """AdamW for everything, or Muon for the 2-D matrices inside the blocks, injection and gate (nanochat), with
-    AdamW for embeddings, head, biases and the 3-D LoRA stacks."""
+    AdamW for embeddings, head, biases and the 3-D LoRA stacks. Each optimiser has a param group of the shared
+    (looped) parameters, marked `shared`, and one of the rest (`group_lr` sets their rates)."""
     adam_kw = dict(betas=(0.9, 0.95), eps=1e-8, weight_decay=tcfg.weight_decay)
-    if tcfg.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=tcfg.lr, **adam_kw)]
-    matrices, rest = [], []
+    matrices, rest = {False: [], True: []}, {False: [], True: []}
     for name, p in model.named_parameters():
-        in_blocks = name.split(".")[0] in ("prelude", "core", "coda", "inject", "gate")
-        (matrices if in_blocks and p.ndim == 2 else rest).append(p)
-    native = any(p.device.type != "cpu" for p in matrices) or cpu_has_bf16()
-    muon = (torch.optim.Muon if native else Fp32Muon)(matrices, lr=tcfg.matrix_lr, weight_decay=tcfg.weight_decay)
-    return [muon, torch.optim.AdamW(rest, lr=tcfg.lr, **adam_kw)]
+        top = name.split(".")[0]
+        muon = tcfg.optimizer == "muon" and top in ("prelude", "core", "coda", "inject", "gate") and p.ndim == 2
+        (matrices if muon else rest)[top in SHARED].append(p)
+
+    def groups(params):
+        return [{"params": ps, "shared": shared} for shared, ps in params.items() if ps]
+
+    optimizers = []
+    if any(matrices.values()):
+        native = any(p.device.type != "cpu" for ps in matrices.values() for p in ps) or cpu_has_bf16()
+        muon = torch.optim.Muon if native else Fp32Muon
+        optimizers.append(muon(groups(matrices), lr=tcfg.matrix_lr, weight_decay=tcfg.weight_decay))
+    optimizers.append(torch.optim.AdamW(groups(rest), lr=tcfg.lr, **adam_kw))
+    return optimizers
 
 
-def base_lrs(optimizers, tcfg):
-    return [tcfg.matrix_lr if isinstance(o, torch.optim.Muon) else tcfg.lr for o in optimizers]
+def group_lr(optimizer, group: dict, tcfg) -> float:
+    """A param group's base rate: Muon's or AdamW's, times core_lr_scale for the shared parameters (a group saved
+    before groups were split has no mark and counts as unshared)."""
+    lr = tcfg.matrix_lr if isinstance(optimizer, torch.optim.Muon) else tcfg.lr
+    return lr * (tcfg.core_lr_scale if group.get("shared") else 1.0)

@@ -27,7 +27,7 @@ from recurlm.tasks.runs import stage_tasks
 from recurlm.training.corpus import TextStream, sample_texts
 from recurlm.training.data import TaskMixture
 from recurlm.training.depth import sample_progressive, sample_recurrences
-from recurlm.training.optim import base_lrs, build_optimizers, cpu_has_bf16, lr_factor
+from recurlm.training.optim import build_optimizers, cpu_has_bf16, group_lr, lr_factor
 
 CKPT = "checkpoint"
 
@@ -191,6 +191,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
     optimizers = build_optimizers(model, tcfg)
     if (out / CKPT / "optimizer.pt").is_file() and state["step"]:
         saved = read_file(out / CKPT / "optimizer.pt", lambda p: torch.load(p, map_location=device))
+        if [len(o.param_groups) for o in optimizers] != [len(sd["param_groups"]) for sd in saved]:
+            raise UserError(f"{out / CKPT / 'optimizer.pt'} was written by an older recurlm (other param groups)")
         for opt, sd in zip(optimizers, saved, strict=True):
             opt.load_state_dict(sd)
     if tcfg.compile:
@@ -231,9 +233,9 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                 if stage.curriculum == "schedule":
                     level = state["level"] = min(mixture.max_level, 1 + s // stage.promote_every)
                 factor = lr_factor(s, stage.steps, tcfg.warmup_steps, tcfg.warmdown_frac, tcfg.final_lr_frac)
-                for opt, lr in zip(optimizers, base_lrs(optimizers, tcfg), strict=True):
+                for opt in optimizers:
                     for group in opt.param_groups:
-                        group["lr"] = lr * stage.lr_scale * factor
+                        group["lr"] = group_lr(opt, group, tcfg) * stage.lr_scale * factor
                 r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
                 split = sample_progressive(tcfg.seed, step, r) if rcfg.progressive else (0, 1)
                 supervision = Supervision(rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split)
