@@ -7,7 +7,8 @@ by) and the test split (to report), and summed up in one markdown table.
 
 An arms file holds one table per arm: `what` (the table's description), `set` (overrides on top of the file's
 `[base] set`), and optionally `recurrences` (plain baselines: [1]). Arms already trained and scored are skipped,
-so the command resumes an interrupted study; `runs/ablation/table.md` is rewritten after every arm. Each arm's
+so the command resumes an interrupted study; `runs/ablation/table.md` is rewritten after every arm. While a file
+`PAUSE` exists in the output directory, the next arm waits (timings need the machine to themselves). Each arm's
 scores are `eval --json` files (`eval-val.json`, `eval-test.json`) that `recurlm report` reads too.
 """
 
@@ -55,6 +56,8 @@ def table(arms: dict, out: Path, recurrences: list[int]) -> str:
     header = ["arm", "what changed", "val r=4", *(f"test r={r}" for r in recurrences), "train s", "params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in arms.items():
+        while (out / "PAUSE").exists():  # a benchmark wants the machine to itself: wait between arms
+            time.sleep(10)
         run = out / name
         val, test = run / "eval-val.json", run / "eval-test.json"
         if not test.is_file():
@@ -97,6 +100,8 @@ def main():
     steps = {name: stage.steps for name, stage in load_config(args.preset).stages.items()}
     base = spec.get("base", {}).get("set", [])
     for name, arm in arms.items():
+        while (out / "PAUSE").exists():  # a benchmark wants the machine to itself: wait between arms
+            time.sleep(10)
         run = out / name
         overrides = arm_overrides(steps, args.fraction, base, arm.get("set", []))
         print(f"== arm {name}: {arm['what']} ({' '.join(overrides)})", flush=True)

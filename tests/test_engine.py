@@ -131,11 +131,11 @@ def test_early_exit_fills_skipped_slots_with_final_kv():
             assert torch.equal(cache.v[cache.slot("core", j, i)][:, :, 4], cache.v[cache.slot("core", j, 1)][:, :, 4])
 
 
-def varied_exit(model, criterion, prompts, r=8):
+def varied_exit(model, criterion, prompts, r=8, **policy_fields):
     """A threshold of `criterion` under which the tokens of these prompts stop after different numbers of steps."""
     thresholds = (1, 2, 3) if criterion == "argmax" else (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4)
     for eps in thresholds:
-        out = Engine(model).generate(prompts, 6, policy(r, exit=f"{criterion}:{eps}"))
+        out = Engine(model).generate(prompts, 6, policy(r, exit=f"{criterion}:{eps}", **policy_fields))
         if len({s for row in out.steps for s in row[1:]}) > 2:
             return f"{criterion}:{eps}"
     pytest.fail(f"no {criterion} threshold gave different steps per token")
@@ -338,3 +338,44 @@ def test_compiled_decode_step_matches_eager_without_recompiling(warm, budget, ba
     with torch._dynamo.config.patch(error_on_recompile=True):
         other = [IDX[1, 4:6].tolist(), IDX[0, :11].tolist(), IDX[1, :1].tolist()][:batch]
         assert compiled.generate(other, 9, pol).tokens == eager.generate(other, 9, pol).tokens
+
+
+def count_core_rows(model, monkeypatch) -> list[int]:
+    """Record the rows of every core call (each runs one recurrence of each row's tokens)."""
+    calls, step = [], model.core_step
+
+    def counted(e, s, *args, **kwargs):
+        calls.append(e.size(0))
+        return step(e, s, *args, **kwargs)
+
+    monkeypatch.setattr(model, "core_step", counted)
+    return calls
+
+
+@pytest.mark.parametrize("budget", [1, 3])
+@pytest.mark.parametrize("variant", ["plain", "lora"])
+def test_each_row_pays_for_its_own_depth(budget, variant, monkeypatch):
+    """A deep row beside shallow ones, and tokens exiting at different steps: the core runs each row's token for
+    its own recurrences only (prompt pass and decoding), and every row's tokens and steps are its solo run's."""
+    model = tiny_model(**VARIANTS[variant])
+    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist(), IDX[1, :2].tolist()]
+    exit = varied_exit(model, "latent", prompts, 8, kv_budget=budget)
+    policies = [policy(16, kv_budget=budget), policy(2, kv_budget=budget, warm_start=True),
+                policy(8, exit=exit, kv_budget=budget), policy(8, exit=exit, kv_budget=budget)]  # fmt: skip
+    alone = [Engine(model).generate([p], 6, q) for p, q in zip(prompts, policies, strict=True)]
+    calls = count_core_rows(model, monkeypatch)
+    together = Engine(model).generate(prompts, [6, 6, 3, 6], policies)
+    assert together.tokens == [g.tokens[0][:n] for g, n in zip(alone, [6, 6, 3, 6], strict=True)]
+    assert together.steps == [g.steps[0][: len(t)] for g, t in zip(alone, together.steps, strict=True)]
+    assert sum(calls) == sum(map(sum, together.steps))  # dense: every call would hold all four rows
+    assert len(set(together.steps[2][1:] + together.steps[3][1:])) > 1  # the exits fired at different steps
+
+
+def test_prompt_pass_runs_each_row_to_its_own_depth(monkeypatch):
+    model = tiny_model()
+    prompts = [IDX[0, :5].tolist(), IDX[1, :9].tolist()]
+    calls = count_core_rows(model, monkeypatch)
+    state, logits, steps = Engine(model).start(prompts, [policy(9), policy(2)])
+    assert calls == [2, 2] + [1] * 7 and steps.tolist() == [9, 2]
+    for b, (p, r) in enumerate(zip(prompts, (9, 2), strict=True)):
+        assert (Engine(model).start([p], policy(r))[1][0] - logits[b]).abs().max() <= 1e-5

@@ -14,7 +14,7 @@ import torch
 from recurlm.config import InferencePolicy
 from recurlm.errors import UserError
 from recurlm.inference import beam, generation
-from recurlm.inference.state import DecodeState
+from recurlm.inference.state import DecodeState, InFlight
 from recurlm.network.cache import KVCache
 from recurlm.network.exits import Halting
 from recurlm.network.model import Context, RecurrentGPT
@@ -228,6 +228,88 @@ class Engine:
         _put_rows(state.final, ctx, s)
         state.lengths = [n + T for n in state.lengths]
         return logits, steps
+
+    # ---- depth batching: each token of a batch iterates at its own pace ----
+
+    @torch.no_grad()
+    def feed(self, state: DecodeState, rows: list[int], tokens) -> None:
+        """Depth batching: start a new token on each of `rows` ((len(rows),) ids; rows with no token in flight):
+        its embedding and prelude now, its recurrences in the `advance` passes that follow."""
+        model, flight = self.model, state.in_flight()
+        if not model.core:
+            raise UserError("depth batching needs a looped model: a plain GPT's tokens all take one pass")
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).view(-1, 1)
+        starts = [state.lengths[b] for b in rows]
+        if max(starts) + 1 > state.max_len:
+            raise UserError(f"sequence of {max(starts) + 1} tokens is longer than its room ({state.max_len})")
+        pos = torch.tensor(starts, device=self.device)
+        ctx = model.context_at(pos[:, None], state.cache, max(starts) + 1, rows=index)
+        digit_pos = None
+        if state.runs is not None:  # generated numbers count their digits from the first (reversed answers)
+            run = torch.where(torch.isin(tokens[:, 0], self.digit_tensor), state.runs[index, pos - 1] + 1, 0)
+            state.runs[index, pos] = run
+            digit_pos = run[:, None]
+        e = model.embed(tokens, ctx, digit_pos)
+        warm = torch.tensor([state.policies[b].warm_start for b in rows], device=self.device)
+        s0 = state.final[index, pos - 1][:, None]
+        if not bool(warm.all()):
+            cold = model.init_state(e, self._noise([state.seeds[b] for b in rows], starts, 1))
+            s0 = torch.where(warm[:, None, None], s0, cold)
+        flight.active[index], flight.e[index], flight.s[index], flight.done[index] = True, e, s0, 0
+        InFlight.put(flight.watch, index, model.watch(s0, ctx, state.halt.watches), len(state))
+        for memory in flight.memory.values():
+            memory[index] = 0
+        for b in rows:
+            state.lengths[b] += 1
+
+    @torch.no_grad()
+    def advance(self, state: DecodeState) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """Depth batching: one more recurrence of every token in flight, each at its own iteration; tokens whose
+        next iteration reads and writes the same cache slot and adapter (all of them, with KV budget 1 and no
+        LoRA) share one core call. Returns the rows whose token completed this pass (its exit fired or its cap was
+        reached), their (n, V) logits and the recurrences each ran (n,)."""
+        model, flight = self.model, state.flight
+        index = flight.active.nonzero()[:, 0]
+        if not len(index):
+            return [], None, None
+        pos = torch.tensor(state.lengths, device=self.device)[index] - 1
+        ctx = model.context_at(pos[:, None], state.cache, int(pos.max()) + 1, rows=index)
+        done, e, s = flight.done[index], flight.e[index], flight.s[index]
+        for iteration, members in self._iteration_groups(done.tolist(), state.cache.budget):
+            sub = ctx if len(members) == len(index) else ctx.select(members)
+            s = s.index_copy(0, members, model.core_step(e[members], s[members], iteration, sub))
+        done = done + 1
+        halt = state.halt.select(index.tolist())
+        cur = model.watch(s, ctx, halt.watches)
+        memory = {k: v[index] for k, v in flight.memory.items()}
+        stop = halt.stop(done - 1, {k: flight.watch[k][index] for k in cur}, cur, memory)[:, 0]
+        flight.s[index], flight.done[index] = s, done
+        InFlight.put(flight.watch, index, cur, len(state))
+        InFlight.put(flight.memory, index, memory, len(state))
+        finished = stop.nonzero()[:, 0]
+        if not len(finished):
+            return [], None, None
+        rows, steps = index[finished], done[finished]
+        sub = ctx.select(finished)
+        if state.cache.budget > 1:  # a token stopped below its cap: the slots it skips get its final K/V
+            for k in steps.unique().tolist():
+                at = (steps == k).nonzero()[:, 0]
+                state.cache.fill_skipped(sub.select(at), k, halt.max_cap, halt.cap[finished[at]])
+        logits = cur["logits"][finished] if "logits" in cur else model.head(s[finished], sub)
+        state.final[rows, pos[finished]] = s[finished, 0]
+        flight.active[rows] = False
+        return rows.tolist(), logits[:, 0], steps
+
+    def _iteration_groups(self, done: list[int], budget: int) -> list[tuple[int, torch.Tensor]]:
+        """Tokens in flight (their recurrences so far) grouped by what their next iteration needs: the core slot
+        (iteration mod budget) and the LoRA adapter (iterations past the last adapter reuse it). Per group: an
+        iteration number standing for all, and the members' places."""
+        adapters = self.cfg.recur_lora_count if self.cfg.recur_lora_rank else 0
+        groups: dict[tuple[int, int], list[int]] = {}
+        for place, it in enumerate(done):
+            groups.setdefault((it % budget, min(it, adapters - 1) if adapters else 0), []).append(place)
+        return [(done[places[0]], torch.tensor(places, device=self.device)) for places in groups.values()]
 
     @torch.no_grad()
     def full_forward(self, seqs: list[list[int]], n_prompt: list[int], policy, seeds=None) -> torch.Tensor:

@@ -56,16 +56,25 @@ class Event:
 class GenerationLoop:
     """`stop_tokens` end a row (the token is reported, not kept); `tool` (`text.calculator.Calculator`) forces its
     tokens into a row whose output calls it; `max_len` bounds each row's prompt and output together (default: the
-    context); without `use_cache` every step recomputes the whole sequences (no adaptive exit then)."""
+    context); without `use_cache` every step recomputes the whole sequences (no adaptive exit then).
+
+    Rows whose depths differ (another r, an adaptive exit) decode by depth batching (`Engine.feed` / `advance`):
+    each core pass runs one recurrence of every row's token, and a row whose token completes picks its next one
+    while the others still iterate, so a row pays for its own depth, not the batch's deepest (docs/design.md §6).
+    A step then reports the rows whose token completed; rows of one depth all step together."""
 
     def __init__(self, engine, stop_tokens=(), tool=None, max_len: int | None = None, use_cache: bool = True):
         self.engine, self.stop, self.tool, self.use_cache = engine, set(stop_tokens), tool, use_cache
         self.max_len = min(max_len or engine.cfg.seq_len, engine.cfg.seq_len)
+        self._empty()
+
+    def _empty(self):
         self.rows: list[Sequence] = []  # the batch's rows, in order
         self.parked: set[int] = set()  # rows that ended but still ride along (see `step`)
         self.state: DecodeState | None = None
-        self.logits: torch.Tensor | None = None  # (rows, V): what each row picks its next token from
+        self.logits: torch.Tensor | None = None  # (rows, V): what each ready row picks its next token from
         self.next_steps: list[int] = []  # the recurrences behind those logits
+        self.ready: set[int] = set()  # rows whose logits are there to pick from (the others have a token in flight)
 
     def __len__(self) -> int:
         """Sequences still generating."""
@@ -89,20 +98,28 @@ class GenerationLoop:
             steps = steps.tolist()
         else:
             state, logits, steps = None, self._full_forward(seqs), self._fixed_steps(seqs)
+        self.ready |= set(range(len(self.rows), len(self.rows) + len(seqs)))
         self.state, self.rows = state, self.rows + seqs
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
         self.next_steps += steps
 
     def step(self) -> list[Event]:
-        """One token for every row still generating; the rows that end leave, the others run one decoding step."""
+        """One token for every row whose logits are ready; the rows that end leave, the others go on decoding."""
         if not len(self):
             return []
         rows = self.rows
-        picked = sample_rows(self.logits, [s.policy for s in rows], [s.generator for s in rows]).tolist()
+        depthwise = self._depthwise()
+        turn = [i for i in range(len(rows)) if i not in self.parked and (i in self.ready or rows[i].cancelled)]
+        sampled = sorted(self.ready - self.parked) if depthwise else list(range(len(rows)))  # parked: rolled back
+        picked = [0] * len(rows)
+        if sampled:
+            tokens = sample_rows(self.logits[sampled], [rows[i].policy for i in sampled],
+                                 [rows[i].generator for i in sampled])  # fmt: skip
+            for i, token in zip(sampled, tokens.tolist(), strict=True):
+                picked[i] = token
         events, ended = [], []
-        for i, seq in enumerate(rows):
-            if i in self.parked:
-                continue
+        for i in turn:
+            seq = rows[i]
             if seq.cancelled:
                 seq.finish = "cancelled"
                 events.append(Event(seq, None, 0, seq.finish))
@@ -123,28 +140,67 @@ class GenerationLoop:
             events.append(Event(seq, token, self.next_steps[i], seq.finish))
             if seq.finish:
                 ended.append(i)
-        self._advance(picked, ended)
-        return events
-
-    def _advance(self, picked: list[int], ended: list[int]):
+        fed = [i for i in turn if i not in ended]
         self.parked.update(ended)
         if len(self.parked) == len(self.rows):
-            self.rows, self.parked, self.state, self.logits, self.next_steps = [], set(), None, None, []
-            return
-        tokens = torch.tensor(picked, device=self.engine.device)
+            self._empty()
+        elif depthwise:
+            self._advance_depthwise(picked, fed, ended)
+        else:
+            self._advance(picked, ended)
+        return events
+
+    def _depthwise(self) -> bool:
+        """Whether the rows decode by depth batching: tokens are in flight, or the rows still generating differ in
+        depth (a plain forward pass of equal depth, or a single row, steps all together at no extra cost)."""
+        if not self.use_cache or not self.engine.model.core:
+            return False
+        flight = self.state.flight
+        if flight is not None and bool(flight.active.any()):
+            return True
+        live = [i for i in range(len(self.rows)) if i not in self.parked]
+        return len(live) > 1 and not self.state.halt.select(live).uniform
+
+    def _compact(self) -> dict[int, int]:
+        """Drop the parked rows from the batch (leaving copies the cache); returns where each kept row now is."""
+        keep = [i for i in range(len(self.rows)) if i not in self.parked]
+        where = {i: n for n, i in enumerate(keep)}
+        if self.use_cache:
+            self.state = self.state.select(keep)
+        self.rows, self.next_steps = [self.rows[i] for i in keep], [self.next_steps[i] for i in keep]
+        self.logits = self.logits[keep]
+        self.ready, self.parked = {where[i] for i in self.ready if i in where}, set()
+        return where
+
+    def _advance_depthwise(self, picked: list[int], fed: list[int], ended: list[int]):
+        flight = self.state.in_flight()
+        flight.active[ended] = False  # a row cancelled with a token in flight drops it
+        self.ready -= set(fed) | set(ended)
+        if 4 * len(self.parked) >= len(self.rows):
+            where = self._compact()
+            picked, fed = {where[i]: picked[i] for i in fed}, [where[i] for i in fed]
+        if fed:
+            self.engine.feed(self.state, fed, [picked[i] for i in fed])
+        while not self.ready - self.parked:  # core passes until some row's token completes
+            done, logits, steps = self.engine.advance(self.state)
+            if done:
+                self.logits[done] = logits
+                for i, k in zip(done, steps.tolist(), strict=True):
+                    self.next_steps[i] = k
+                self.ready |= set(done)
+
+    def _advance(self, picked: list[int], ended: list[int]):
         # Leaving a batch copies its cache, so a row that ends rides along, cut back to one token and fed whatever
         # it samples (rolled back after each step), until a quarter of the batch has ended.
         if 4 * len(self.parked) >= len(self.rows) or not self.use_cache:
-            keep = [i for i in range(len(self.rows)) if i not in self.parked]
-            if self.use_cache:
-                self.state = self.state.select(keep)
-            self.rows, tokens, self.parked = [self.rows[i] for i in keep], tokens[keep], set()
+            picked = [picked[i] for i in self._compact()]
         elif ended:
             self.state.rollback([self.state.lengths[i] - 1 if i in ended else 0 for i in range(len(self.rows))])
+        self.ready = set(range(len(self.rows)))
         if not self.use_cache:
             self.logits, self.next_steps = self._full_forward(self.rows), self._fixed_steps(self.rows)
             return
-        self.state, self.logits, used = self.engine.decode(self.state, tokens)
+        self.state, self.logits, used = self.engine.decode(self.state, torch.tensor(picked, device=self.engine.device))
         if self.parked:
             self.state.rollback([int(i in self.parked) for i in range(len(self.rows))])
         self.next_steps = used.tolist()

@@ -49,12 +49,19 @@ class KVCache:
         hold = self.slot("core", index, iteration - 1) if iteration else None
         return self.slot("core", index, iteration), hold
 
+    @staticmethod
+    def _rows(ctx) -> torch.Tensor:
+        """(B, 1): the cache row of each of the batch's rows."""
+        if ctx.rows is not None:
+            return ctx.rows[:, None]
+        return torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
+
     def _at(self, slot: int, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """The (B, H, T, D) keys and values at the new tokens' positions."""
         if ctx.positions is None:
             end = ctx.start + ctx.cos.size(1)
             return self.k[slot][:, :, ctx.start : end], self.v[slot][:, :, ctx.start : end]
-        rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
+        rows = self._rows(ctx)
         return self.k[slot][rows, :, ctx.positions].transpose(1, 2), self.v[slot][rows, :, ctx.positions].transpose(
             1, 2
         )
@@ -65,7 +72,7 @@ class KVCache:
             self.k[slot][:, :, ctx.start : end] = k
             self.v[slot][:, :, ctx.start : end] = v
             return
-        rows = torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
+        rows = self._rows(ctx)
         self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k[slot].dtype)
         self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v[slot].dtype)
 
@@ -88,6 +95,8 @@ class KVCache:
             values[:, :, ctx.start : ctx.start + k.size(2)] = v
         else:
             self._put(write, k, v, ctx)
+        if ctx.rows is not None:  # some of the cache's rows: theirs only
+            return keys[ctx.rows, :, : ctx.keys], values[ctx.rows, :, : ctx.keys]
         return keys[:, :, : ctx.keys], values[:, :, : ctx.keys]
 
     def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):

@@ -121,6 +121,33 @@ class Context:
     positions: torch.Tensor | None = None  # (B, T) each new token's position, when rows differ
     logn: torch.Tensor | None = None  # (B or 1, 1, T, 1) log(position + 2), the query scale of logn_attention
     keys: int = 0  # how many cached positions attention reads
+    rows: torch.Tensor | None = None  # (B,) the cache rows the batch's rows are (None: the same, 0 .. B-1)
+
+    def select(self, index: torch.Tensor) -> "Context":
+        """The context of a subset of the batch's rows (`index`, (B',) long): what the recurrence loop runs when
+        only some rows still iterate. With a cache, the subset's rows address their own cache rows (`rows`) and
+        attention reads them under a mask by position."""
+
+        def pick(t):
+            return t if t is None or t.size(0) == 1 else t[index]
+
+        rows = index if self.rows is None else self.rows[index]
+        if self.cache is None:  # attention runs over the pass's own tokens: rows are independent
+            return dataclasses.replace(
+                self, cos=pick(self.cos), sin=pick(self.sin), mask=pick(self.mask), logn=pick(self.logn), rows=None
+            )
+        if self.positions is not None:
+            positions, mask = self.positions[index], pick(self.mask)
+        else:  # every row at `start`: the same positions for the subset
+            T = self.cos.size(1)
+            positions = (self.start + torch.arange(T, device=index.device))[None].expand(len(index), T)
+            mask = self.mask
+        if mask is None:  # plain causal attention, or one query that sees every cached key
+            mask = (torch.arange(self.keys, device=index.device)[None, None, :] <= positions[:, :, None])[:, None]
+        return dataclasses.replace(
+            self, cos=pick(self.cos), sin=pick(self.sin), mask=mask, causal=False, positions=positions,
+            logn=pick(self.logn), rows=rows,
+        )  # fmt: skip
 
 
 @dataclass
@@ -296,10 +323,12 @@ class RecurrentGPT(nn.Module):
         pos = torch.tensor(starts, device=self.cos.device)[:, None] + torch.arange(T, device=self.cos.device)
         return self.context_at(pos, cache, end)
 
-    def context_at(self, pos: torch.Tensor, cache: KVCache | None, keys: int) -> Context:
-        """For new tokens at (B, T) positions `pos`, attending to the first `keys` cached positions under a mask. With
-        keys = the cache's length every shape is fixed, whatever the positions: a compiled decode step
-        (`Engine(compile=True)`) then serves every position without recompiling."""
+    def context_at(
+        self, pos: torch.Tensor, cache: KVCache | None, keys: int, rows: torch.Tensor | None = None
+    ) -> Context:
+        """For new tokens at (B, T) positions `pos` (of cache rows `rows`, default 0 .. B-1), attending to the first
+        `keys` cached positions under a mask. With keys = the cache's length every shape is fixed, whatever the
+        positions: a compiled decode step (`Engine(compile=True)`) then serves every position without recompiling."""
         mask = torch.arange(keys, device=pos.device)[None, None, :] <= pos[:, :, None]  # (B, T, keys)
         return Context(
             self.cos[0, pos],
@@ -310,6 +339,7 @@ class RecurrentGPT(nn.Module):
             positions=pos,
             keys=keys,
             logn=self._logn(pos) if self.cfg.logn_attention else None,
+            rows=rows,
         )
 
     @staticmethod
@@ -422,21 +452,35 @@ class RecurrentGPT(nn.Module):
         cap = halt.cap[:, None]
         active = torch.ones(B, T, dtype=torch.bool, device=s.device)
         steps = torch.zeros(B, T, dtype=torch.long, device=s.device)
-        prev, memory = self._watch(s, ctx, halt.watches), {}
+        prev, memory = self.watch(s, ctx, halt.watches), {}
+        live = torch.ones(B, dtype=torch.bool, device=s.device)  # rows with a token still iterating
         for i in range(r):
-            stopped = Stopped(active, ~active & (i < cap))
-            s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
+            if compacts(int(live.sum()), B):  # only the rows still iterating run, gathered into a smaller batch
+                index = live.nonzero()[:, 0]
+                sub, a = ctx.select(index), active[index]
+                stopped = Stopped(a, ~a & (i < cap[index]))
+                s_sub = torch.where(a[..., None], self.core_step(e[index], s[index], i, sub, stopped), s[index])
+                s = s.index_copy(0, index, s_sub)
+                cur = {k: prev[k].index_copy(0, index, v) for k, v in self.watch(s_sub, sub, halt.watches).items()}
+            else:
+                stopped = Stopped(active, ~active & (i < cap))
+                s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
+                cur = self.watch(s, ctx, halt.watches)
             steps += active
-            cur = self._watch(s, ctx, halt.watches)
             active = active & ~halt.stop(i, prev, cur, memory)
             prev = cur
-            if not bool(active.any()):
-                if ctx.cache is not None:
-                    ctx.cache.fill_skipped(ctx, i + 1, r, halt.cap)
+            done, live = live & ~active.any(1), active.any(1)
+            if ctx.cache is not None and ctx.cache.budget > 1 and bool(done.any()):
+                # a row whose tokens all stopped: the slots of the iterations it skips get its final K/V now
+                index = done.nonzero()[:, 0]
+                ctx.cache.fill_skipped(ctx.select(index), i + 1, r, halt.cap[index])
+            if not bool(live.any()):
                 break
         return Recurrence(s, steps, prev.get("logits"))
 
-    def _watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
+    def watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
+        """What exit criteria compare between iterations (`Halting.watches`): the state, and the coda and head's
+        logits and log-probabilities on it."""
         out = {"state": s} if "state" in watches else {}
         if "logprobs" in watches:
             out["logits"] = self.head(s, ctx)
@@ -518,6 +562,12 @@ class RecurrentGPT(nn.Module):
         T = seq_len or self.cfg.seq_len
         attn = 4 * self.cfg.n_head * self.cfg.head_dim * (T + 1) / 2
         return int(2 * self.params_per_token(r) + self.effective_depth(r) * attn)
+
+
+def compacts(live: int, batch: int) -> bool:
+    """Whether the recurrence loop gathers the `live` rows still iterating into a smaller batch rather than running
+    all `batch` rows and keeping the stopped ones' states (docs/design.md §2)."""
+    return live < batch
 
 
 def build_model(cfg: ModelConfig, device="cpu") -> RecurrentGPT:

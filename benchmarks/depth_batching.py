@@ -1,0 +1,214 @@
+"""Adaptive depth in a batch: does each row pay for its own recurrences? (docs/design.md §6, depth batching)
+
+    .venv/bin/python benchmarks/depth_batching.py [--checkpoint checkpoints/miniaxion-0.9m] [--deep DIR]
+        [--rows 16] [--tokens 48] [--repeats 2] [--json F]
+
+1. Mixed depths, 16 rows of one checkpoint (default: the shipped MiniAxion), greedy, `--tokens` new tokens per
+   row from test prompts of its tasks (stop tokens ignored): 16 rows at r = 2; one row at r = 16 beside 15 at
+   r = 2; 16 rows at r = 16; 16 rows under `kl:0.1` capped at 16. Each under the three ways the engine can run a
+   batch: `dense` (every row runs until the batch's deepest is done: recurlm before depth batching), `compacted`
+   (each recurrence gathers only the rows still iterating) and `depth` (depth batching: each core pass runs one
+   recurrence of every row's token, a row whose token is done picks its next one while others iterate; the
+   default). Tokens/s of the batch, and the ratio to 16 rows at r = 2 (goal for the mixed batch: >= 60%).
+2. `--deep DIR`, a model trained for deep r (recursive-nanochat-mini): 16 rows of test prompts (answers of a few
+   tokens, up to 32), fixed r = 8 against `--exits` capped at 8, under depth batching and dense, with accuracy
+   (goal: >= 1.6x fixed r = 8's tokens/s at the accuracy the exit has at batch 1; batch 1 is scored too).
+3. Compaction against dense for the prompt pass: 16 prompts of 64 tokens, k rows at r = 16 and the rest at r = 2:
+   where compaction starts to pay (`model.compacts`).
+Shared CPUs drift: compare figures from one run.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+from common import machine, matmul_peak
+
+import recurlm.network.model as network
+from recurlm.checkpoint import load_checkpoint
+from recurlm.inference.engine import Engine
+from recurlm.inference.generation import GenerationLoop, Sequence
+from recurlm.tasks import extract_answer
+from recurlm.tasks.runs import task_from_configs, trained_task_names
+from recurlm.text.calculator import Calculator
+from recurlm.text.prompting import example_ids, example_question
+
+
+@contextmanager
+def mode(name: str):
+    """Run the engine as `dense` (no compaction, no depth batching), `compacted` or `depth` (the default)."""
+    compacts, depthwise = network.compacts, GenerationLoop._depthwise
+    if name in ("dense", "compacted"):
+        GenerationLoop._depthwise = lambda self: False
+    if name == "dense":
+        network.compacts = lambda live, batch: False
+    try:
+        yield
+    finally:
+        network.compacts, GenerationLoop._depthwise = compacts, depthwise
+
+
+def test_examples(configs, n: int):
+    names = trained_task_names(configs)
+    tasks = [task_from_configs(name, configs) for name in names]
+    out = []
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        out.append(task.generate("test", n, seed=0)[i // len(tasks)])
+    return out, tasks
+
+
+def timed(repeats: int, fn) -> tuple[float, object]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def steady(engine, prompts: list[list[int]], policies, total: int) -> tuple[float, float]:
+    """Tokens/s of a batch in steady state, all rows decoding (a server's busy batch): the time the loop takes to
+    emit `total` tokens after the prefill, rows never running out of room first; and the mean steps per token."""
+    room = engine.cfg.seq_len - max(map(len, prompts))
+    loop = GenerationLoop(engine)
+    loop.add([Sequence(p, room, q) for p, q in zip(prompts, policies, strict=True)])
+    count, steps, t0 = 0, [], time.perf_counter()
+    while count < total:
+        events = loop.step()
+        count += len(events)
+        steps += [e.steps for e in events]
+    return count / (time.perf_counter() - t0), statistics.mean(steps)
+
+
+def mixed_depths(checkpoint: str, rows: int, tokens: int, repeats: int) -> list[dict]:
+    model, tok, configs = load_checkpoint(checkpoint)
+    model.eval()
+    examples, _ = test_examples(configs, rows)
+    prompts = [example_ids(tok, example_question(tok, ex)) for ex in examples]
+    base = configs.inference.override(exit="none")
+    cases = {
+        f"{rows} rows at r = 2": [base.override(recurrences=2)] * rows,
+        f"1 row at r = 16, {rows - 1} at r = 2": [base.override(recurrences=16)] + [base.override(recurrences=2)] * (
+            rows - 1),
+        f"{rows} rows at r = 16": [base.override(recurrences=16)] * rows,
+        f"{rows} rows, kl:0.1 capped at 16": [base.override(recurrences=16, exit="kl:0.1")] * rows,
+    }  # fmt: skip
+    engine, out, reference = Engine(model, tok.digit_ids), [], {}
+    print(f"\n1. {checkpoint}: {rows} rows decoding together, tokens/s over the first {rows * tokens} tokens after "
+          f"the prefill (no row runs out of room)")  # fmt: skip
+    print(f"  {'batch':<36} {'dense':>8} {'compacted':>10} {'depth':>8}   ratio to {rows} rows at r = 2")
+    for label, policies in cases.items():
+        row = {"case": label}
+        for name in ("dense", "compacted", "depth"):
+            with mode(name):
+                runs = [steady(engine, prompts, policies, rows * tokens) for _ in range(repeats)]
+            row[name], row["steps"] = statistics.median(r[0] for r in runs), runs[0][1]
+        reference = reference or row
+        out.append(row)
+        ratios = "  ".join(f"{row[m] / reference[m]:4.0%}" for m in ("dense", "compacted", "depth"))
+        print(f"  {label:<36} {row['dense']:>8.1f} {row['compacted']:>10.1f} {row['depth']:>8.1f}   {ratios}"
+              f"   (steps/token {row['steps']:.2f})", flush=True)  # fmt: skip
+    return out
+
+
+def queue(engine, tok, examples, policy, rows: int, max_new: int) -> dict:
+    """The examples as a server would take them: `rows` at a time, the next joining as soon as one ends (greedy,
+    the tokenizer's stop tokens and calculator): tokens/s, accuracy and steps per token."""
+    waiting = [Sequence(example_ids(tok, example_question(tok, ex)), max_new, policy) for ex in examples]
+    owner = {id(s): ex for s, ex in zip(waiting, examples, strict=True)}
+    loop = GenerationLoop(engine, tok.stop_ids, Calculator.for_tokenizer(tok))
+    done, tokens, steps, t0 = [], 0, [], time.perf_counter()
+    while waiting or len(loop):
+        joining, waiting = waiting[: rows - len(loop)], waiting[rows - len(loop) :]
+        loop.add(joining)
+        for event in loop.step():
+            tokens += 1
+            steps.append(event.steps)
+            if event.finish:
+                done.append(event.seq)
+    dt = time.perf_counter() - t0
+    right = [extract_answer(tok.decode(s.generated)) == owner[id(s)].answer for s in done]
+    return {"tok_s": tokens / dt, "accuracy": sum(right) / len(right), "steps": statistics.mean(steps)}
+
+
+def deep_exits(checkpoint: str, rows: int, exits: list[str], repeats: int) -> list[dict]:
+    model, tok, configs = load_checkpoint(checkpoint)
+    model.eval()
+    examples, tasks = test_examples(configs, rows * 8)
+    engine = Engine(model, tok.digit_ids)
+    print(f"\n2. {checkpoint}: {len(examples)} test prompts of {len(tasks)} tasks, {rows} at a time (each joining "
+          f"when one ends), up to 32 new tokens")  # fmt: skip
+    fixed = configs.inference.override(recurrences=8, exit="none", kv_budget=1)
+    out, reference = [], None
+    for spec in ["none", *exits]:
+        policy = fixed.override(exit=spec, max_steps=8) if spec != "none" else fixed
+        row = {"exit": spec}
+        for name in ("dense", "depth"):
+            with mode(name):
+                runs = [queue(engine, tok, examples, policy, rows, 32) for _ in range(repeats)]
+            row[name] = statistics.median(r["tok_s"] for r in runs)
+            row["accuracy"], row["steps"] = runs[0]["accuracy"], runs[0]["steps"]
+        row["accuracy_batch_1"] = queue(engine, tok, examples, policy, 1, 32)["accuracy"]
+        reference = reference or row
+        out.append(row)
+        print(f"  {spec:<12} dense {row['dense']:7.1f} tok/s  depth {row['depth']:7.1f} tok/s "
+              f"({row['depth'] / reference['depth']:.2f}x fixed r = 8 under depth batching, "
+              f"{row['depth'] / reference['dense']:.2f}x fixed r = 8 dense)  steps/token {row['steps']:.2f}  "
+              f"accuracy {row['accuracy']:.3f} (batch 1: {row['accuracy_batch_1']:.3f})", flush=True)  # fmt: skip
+    return out
+
+
+def prompt_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
+    model, tok, configs = load_checkpoint(checkpoint)
+    model.eval()
+    engine = Engine(model, tok.digit_ids)
+    prompts = torch.randint(10, model.cfg.vocab_size, (rows, 64), generator=torch.Generator().manual_seed(0)).tolist()
+    base = configs.inference.override(exit="none")
+    print(f"\n3. prompt pass, {rows} prompts of 64 tokens: k rows at r = 16, the rest at r = 2 (ms)")
+    out = []
+    for deep in sorted({k for k in (1, 2, 4, 8, 12, 15) if k < rows}):
+        policies = [base.override(recurrences=16)] * deep + [base.override(recurrences=2)] * (rows - deep)
+        row = {"deep_rows": deep}
+        for name in ("dense", "compacted"):
+            with mode(name):
+                row[name] = timed(repeats, lambda p=policies: engine.start(prompts, p))[0] * 1000  # noqa: B023
+        out.append(row)
+        print(f"  k = {deep:>2}: dense {row['dense']:7.1f}  compacted {row['compacted']:7.1f}"
+              f"  ({row['dense'] / row['compacted']:.2f}x)", flush=True)  # fmt: skip
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
+    p.add_argument("--deep", help="a model trained for deep r, e.g. a recursive-nanochat-mini run")
+    p.add_argument("--exits", default="kl:0.1,latent:0.4")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--only", default="mixed,deep,prompt")
+    p.add_argument("--json")
+    args = p.parse_args()
+    print(machine())
+    print(f"matmul peak (2048^3): fp32 {matmul_peak(torch.float32):.0f} GFLOP/s, "
+          f"bf16 {matmul_peak(torch.bfloat16):.0f} GFLOP/s")  # fmt: skip
+    only, figures = args.only.split(","), {"machine": machine()}
+    with torch.no_grad():
+        if "mixed" in only:
+            figures["mixed"] = mixed_depths(args.checkpoint, args.rows, args.tokens, args.repeats)
+        if "deep" in only and args.deep:
+            figures["deep"] = deep_exits(args.deep, args.rows, args.exits.split(","), args.repeats)
+        if "prompt" in only:
+            figures["prompt"] = prompt_crossover(args.checkpoint, args.rows, args.repeats)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
