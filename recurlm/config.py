@@ -20,8 +20,8 @@ from recurlm.errors import UserError
 
 # The exit criteria recurlm.network.exits implements (tests/test_engine.py checks the two lists agree): named here
 # so that the grammar of an exit spec is checked in one place, whatever reads it (flags, requests, config files).
-EXIT_CRITERIA = ("latent", "kl", "entropy", "cosine", "minp", "argmax")
-EXIT_HELP = "none, latent:EPS, kl:EPS, entropy:EPS, cosine:EPS, minp:EPS or argmax:N"
+EXIT_CRITERIA = ("latent", "kl", "entropy", "cosine", "minp", "argmax", "gate")
+EXIT_HELP = "none, latent:EPS, kl:EPS, entropy:EPS, cosine:EPS, minp:EPS, argmax:N or gate:Q"
 
 
 def parse_exit(spec: str | None) -> tuple[str, float] | None:
@@ -42,7 +42,16 @@ def parse_exit(spec: str | None) -> tuple[str, float] | None:
         raise UserError(f"exit threshold must be a finite number >= 0, got {spec!r}")
     if name == "argmax" and not (eps >= 1 and eps == int(eps)):
         raise UserError(f"exit argmax:N needs a whole number N >= 1 (iterations with one top token), got {spec!r}")
+    if name == "gate" and not 0 < eps <= 1:
+        raise UserError(f"exit gate:Q needs a probability 0 < Q <= 1 (the learned gate's exit mass), got {spec!r}")
     return name, eps
+
+
+def check_exit_fits(spec: str | None, model: "ModelConfig"):
+    """An exit the model can run: `gate:Q` needs a learned exit gate (model.exit_gate)."""
+    rule = parse_exit(spec)
+    if rule is not None and rule[0] == "gate" and not (model.exit_gate and model.n_core):
+        raise UserError(f"exit {spec}: this model has no learned exit gate (train with model.exit_gate = true)")
 
 
 def _at_least(section: str, obj, minimum: int, names: tuple[str, ...]):
@@ -88,6 +97,9 @@ class ModelConfig:
     # sandwich norm (Ouro, Gemma 2): each sublayer's output is normalised too, with a learned per-channel gain, before
     # it joins the residual stream: x + g * norm(f(norm(x))). What a looped block adds per pass stays bounded
     sandwich_norm: bool = False
+    # Ouro's learned exit gate: lambda_t = sigmoid(w . norm(s_t) + b) after each recurrence t, trained through the
+    # expected loss over the steps it would exit at (recurrence.gate_beta); inference exits on `gate:Q`
+    exit_gate: bool = False
 
     def __post_init__(self):
         _one_of("model", self, "mlp", ("relu2", "swiglu"))
@@ -104,6 +116,8 @@ class ModelConfig:
             raise UserError("the model needs at least one block (n_prelude + n_core + n_coda >= 1)")
         if self.recur_lora_rank and not self.recur_lora_count:
             raise UserError("model.recur_lora_rank needs model.recur_lora_count (the number of adapters)")
+        if self.exit_gate and not self.n_core:
+            raise UserError("model.exit_gate needs a looped core (n_core >= 1): a plain GPT has no steps to exit")
 
     @property
     def head_dim(self) -> int:
@@ -135,11 +149,16 @@ class RecurrenceConfig:
     # supervise_weight against the final iteration's
     supervise_every: int = 0
     supervise_weight: float = 0.5
+    # model.exit_gate: the entropy bonus of the exit distribution in the expected loss (Ouro's beta: without it the
+    # gate collapses onto one step and the others go untrained), and, in a stage with `gate_only`, the least loss
+    # improvement one more step must bring for the gate to be taught to go on
+    gate_beta: float = 0.05
+    gate_gamma: float = 0.01
 
     def __post_init__(self):
         _one_of("recurrence", self, "schedule", ("fixed", "poisson_lognormal", "uniform"))
         _at_least("recurrence", self, 1, ("max",))
-        _at_least("recurrence", self, 0, ("bptt_k", "supervise_every"))
+        _at_least("recurrence", self, 0, ("bptt_k", "supervise_every", "gate_beta", "gate_gamma"))
         for name in ("progressive", "supervise_weight"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"recurrence.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -268,6 +287,9 @@ class StageConfig:
     buckets: int = 1  # > 1: each batch holds examples of similar length, one of this many length groups
     abacus_offset: bool = False  # shift each example's digit-significance ids by a random k (McLeish et al.), so
     # that ids past the trained lengths (up to model.abacus) are seen in training and longer numbers have their own
+    # Ouro's second stage: only the exit gate learns (everything else frozen), taught to stop where one more
+    # recurrence improves a token's loss by less than recurrence.gate_gamma
+    gate_only: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.buckets < 1:
@@ -467,14 +489,16 @@ def build_configs(values: dict) -> RunConfig:
     inference = InferencePolicy(**values.get("inference", {}))
     if not inference.recurrences:
         inference = inference.override(recurrences=round(recurrence.mean) if model.n_core else 1)
+    check_exit_fits(inference.exit, model)
+    stages = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
+    if model.exit_gate and recurrence.supervise_every:
+        raise UserError("model.exit_gate's expected loss scores every recurrence already: drop supervise_every")
+    if any(stage.gate_only for stage in stages.values()) and not model.exit_gate:
+        raise UserError("a stage with gate_only trains the exit gate: set model.exit_gate = true")
     return RunConfig(
-        model,
-        recurrence,
-        inference,
-        TokenizerConfig(**values.get("tokenizer", {})),
-        TrainConfig(**values.get("train", {})),
-        {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()},
-    )
+        model, recurrence, inference, TokenizerConfig(**values.get("tokenizer", {})),
+        TrainConfig(**values.get("train", {})), stages,
+    )  # fmt: skip
 
 
 def migrate(raw: dict) -> dict:

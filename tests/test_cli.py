@@ -21,6 +21,7 @@ def run_cli(capsys, *argv):
         (["generate", "--preset", "rrslm-addition", "--recurrences", "0", "--prompt", "1+1="], "recurrences must be"),
         (["generate", "--preset", "rrslm-addition", "--prompt", "1" * 40], "longer than the context"),
         (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--exit", "kl"], "needs a number"),
+        (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--exit", "gate:0.5"], "no learned exit gate"),
         (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--no-cache", "--exit", "latent:0.1"], "cache"),
         (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "checkpoint directory not found"),
         (["nope"], "invalid choice"),

@@ -33,12 +33,23 @@ def reference_measures(states: list[torch.Tensor], logprobs: list[torch.Tensor],
     raise AssertionError(name)
 
 
-def reference_steps(states, logprobs, name, eps, min_steps) -> int:
+def reference_gate_mass(model, states: list[torch.Tensor], i: int) -> float:
+    """The learned gate's cumulative exit probability after iteration i: 1 - prod_{j <= i} (1 - lambda_j)."""
+    w, b = model.exit_gate.weight[0].detach().double(), float(model.exit_gate.bias.detach()[0])
+    stay = 1.0
+    for s in states[1 : i + 1]:
+        stay *= 1 - float(torch.sigmoid(w @ (s / s.pow(2).mean().add(torch.finfo(torch.float32).eps).sqrt()) + b))
+    return 1 - stay
+
+
+def reference_steps(states, logprobs, name, eps, min_steps, model=None) -> int:
     streak = 0
     for i in range(1, R + 1):
         if name == "argmax":
             streak = streak + 1 if logprobs[i].argmax() == logprobs[i - 1].argmax() else 0
             fired = streak >= eps
+        elif name == "gate":
+            fired = reference_gate_mass(model, states, i) >= eps
         else:
             fired = reference_measures(states, logprobs, name, i) < eps
         if fired and i >= min_steps:
@@ -49,7 +60,7 @@ def reference_steps(states, logprobs, name, eps, min_steps) -> int:
 @pytest.fixture(scope="module")
 def trajectories():
     """37 single-token rows (every token of the vocabulary): states and log-probabilities after 0..R iterations."""
-    model = tiny_model(noise=0.3)
+    model = tiny_model(noise=0.3, exit_gate=True)
     x = torch.arange(37)[:, None]
     with torch.no_grad():
         ctx = model.context(1)
@@ -61,12 +72,15 @@ def trajectories():
     return model, x, per_row
 
 
-@pytest.mark.parametrize("name", ["latent", "cosine", "kl", "entropy", "minp", "argmax"])
+@pytest.mark.parametrize("name", ["latent", "cosine", "kl", "entropy", "minp", "argmax", "gate"])
 @pytest.mark.parametrize("min_steps", [1, 3])
 def test_each_criterion_stops_where_the_brute_force_reference_does(trajectories, name, min_steps):
     model, x, per_row = trajectories
     if name == "argmax":
         thresholds = [1.0, 2.0, 3.0]
+    elif name == "gate":  # the exit mass's quartiles at the middle iteration
+        mid = torch.tensor([reference_gate_mass(model, st, R // 2) for st, _ in per_row])
+        thresholds = mid.double().quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
     else:  # the measures' quartiles at the middle iteration: every threshold stops some rows, not all
         mid = torch.tensor([reference_measures(st, lp, name, R // 2) for st, lp in per_row])
         thresholds = mid.double().quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
@@ -77,7 +91,7 @@ def test_each_criterion_stops_where_the_brute_force_reference_does(trajectories,
             ctx = model.context(1)
             e = model.embed(x, ctx)
             run = model.recur_until(e, model.init_state(e), Halting.build([(R, min_steps, spec)] * 37), ctx)
-        want = [reference_steps(st, lp, name, eps, min_steps) for st, lp in per_row]
+        want = [reference_steps(st, lp, name, eps, min_steps, model) for st, lp in per_row]
         # float32 against float64 may disagree on a measure within rounding of its threshold: allow one row
         agree = sum(int(a == b) for a, b in zip(run.steps[:, 0].tolist(), want, strict=True))
         assert agree >= 36, (spec, run.steps[:, 0].tolist(), want)
@@ -87,10 +101,12 @@ def test_each_criterion_stops_where_the_brute_force_reference_does(trajectories,
 
 def test_every_named_criterion_is_implemented():
     assert set(EXIT_CRITERIA) == set(CRITERIA)
-    assert {c.watches for c in CRITERIA.values()} == {"state", "logprobs"}
+    assert {c.watches for c in CRITERIA.values()} == {"state", "logprobs", "gate"}
 
 
-@pytest.mark.parametrize("spec", ["argmax:0", "argmax:1.5", "argmax:-1", "entropy:nan", "minp:", "cosin:0.1"])
+@pytest.mark.parametrize(
+    "spec", ["argmax:0", "argmax:1.5", "argmax:-1", "entropy:nan", "minp:", "cosin:0.1", "gate:0", "gate:1.5"]
+)
 def test_bad_exit_specs_are_one_line_errors(spec):
     with pytest.raises(UserError) as err:
         parse_exit(spec)

@@ -23,8 +23,9 @@ SMALL = ["d_model=32", "n_head=4", "mlp_hidden=48", "seq_len=40"]
 ARCHITECTURES = {
     # MiniAxion's switches: factorised projections, SwiGLU, tied embeddings, 'add' injection
     "factorised": ("miniaxion-0.9m", ["proj_rank=4", "recurrences=3"]),
-    "concat-gqa-softcap": ("miniaxion-0.9m", ["inject=concat_linear", "n_kv_head=2", "mlp=relu2",
-                                              "tie_embeddings=false", "logit_softcap=15", "state_init=zero"]),
+    "concat-gqa-softcap-gate": ("miniaxion-0.9m", ["inject=concat_linear", "n_kv_head=2", "mlp=relu2",
+                                                   "tie_embeddings=false", "logit_softcap=15", "state_init=zero",
+                                                   "exit_gate=true"]),
     "lora-random-state": ("miniaxion-0.9m", ["recur_lora_rank=2", "recur_lora_count=2", "state_init=random"]),
     "gate-abacus": ("rrslm-addition", ["n_core=1"]),
     "contractive-sandwich": ("miniaxion-0.9m", ["inject=contractive", "sandwich_norm=true", "recurrences=3"]),
@@ -32,9 +33,11 @@ ARCHITECTURES = {
 }  # fmt: skip
 
 EXITS = ("latent:0.255", "latent:0.3", "latent:0.45", "kl:0.001", "kl:0.01", "kl:0.1", "cosine:0.01", "cosine:0.05",
-         "entropy:0.01", "entropy:0.1", "minp:0.01", "argmax:1", "argmax:2")  # fmt: skip
+         "entropy:0.01", "entropy:0.1", "minp:0.01", "argmax:1", "argmax:2", "gate:0.3", "gate:0.6")  # fmt: skip
+# generate() through the export's cache: (kv budget, warm start, exit) at num_steps = 3
+CACHED = ((1, True, "none"), (3, False, "none"), (1, True, "kl:0.01"), (2, False, "latent:0.3"), (3, True, "argmax:1"))
 LOAD = (
-    f"EXITS = {EXITS}\n"
+    f"EXITS = {EXITS}\nCACHED = {CACHED}\n"
     + r"""
 import json, os, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -50,11 +53,21 @@ for name, s in spec.items():
             res["logits"][r] = model(ids, num_steps=r, exit="none").logits[0].tolist()
         res["exit"] = {}
         for spec in EXITS:
+            if spec.startswith("gate") and not model.config.exit_gate:
+                continue
             torch.manual_seed(0)
             ex = model(ids, num_steps=4, exit=spec)
             res["exit"][spec] = {"logits": ex.logits[0].tolist(), "steps": ex.steps[0].tolist()}
         torch.manual_seed(0)
-        gen = model.generate(ids, max_new_tokens=6, do_sample=False, num_steps=2, exit="none")
+        gen = model.generate(ids, max_new_tokens=6, do_sample=False, num_steps=2, exit="none", use_cache=False)
+        res["cached"], fed = {}, []
+        hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        for budget, warm, spec in CACHED:
+            fed.clear()
+            got = model.generate(ids, max_new_tokens=8, do_sample=False, num_steps=3, exit=spec, kv_budget=budget,
+                                 warm_start=warm, eos_token_id=None)
+            res["cached"][f"{budget} {warm} {spec}"] = {"tokens": got[0, ids.shape[1]:].tolist(), "fed": list(fed)}
+        hook.remove()
     res["generated"] = gen[0, ids.shape[1]:].tolist()
     res["decoded"] = tok.decode(res["generated"], skip_special_tokens=True)
     trace = "<INST>What is 1 + 2?</INST><THINK><STEP>1 + 2 = 3</STEP></THINK><ANS>3</ANS>"
@@ -129,7 +142,8 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
 
     # per-token exit: the same loop as recurlm's, tokens stopping at their own iteration
     x, varied = torch.tensor([ids]), False
-    for spec in EXITS:
+    assert ("gate:0.3" in res["exit"]) == configs.model.exit_gate
+    for spec in res["exit"]:
         torch.manual_seed(0)
         with torch.no_grad():
             ctx = model.context(len(ids))
@@ -150,6 +164,13 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
     torch.manual_seed(0)
     gen = Engine(model, tok.digit_ids if configs.model.abacus else None).generate([ids], 6, pol, tok.stop_ids)
     assert res["generated"][: len(gen.tokens[0])] == gen.tokens[0]
+    # with the cache, generate() decodes as recurlm's engine does, feeding one new token per forward
+    for budget, warm, spec in CACHED:
+        pol = configs.inference.override(recurrences=3, kv_budget=budget, warm_start=warm, exit=spec)
+        want = Engine(model, tok.digit_ids if configs.model.abacus else None).generate([ids], 8, pol)
+        got = res["cached"][f"{budget} {warm} {spec}"]
+        assert got["tokens"] == want.tokens[0], (budget, warm, spec)
+        assert got["fed"] == [len(ids)] + [1] * 7
     # decoded as pipelines do (skip_special_tokens): only BOS/EOS/PAD go, the trace tags stay
     dropped = {tok.token_id(t) for t in ("<|bos|>", "<|eos|>", "<|pad|>")} | {tok.eos_id}
     assert res["decoded"] == tok.decode([t for t in res["generated"] if t not in dropped])

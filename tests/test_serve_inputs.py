@@ -67,6 +67,7 @@ def assert_openai_error(response, status, param=None):
         ({"messages": HI, "exit": "kl:nan"}, "exit"),
         ({"messages": HI, "exit": "latent:-1"}, "exit"),
         ({"messages": HI, "exit": "argmax:0.5"}, "exit"),
+        ({"messages": HI, "exit": "gate:0.5"}, "exit"),  # the model has no learned exit gate
         ({"messages": HI, "recurrences": 0}, "recurrences"),
         ({"messages": HI, "recurrences": 10**6}, "recurrences"),
         ({"messages": HI, "logprobs": True}, "logprobs"),

@@ -69,3 +69,43 @@ def test_a_plain_gpt_ignores_the_loop_objectives():
     plain = tiny_model(n_core=0, n_prelude=2)
     sup = Supervision(every=1, weight=0.5, progressive=0.5, split=(1, 1))
     assert torch.allclose(plain(IDX, 1, targets=TARGETS, supervision=sup), plain(IDX, 1, targets=TARGETS))
+
+
+def per_step(model, r):
+    """Each iteration's per-token loss (r, B, T) and the exit gate's lambda (r, B, T), written out."""
+    ctx = model.context(IDX.size(1))
+    e = model.embed(IDX, ctx)
+    s, losses, lams = model.init_state(e), [], []
+    for i in range(r):
+        s = model.core_step(e, s, i, ctx)
+        logits = model.unembed(model.coda_out(s, ctx))
+        losses.append(F.cross_entropy(logits.flatten(0, 1), TARGETS.flatten(), reduction="none").view(IDX.shape))
+        lams.append(torch.sigmoid(model.exit_gate(F.rms_norm(s, (s.size(-1),))))[..., 0])
+    return torch.stack(losses), torch.stack(lams)
+
+
+def test_exit_gate_trains_on_the_expected_loss_over_exit_steps():
+    """Ouro's objective: p_t = lambda_t prod_{j<t} (1 - lambda_j), the last step the rest; sum_t p_t L_t minus beta
+    times the entropy of p; and every part learns from it (the gate too)."""
+    model = tiny_model(exit_gate=True)
+    L, lam = per_step(model, 3)
+    p = torch.stack([lam[0], (1 - lam[0]) * lam[1], (1 - lam[0]) * (1 - lam[1])])
+    assert torch.allclose(p.sum(0), torch.ones_like(p[0]))
+    for beta in (0.0, 0.3):
+        want = ((p * L).sum(0) + beta * (p * p.log()).sum(0)).mean()
+        got = model(IDX, 3, targets=TARGETS, supervision=Supervision(gate_beta=beta))
+        assert torch.allclose(got, want, atol=1e-5)
+    learned = grads(model, model(IDX, 3, targets=TARGETS, supervision=Supervision(gate_beta=0.05)))
+    assert {"exit_gate.weight", "core.0.attn.c_q.weight", "coda.0.mlp.c_fc.weight"} <= learned.keys()
+
+
+def test_exit_gate_second_stage_teaches_only_the_gate_where_more_steps_stop_paying():
+    model = tiny_model(exit_gate=True)
+    L, lam = per_step(model, 4)
+    stop = (L[:-1] - L[1:] < 0.01).float()
+    assert 0 < stop.mean() < 1  # some tokens gain from one more step, some do not
+    want = F.binary_cross_entropy(lam[:-1], stop)
+    sup = Supervision(gate_only=True, gate_gamma=0.01)
+    got = model(IDX, 4, targets=TARGETS, supervision=sup)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert set(grads(model, got)) == {"exit_gate.weight", "exit_gate.bias"}  # the network itself stays as it is

@@ -471,3 +471,21 @@ def test_core_lr_scale_slows_only_the_shared_parameters(tmp_path, optimizer):
     assert {k.split(".")[0] for k in moved} >= {"prelude", "coda", "wte"}
     with pytest.raises(UserError, match="core_lr_scale"):
         tiny("core_lr_scale=0")
+
+
+def test_exit_gate_trains_with_the_network_then_alone(tmp_path):
+    """model.exit_gate: the expected-loss objective trains every part and the loss goes down; a `gate_only` stage
+    (Ouro's second stage) changes the gate's two parameters and nothing else."""
+    model, _ = train(tiny("exit_gate=true"), tmp_path / "joint")
+    assert losses(tmp_path / "joint")[-1] < 0.6 * losses(tmp_path / "joint")[0]
+    init, _ = train(tiny("exit_gate=true"), tmp_path / "init", stop_after=0)
+    init = {k: v.clone() for k, v in init.state_dict().items()}
+    alone, _ = train(tiny("exit_gate=true", "stage.curriculum.gate_only=true", "stage.curriculum.steps=4"),
+                     tmp_path / "alone")  # fmt: skip
+    moved = {k for k, v in alone.state_dict().items() if not torch.equal(v, init[k])}
+    assert moved == {"exit_gate.weight", "exit_gate.bias"}
+    for bad, message in ((["stage.curriculum.gate_only=true"], "exit_gate"),
+                         (["exit_gate=true", "supervise_every=1"], "supervise_every"),
+                         (["n_core=0", "exit_gate=true"], "looped core")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            tiny(*bad)

@@ -38,6 +38,8 @@ def hf_config(configs: dict, digit_ids: set[int]) -> dict:
         "num_steps": policy.recurrences,
         "exit": policy.exit,
         "min_steps": policy.min_steps,
+        "kv_budget": policy.kv_budget,
+        "warm_start": policy.warm_start,
         "torch_dtype": "float32",
     }
 
@@ -76,15 +78,17 @@ print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))  # trace tags
 - `exit` (default `{p.exit}`): per-token adaptive exit, `none`, `latent:EPS` (the state's relative change falls under
   EPS), `cosine:EPS` (1 - the cosine of successive states), `kl:EPS` (the next-token distribution's KL from the
   previous iteration's), `entropy:EPS` (the change of its entropy), `minp:EPS` (KL of min-p filtered distributions)
-  or `argmax:N` (the top token unchanged for N iterations); `num_steps` is then the cap.
+  , `argmax:N` (the top token unchanged for N iterations) or, for a model trained with an exit gate, `gate:Q` (stop
+  once the learned exit probability adds up to Q); `num_steps` is then the cap.
   `min_steps` (default {p.min_steps}): the exit fires after at least this many.
 - Each is a field of config.json and an argument of `forward()` and `generate()`; `forward()` returns `steps`, the
   recurrences each token ran.
 
 ## What differs from recurlm
-- No KV cache (`use_cache` is off): `generate()` recomputes the sequence at every token, which is what recurlm
-  computes with `kv_budget = r` and no warm start. recurlm's own engine (KV budget 1, warm start, adaptive exit of
-  generated tokens only, continuous batching) is faster.
+- `generate()` decodes through recurlm's KV cache (`RecurLMCache`: `kv_budget` (default {p.kv_budget}) core slots per
+  block, warm start ({p.warm_start}), the exit applied to generated tokens): the tokens recurlm's engine gives under the
+  same policy. `use_cache=False` recomputes the whole sequence at every token instead (every token under the exit,
+  `kv_budget = r`, no warm start). Continuous batching and depth batching are recurlm's engine's alone.
 - Batches must not be padded (sequences of equal length).
 - Prompt format: `{template}`; the tokenizer adds `{BOS}` in front as recurlm does.
 """
@@ -123,7 +127,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, force: bool = False) 
     files = {
         "config.json": json.dumps(hf_config(configs, tok.digit_ids), indent=2),
         "generation_config.json": json.dumps(
-            {"use_cache": False, "do_sample": False, "eos_token_id": tok.stop_ids},
+            {"use_cache": True, "do_sample": False, "eos_token_id": tok.stop_ids},
             indent=2,
         ),
         "modeling_recurlm.py": MODELING.read_text(),

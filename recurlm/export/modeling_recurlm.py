@@ -1,17 +1,20 @@
 """A recurlm recurrent-depth GPT for Hugging Face transformers (written by `recurlm export hf`; needs torch and
 transformers only).
 
-Prelude blocks run once, the core blocks `num_steps` times, then the coda: the same mathematics as recurlm's model
-without its KV cache, so every forward recomputes the whole sequence (what recurlm computes with `kv_budget = r`).
-`num_steps`, `exit` ('none', 'latent:EPS', 'kl:EPS', 'entropy:EPS', 'cosine:EPS', 'minp:EPS' or 'argmax:N') and
-`min_steps` are config fields and per-call arguments of
-`forward` and `generate`.
+Prelude blocks run once, the core blocks `num_steps` times, then the coda: the same mathematics as recurlm's model.
+`generate` decodes through `RecurLMCache`, recurlm's KV cache across recurrences (`kv_budget` core slots per block,
+warm start, exits of generated tokens), so it gives the tokens recurlm's engine gives under the same policy; a
+forward without a cache recomputes the whole sequence (what recurlm computes with `kv_budget = r`), every token
+under the exit rule. `num_steps`, `exit` ('none', 'latent:EPS', 'kl:EPS', 'entropy:EPS', 'cosine:EPS',
+'minp:EPS', 'argmax:N' or, with a learned exit gate, 'gate:Q'), `min_steps`, `warm_start` and `kv_budget` are
+config fields and per-call arguments of `generate` (all but `kv_budget` of `forward` too).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
@@ -23,14 +26,16 @@ class RecurLMConfig(PretrainedConfig):
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
         mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
         abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
-        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, sandwich_norm=False, **kwargs,
+        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, sandwich_norm=False,
+        exit_gate=False, kv_budget=1, warm_start=False, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
         self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
         self.abacus, self.digit_token_ids, self.logn_attention = abacus, list(digit_token_ids), logn_attention
-        self.sandwich_norm = sandwich_norm
+        self.sandwich_norm, self.exit_gate = sandwich_norm, exit_gate
+        self.kv_budget, self.warm_start = kv_budget, warm_start  # the cache generate() decodes with
         self.inject, self.gate, self.state_init = inject, gate, state_init
         self.recur_lora_rank, self.recur_lora_count = recur_lora_rank, recur_lora_count
         self.num_steps, self.exit, self.min_steps = num_steps, exit, min_steps
@@ -91,7 +96,9 @@ class Block(nn.Module):
         self.attn_gain = nn.Parameter(torch.ones(d)) if c.sandwich_norm else None
         self.mlp_gain = nn.Parameter(torch.ones(d)) if c.sandwich_norm else None
 
-    def forward(self, x, cos, sin, adapter=None):
+    def forward(self, x, cos, sin, adapter=None, kv=None):
+        """kv: (cache, slot, hold, keep) to read and write a `RecurLMCache` slot at the cache's length; else the
+        sequence attends to itself (no cache)."""
         B, T, _ = x.shape
         a, h = self.attn, norm(x)
         q = a.c_q(h, adapter).view(B, T, self.n_head, self.hd)
@@ -99,11 +106,15 @@ class Block(nn.Module):
         v = a.c_v(h, adapter).view(B, T, self.n_kv, self.hd)
         if self.rope:
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
-        q, k = norm(q).transpose(1, 2), norm(k).transpose(1, 2)
+        q, k, v = norm(q).transpose(1, 2), norm(k).transpose(1, 2), v.transpose(1, 2)
+        start = 0 if kv is None else kv[0].length
         if a.logn_gain is not None:  # query scale: gain x log(position + 2)
-            logn = torch.log(torch.arange(T, device=x.device, dtype=torch.float32) + 2)[:, None]
+            logn = torch.log(torch.arange(start, start + T, device=x.device, dtype=torch.float32) + 2)[:, None]
             q = q * (a.logn_gain[:, None, None] * logn).to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=self.n_kv != self.n_head)
+        if kv is not None:
+            k, v = kv[0].write(*kv[1:], k, v)
+        # T new tokens see every cached position and each other causally (T > 1 only for a prompt from position 0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_head)
         y = a.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
         x = x + (y if self.attn_gain is None else F.rms_norm(y, (y.size(-1),), self.attn_gain))
         h = norm(x)
@@ -116,8 +127,8 @@ def parse_exit(spec):
     if spec in (None, "none"):
         return None
     name, _, eps = str(spec).partition(":")
-    if name not in ("latent", "kl", "entropy", "cosine", "minp", "argmax"):
-        raise ValueError(f"unknown exit {spec!r}: use none or latent, kl, entropy, cosine, minp:EPS, or argmax:N")
+    if name not in ("latent", "kl", "entropy", "cosine", "minp", "argmax", "gate"):
+        raise ValueError(f"unknown exit {spec!r}: use none, latent, kl, entropy, cosine, minp:EPS, argmax:N or gate:Q")
     return name, float(eps)
 
 
@@ -140,6 +151,9 @@ def exit_fired(name, eps, prev, cur, memory):
     if name == "argmax":  # the top token unchanged for eps successive iterations
         memory["streak"] = (memory.get("streak", 0) + 1) * (prev.argmax(-1) == cur.argmax(-1))
         return memory["streak"] >= eps
+    if name == "gate":  # the learned gate's cumulative exit probability reaches eps
+        memory["mass"] = memory.get("mass", 0) + (1 - memory.get("mass", 0)) * cur
+        return memory["mass"] >= eps
     if name == "latent":
         measure = (cur - prev).float().norm(dim=-1) / cur.float().norm(dim=-1).clamp_min(1e-12)
     elif name == "cosine":
@@ -171,6 +185,50 @@ def significance_ids(ids, n_prompt, digits):
     return out
 
 
+class RecurLMCache(Cache):
+    """recurlm's KV cache across recurrences: one slot per prelude and coda block, `kv_budget` slots per core block.
+    Iteration i of a token writes core slot i mod budget, so past tokens expose their latest iteration congruent
+    to it (budget = num_steps: the uncached forward exactly; budget 1: every iteration attends to the past tokens'
+    final one, and memory does not grow with num_steps); a token that stops early (an exit) keeps its final K/V
+    in the slots of the iterations it skips. It also keeps each row's last final state (warm start: the next
+    token's recurrence starts there) and digit-run counter (abacus models)."""
+
+    is_compileable = False
+
+    def __init__(self, config, batch, budget, device, dtype):
+        super().__init__(layers=[])
+        self.config, self.budget, self.length = config, budget, 0
+        slots = config.n_prelude + config.n_core * budget + config.n_coda
+        shape = (batch, config.n_kv_head, config.seq_len, config.d_model // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(slots)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(slots)]
+        self.final = None  # (B, 1, d): the last token's final state
+        self.runs = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def get_seq_length(self, layer_idx=0):
+        return self.length
+
+    def slot(self, group, index, iteration=0):
+        c = self.config
+        if group == "prelude":
+            return index
+        if group == "core":
+            return c.n_prelude + index * self.budget + iteration % self.budget
+        return c.n_prelude + c.n_core * self.budget + index
+
+    def write(self, slot, hold, keep, k, v):
+        """Put the new tokens' (B, H, T, D) keys and values at the cache's length; rows not in `keep` (tokens that
+        stopped) keep their final K/V there, from slot `hold` (their last iteration's). Returns every key and value
+        up to the new tokens."""
+        p, T = self.length, k.size(2)
+        if keep is not None:
+            keep = keep[:, None, None, None]
+            k = torch.where(keep, k, self.k[hold][:, :, p : p + T])
+            v = torch.where(keep, v, self.v[hold][:, :, p : p + T])
+        self.k[slot][:, :, p : p + T], self.v[slot][:, :, p : p + T] = k, v
+        return self.k[slot][:, :, : p + T], self.v[slot][:, :, : p + T]
+
+
 class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = RecurLMConfig
     base_model_prefix = "recurlm"
@@ -189,12 +247,13 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.decay = nn.Parameter(torch.empty(d)) if c.n_core and c.inject == "contractive" else None
         self.gate = Linear(2 * d, d) if c.n_core and c.gate else None
         self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
+        self.exit_gate = nn.Linear(d, 1) if c.n_core and c.exit_gate else None  # Ouro's learned exit gate
         self.lm_head = None if c.tie_embeddings else Linear(d, c.vocab_size)
         self.post_init()
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
-        return False  # no KV cache: generation recomputes the sequence (disabled cleanly, not half-supported)
+        return False  # recurlm's own cache (`RecurLMCache`), made in prepare_inputs_for_generation
 
     def get_input_embeddings(self):
         return self.wte
@@ -210,7 +269,9 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         f = torch.outer(torch.arange(T, dtype=torch.float32, device=device), inv)
         return f.cos()[None, :, None, :], f.sin()[None, :, None, :]
 
-    def _step(self, e, s, i, cos, sin):
+    def _step(self, e, s, i, cos, sin, cache=None, keep=None):
+        """One recurrence; with a cache, iteration i's core slots, and rows not in `keep` (stopped tokens) leave
+        their final K/V there."""
         c = self.config
         adapter = min(i, c.recur_lora_count - 1) if c.recur_lora_rank else None
         if self.inject is not None:
@@ -219,82 +280,156 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
             u = torch.exp(-torch.exp(self.decay)).to(s.dtype) * s + e
         else:
             u = e + s
-        for block in self.core:
-            u = block(u, cos, sin, adapter)
+        for j, block in enumerate(self.core):
+            kv = None
+            if cache is not None:
+                kv = (cache, cache.slot("core", j, i), cache.slot("core", j, i - 1) if keep is not None else None, keep)
+            u = block(u, cos, sin, adapter, kv)
         if self.gate is None:
             return u
         g = torch.sigmoid(self.gate(torch.cat([s, u], dim=-1)) + self.gate_bias)
         return g * u + (1 - g) * s
 
-    def _head(self, s, cos, sin):
-        for block in self.coda:
-            s = block(s, cos, sin)
+    def _head(self, s, cos, sin, cache=None):
+        for j, block in enumerate(self.coda):
+            s = block(s, cos, sin, kv=None if cache is None else (cache, cache.slot("coda", j), None, None))
         h = norm(s)
         logits = self.lm_head(h) if self.lm_head is not None else F.linear(h, self.wte.weight)
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
-    def _watch(self, name, s, cos, sin):
-        return s if name in ("latent", "cosine") else F.log_softmax(self._head(s, cos, sin).float(), dim=-1)
+    def _watch(self, name, s, cos, sin, cache=None):
+        if name == "gate":  # lambda: the probability of exiting here, given no exit before
+            return torch.sigmoid(self.exit_gate(norm(s)).float())[..., 0]
+        return s if name in ("latent", "cosine") else F.log_softmax(self._head(s, cos, sin, cache).float(), dim=-1)
+
+    def _initial(self, e):
+        kind = self.config.state_init
+        if kind == "prelude":
+            return e
+        if kind == "zero":
+            return torch.zeros_like(e)
+        return nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)
+
+    def _recur(self, e, s, r, rule, least, cos, sin, cache=None):
+        """r recurrences, or under an exit rule each token until its measure fires (a stopped token keeps its
+        state, and with a cache its final K/V); returns the final states and the recurrences per token."""
+        B, T = e.shape[:2]
+        if not self.core:
+            return s, torch.zeros(B, T, dtype=torch.long, device=e.device)
+        if rule is None:
+            for i in range(r):
+                s = self._step(e, s, i, cos, sin, cache)
+            return s, torch.full((B, T), r, dtype=torch.long, device=e.device)
+        name, eps = rule
+        active, steps = torch.ones(B, T, dtype=torch.bool, device=e.device), torch.zeros(B, T, dtype=torch.long)
+        prev, memory = self._watch(name, s, cos, sin, cache), {}
+        for i in range(r):
+            keep = active[:, 0] if cache is not None and i and not bool(active.all()) else None
+            s = torch.where(active[..., None], self._step(e, s, i, cos, sin, cache, keep), s)
+            steps += active
+            cur = self._watch(name, s, cos, sin, cache)
+            active = active & ~(exit_fired(name, eps, prev, cur, memory) & (i + 1 >= least)) & (i + 1 < r)
+            prev = cur
+            if not bool(active.any()):
+                if cache is not None:  # the slots of the iterations every token skipped: its final K/V
+                    p = cache.length
+                    for it in range(i + 1, min(r, i + 1 + cache.budget)):
+                        for j in range(len(self.core)):
+                            write, hold = cache.slot("core", j, it), cache.slot("core", j, it - 1)
+                            cache.k[write][:, :, p] = cache.k[hold][:, :, p]
+                            cache.v[write][:, :, p] = cache.v[hold][:, :, p]
+                break
+        return s, steps
+
+    def _cached(self, input_ids, cache, r, rule, least, warm_start):
+        """New tokens through the cache, as recurlm's engine runs them: a prompt (from position 0) in parallel at
+        r recurrences, then one token at a time, each from the previous token's final state (warm start) and
+        under the exit rule. Returns the logits and the recurrences per token."""
+        B, T = input_ids.shape
+        if T > 1 and cache.length:  # several tokens after the prompt: one at a time (the engine's rule)
+            parts = [self._cached(input_ids[:, t : t + 1], cache, r, rule, least, warm_start) for t in range(T)]
+            return torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)
+        c, start = self.config, cache.length
+        cos, sin = self._rotary(start + T, input_ids.device)
+        cos, sin = cos[:, start:], sin[:, start:]
+        x = self.wte(input_ids)
+        if self.abacus is not None:
+            digits = set(c.digit_token_ids)
+            if start == 0:
+                digit_pos = torch.tensor([significance_ids(row, T, digits) for row in input_ids.tolist()])
+            else:  # a generated number counts its digits from the first
+                is_digit = torch.tensor([t in digits for t in input_ids[:, 0].tolist()], device=input_ids.device)
+                cache.runs = torch.where(is_digit, cache.runs + 1, 0)
+                digit_pos = cache.runs[:, None]
+            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
+        e = norm(x)
+        for j, block in enumerate(self.prelude):
+            e = block(e, cos, sin, kv=(cache, cache.slot("prelude", j), None, None))
+        s = cache.final if start and warm_start and self.core else self._initial(e)
+        s, steps = self._recur(e, s, r, None if start == 0 else rule, least, cos, sin, cache)
+        logits = self._head(s, cos, sin, cache)
+        cache.final, cache.length = s[:, -1:], start + T
+        return logits, steps
 
     def forward(
         self, input_ids=None, attention_mask=None, labels=None, num_steps=None, exit=None, min_steps=None,
-        prompt_length=None, digit_pos=None, past_key_values=None, use_cache=None, return_dict=None, **kwargs,
+        warm_start=None, prompt_length=None, digit_pos=None, cache=None, use_cache=None, return_dict=None,
+        kv_budget=None, **kwargs,
     ):  # fmt: skip
+        """Without `cache`: the whole sequence in parallel, every token under the exit rule. With a `RecurLMCache`
+        (what `generate` makes, with `kv_budget` slots per core block): the new tokens only, as recurlm's engine
+        decodes."""
         c = self.config
         r = c.num_steps if num_steps is None else int(num_steps)
         rule = parse_exit(c.exit if exit is None else exit)
         least = c.min_steps if min_steps is None else int(min_steps)
         if r < 1:
             raise ValueError(f"num_steps must be >= 1, got {r}")
+        if rule is not None and rule[0] == "gate" and self.exit_gate is None:
+            raise ValueError("exit gate:Q needs a model trained with an exit gate; this one has none")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("padded batches are not supported: pass sequences of equal length (no padding)")
-        B, T = input_ids.shape
-        cos, sin = self._rotary(T, input_ids.device)
-        x = self.wte(input_ids)
-        if self.abacus is not None:
-            if digit_pos is None:
-                n = T if prompt_length is None else int(prompt_length)
-                ids = input_ids.tolist()
-                digit_pos = torch.tensor([significance_ids(row, n, set(c.digit_token_ids)) for row in ids])
-            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
-        e = norm(x)
-        for block in self.prelude:
-            e = block(e, cos, sin)
-        if c.state_init == "prelude":
-            s = e
-        elif c.state_init == "zero":
-            s = torch.zeros_like(e)
+        if cache is not None:
+            if cache.length + input_ids.shape[1] > c.seq_len:
+                raise ValueError(f"sequence of {cache.length + input_ids.shape[1]} tokens is longer than the context "
+                                 f"({c.seq_len})")  # fmt: skip
+            logits, steps = self._cached(input_ids, cache, r, rule, least, c.warm_start if warm_start is None
+                                         else warm_start)  # fmt: skip
         else:
-            s = nn.init.trunc_normal_(torch.empty_like(e), std=1.0, a=-3.0, b=3.0)
-        steps = torch.full((B, T), r if self.core else 0, dtype=torch.long, device=e.device)
-        if self.core and rule is None:
-            for i in range(r):
-                s = self._step(e, s, i, cos, sin)
-        elif self.core:  # per-token exit: a token whose measure falls under eps stops and keeps its state
-            name, eps = rule
-            active, steps = torch.ones(B, T, dtype=torch.bool, device=e.device), torch.zeros_like(steps)
-            prev, memory = self._watch(name, s, cos, sin), {}
-            for i in range(r):
-                s = torch.where(active[..., None], self._step(e, s, i, cos, sin), s)
-                steps += active
-                cur = self._watch(name, s, cos, sin)
-                active = active & ~(exit_fired(name, eps, prev, cur, memory) & (i + 1 >= least)) & (i + 1 < r)
-                prev = cur
-                if not bool(active.any()):
-                    break
-        logits = self._head(s, cos, sin)
+            B, T = input_ids.shape
+            cos, sin = self._rotary(T, input_ids.device)
+            x = self.wte(input_ids)
+            if self.abacus is not None:
+                if digit_pos is None:
+                    n = T if prompt_length is None else int(prompt_length)
+                    ids = input_ids.tolist()
+                    digit_pos = torch.tensor([significance_ids(row, n, set(c.digit_token_ids)) for row in ids])
+                x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
+            e = norm(x)
+            for block in self.prelude:
+                e = block(e, cos, sin)
+            s, steps = self._recur(e, self._initial(e), r, rule, least, cos, sin)
+            logits = self._head(s, cos, sin)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
         out["steps"] = steps  # recurrences each token ran (an extra field; clients may ignore it)
         return out
 
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        """The whole sequence every step (no cache), with the recurrence arguments passed through."""
-        keep = ("num_steps", "exit", "min_steps", "prompt_length")
-        return {"input_ids": input_ids, **{k: kwargs[k] for k in keep if kwargs.get(k) is not None}}
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, **kwargs):
+        """With the cache (the default): a `RecurLMCache` made at the first step (its KV budget: `kv_budget`, else
+        the config's) and only the tokens it does not hold yet; without (`use_cache=False`): the whole sequence
+        every step. The recurrence arguments pass through."""
+        keep = ("num_steps", "exit", "min_steps", "warm_start", "prompt_length")
+        inputs = {k: kwargs[k] for k in keep if kwargs.get(k) is not None}
+        if not kwargs.get("use_cache", True):
+            return {"input_ids": input_ids, **inputs}
+        if cache is None:
+            budget = int(kwargs.get("kv_budget") or self.config.kv_budget)
+            cache = RecurLMCache(self.config, input_ids.shape[0], budget, input_ids.device, self.wte.weight.dtype)
+        return {"input_ids": input_ids[:, cache.length :], "cache": cache, **inputs}
 
     def generate(self, input_ids=None, **kwargs):
         if input_ids is not None:  # abacus ids count the generated digits from where the prompt ends

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from recurlm.config import InferencePolicy
+from recurlm.config import InferencePolicy, check_exit_fits
 from recurlm.errors import UserError
 from recurlm.inference import beam, generation
 from recurlm.inference.state import DecodeState, InFlight
@@ -81,6 +81,8 @@ class Engine:
             raise UserError(f"{len(policies)} policies for {n} sequences")
         if len({p.kv_budget for p in policies}) > 1:
             raise UserError("sequences with different kv budgets cannot share a batch")
+        for p in policies:
+            check_exit_fits(p.exit, self.cfg)
         if not self.model.core:  # no loop, no state to carry: a warm start would hand a token its predecessor's
             policies = [p.override(warm_start=False) for p in policies]
         return policies

@@ -2,8 +2,8 @@
 class each, and `Halting`, which applies them per row of a batch with each row's own cap and thresholds.
 
 A criterion compares what it watches at two successive iterations. `watches` tells the loop what to hand it: the
-recurrent state ('state') or the log-probabilities of the coda and head run on that state ('logprobs', which costs
-a coda + head pass per iteration).
+recurrent state ('state'), the log-probabilities of the coda and head run on that state ('logprobs', which costs
+a coda + head pass per iteration), or the learned exit gate's probability ('gate', a dot product).
 """
 
 from dataclasses import dataclass
@@ -85,6 +85,18 @@ class ArgmaxStable(Criterion):
         return (streak >= eps) & eps.isfinite()  # eps = -inf: a row that does not use this criterion
 
 
+class ExitGate(Criterion):
+    """Ouro's learned gate (model.exit_gate): lambda_t, the probability of exiting after iteration t given none
+    before; a token stops once its cumulative exit probability 1 - prod_j (1 - lambda_j) reaches Q (eps = Q). The
+    cumulative probability is kept in `memory` (0 before the first iteration)."""
+
+    watches = "gate"
+
+    def fired(self, prev, cur, eps, memory):
+        mass = memory["gate"] = memory.get("gate", 0) + (1 - memory.get("gate", 0)) * cur
+        return (mass >= eps) & eps.isfinite()  # eps = -inf: a row that does not use the gate
+
+
 def entropy(logprobs: torch.Tensor) -> torch.Tensor:
     return -(logprobs.exp() * logprobs).sum(dim=-1)
 
@@ -97,6 +109,7 @@ CRITERIA = {
     "cosine": CosineChange(),
     "minp": MinPKL(),
     "argmax": ArgmaxStable(),
+    "gate": ExitGate(),
 }
 
 

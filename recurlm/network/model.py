@@ -153,14 +153,17 @@ class Context:
 @dataclass
 class Supervision:
     """What a training step's loss reads besides the final iteration's output (recurrence config, docs/design.md
-    §1): every `every`-th iteration's output, weighted `weight` against the final one (deep supervision); and with
+    §1): every `every`-th iteration's output, weighted `weight` against the final one (deep supervision); with
     weight `progressive`, the output after `split` = (n, k) iterations, n of them without gradient (Bansal et al.'s
-    progressive loss)."""
+    progressive loss); and with an exit gate, the gate's objectives (`RecurrentGPT.gate_loss`)."""
 
     every: int = 0
     weight: float = 0.5
     progressive: float = 0.0
     split: tuple[int, int] = (0, 1)
+    gate_beta: float = 0.05  # model.exit_gate: the entropy bonus of the expected loss (recurrence.gate_beta)
+    gate_only: bool = False  # the second stage: only the gate learns, from each step's loss improvement
+    gate_gamma: float = 0.01
 
 
 @dataclass
@@ -254,6 +257,7 @@ class RecurrentGPT(nn.Module):
         self.decay = nn.Parameter(torch.empty(d)) if has_core and cfg.inject == "contractive" else None
         self.gate = Linear(2 * d, d) if has_core and cfg.gate else None
         self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
+        self.exit_gate = nn.Linear(d, 1) if has_core and cfg.exit_gate else None  # model.exit_gate
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size)
         cos, sin = self._rotary_tables(cfg.seq_len)
         self.register_buffer("cos", cos, persistent=False)
@@ -302,6 +306,9 @@ class RecurrentGPT(nn.Module):
         if self.gate is not None:  # g = sigmoid(4) ~ 0.98: the gate starts (almost) open
             self.gate.weight.zero_()
             self.gate_bias.fill_(4.0)
+        if self.exit_gate is not None:  # lambda = sigmoid(-2) ~ 0.12 per step: most of the mass on the last step
+            self.exit_gate.weight.zero_()
+            self.exit_gate.bias.fill_(-2.0)
 
     # ---- the three stages, used by forward() for training and by the engine for cached decoding ----
 
@@ -485,7 +492,13 @@ class RecurrentGPT(nn.Module):
         if "logprobs" in watches:
             out["logits"] = self.head(s, ctx)
             out["logprobs"] = F.log_softmax(out["logits"].float(), dim=-1)
+        if "gate" in watches:
+            out["gate"] = self.exit_probability(s)
         return out
+
+    def exit_probability(self, s: torch.Tensor) -> torch.Tensor:
+        """(B, T) the learned gate's lambda: the probability of exiting with state s, given no exit before."""
+        return torch.sigmoid(self.exit_gate(norm(s)).float())[..., 0]
 
     def forward(
         self,
@@ -505,13 +518,18 @@ class RecurrentGPT(nn.Module):
         if targets is None:
             return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
         sup = supervision or Supervision()
-        s, early = s0, []
-        for i, s in enumerate(self.iterate(e, s0, recurrences, ctx, bptt_k), 1):
-            if sup.every and i % sup.every == 0 and i < recurrences:
-                early.append(self.loss(self.coda_out(s, ctx), targets))
-        loss = self.loss(self.coda_out(s, ctx), targets)
-        if early:  # deep supervision: the loop's intermediate outputs are answers too
-            loss = (1 - sup.weight) * loss + sup.weight * torch.stack(early).mean()
+        if self.exit_gate is not None:
+            loss = self.gate_loss(e, s0, recurrences, ctx, bptt_k, targets, sup)
+            if sup.gate_only:
+                return loss
+        else:
+            s, early = s0, []
+            for i, s in enumerate(self.iterate(e, s0, recurrences, ctx, bptt_k), 1):
+                if sup.every and i % sup.every == 0 and i < recurrences:
+                    early.append(self.loss(self.coda_out(s, ctx), targets))
+            loss = self.loss(self.coda_out(s, ctx), targets)
+            if early:  # deep supervision: the loop's intermediate outputs are answers too
+                loss = (1 - sup.weight) * loss + sup.weight * torch.stack(early).mean()
         if sup.progressive and self.core:
             n, k = sup.split
             with torch.no_grad():  # a state the loop did not make under gradient: it learns to improve any state
@@ -519,6 +537,34 @@ class RecurrentGPT(nn.Module):
             s = self.recur(e, s.detach(), k, ctx, bptt_k, start=n)
             loss = (1 - sup.progressive) * loss + sup.progressive * self.loss(self.coda_out(s, ctx), targets)
         return loss
+
+    def gate_loss(self, e, s0, r: int, ctx: Context, bptt_k: int, targets: torch.Tensor, sup: Supervision):
+        """The exit gate's objectives (Ouro), from each recurrence's per-token loss L_t (coda and head after every
+        step) and the gate's lambda_t. Exit probabilities p_t = lambda_t prod_{j<t} (1 - lambda_j), the last step
+        taking the mass left; the loss is the expected loss sum_t p_t L_t minus gate_beta times the entropy of p,
+        averaged over the scored tokens (it stands for the final loss: the progressive loss mixes in). `gate_only`
+        (the second stage): every network output is fixed and only the gate learns, by binary cross-entropy against
+        "stop here": one more step improves the token's loss by less than gate_gamma."""
+        scored = (targets != -1).float()
+        frozen = sup.gate_only or not torch.is_grad_enabled()
+        losses, states = [], []
+        with torch.no_grad() if frozen else nullcontext():
+            for s in self.iterate(e, s0, r, ctx, bptt_k):
+                logits = self.unembed(self.coda_out(s, ctx)).float()
+                losses.append(F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1, reduction="none"))
+                states.append(s)
+        L = torch.stack(losses)  # (r, B, T)
+        lam = torch.stack([self.exit_probability(s) for s in states])
+        if sup.gate_only:
+            if r == 1:  # nothing to decide: one step is all there is
+                return 0 * lam.sum()
+            stop = (L[:-1] - L[1:] < sup.gate_gamma).float()
+            bce = F.binary_cross_entropy(lam[:-1], stop, reduction="none").mean(0)
+            return (bce * scored).sum() / scored.sum().clamp_min(1)
+        before = torch.cumprod(torch.cat([torch.ones_like(lam[:1]), 1 - lam[:-1]]), 0)  # no exit before step t
+        p = torch.cat([(lam * before)[:-1], before[-1:]])  # the last step takes the mass left
+        objective = (p * L).sum(0) + sup.gate_beta * (p * p.clamp_min(1e-12).log()).sum(0)
+        return (objective * scored).sum() / scored.sum().clamp_min(1)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the coda's output against targets: one function, so that `train.compile_blocks` fuses the

@@ -178,7 +178,7 @@ def create_app(
         return ids
 
     async def run(body: Common, prompt: list[int], chat: bool):
-        asked = Asked(body, base, context - len(prompt), prompter.max_new_tokens)
+        asked = Asked(body, base, context - len(prompt), prompter.max_new_tokens, model.cfg)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(prompt, asked.max_tokens, asked.policy, asked.seed)
         job.emit = lambda *e: loop.call_soon_threadsafe(events.put_nowait, e)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recurlm.config import EXIT_HELP, InferencePolicy
+from recurlm.config import EXIT_HELP, InferencePolicy, ModelConfig, check_exit_fits
 from recurlm.errors import UserError
 
 MAX_RECURRENCES = 64  # a request's r: one client cannot buy unbounded compute per token
@@ -70,7 +70,7 @@ class CompletionRequest(Common):
 class Asked:
     """What a validated request asks for: policy, budget, stop strings and seed."""
 
-    def __init__(self, body: Common, base: InferencePolicy, room: int, default_tokens: int):
+    def __init__(self, body: Common, base: InferencePolicy, room: int, default_tokens: int, model: ModelConfig):
         if body.logprobs or body.top_logprobs:
             raise APIError(400, "logprobs are not supported by this server", "logprobs")
         if body.kv_budget not in (None, base.kv_budget):
@@ -79,6 +79,7 @@ class Asked:
             self.policy = base.override(
                 recurrences=body.recurrences, exit=body.exit, temperature=body.temperature, top_p=body.top_p
             )
+            check_exit_fits(self.policy.exit, model)
         except UserError as e:
             raise APIError(400, str(e), "exit" if "exit" in str(e) else None) from None
         self.max_tokens = body.max_tokens or min(room, default_tokens)

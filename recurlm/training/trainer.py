@@ -238,7 +238,10 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                         group["lr"] = group_lr(opt, group, tcfg) * stage.lr_scale * factor
                 r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
                 split = sample_progressive(tcfg.seed, step, r) if rcfg.progressive else (0, 1)
-                supervision = Supervision(rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split)
+                supervision = Supervision(
+                    rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split, rcfg.gate_beta,
+                    stage.gate_only, rcfg.gate_gamma,
+                )  # fmt: skip
                 t0 = time.perf_counter()
                 loss_sum, n_tok = 0.0, 0
                 for micro in range(tcfg.grad_accum):
