@@ -24,6 +24,7 @@ Figures are medians of the repeats (prefill included). Shared CPUs drift: compar
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -213,6 +214,43 @@ def generate_one_by_one(engine, prompts, policy, draft_tokens, stop_ids) -> dict
     return dict(tokens=tokens, steps=steps, count=count, acceptance=accepted / drafted if drafted else None)
 
 
+def hf_generate(repeats: int) -> list[dict]:
+    """The transformers export's `generate` (its KV cache) against recurlm's eager engine: the reference setting,
+    batch 1, a 32-token prompt, 128 new tokens, r = 4, budget 1 + warm start and budget r; same tokens? (goal:
+    within 1.5x the engine's time)."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from recurlm.checkpoint import build_tokenizer, save_checkpoint
+    from recurlm.config import build_configs
+    from recurlm.export.hf import export_hf
+
+    model, rows = reference_model(), []
+    prompt = torch.randint(0, 8192, (1, 32), generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = build_configs({"model": dataclasses.asdict(REFERENCE)})
+        save_checkpoint(f"{tmp}/ckpt", model, build_tokenizer(configs), configs)
+        export_hf(f"{tmp}/ckpt", f"{tmp}/hf")
+        hf = AutoModelForCausalLM.from_pretrained(f"{tmp}/hf", trust_remote_code=True).eval()
+    for budget, warm in ((1, True), (4, False)):
+        policy = InferencePolicy(recurrences=4, kv_budget=budget, warm_start=warm)
+        engine_s, ours = median_time(repeats, Engine(model).generate, prompt.tolist(), 128, policy)
+        with torch.no_grad():
+            hf_s, out = median_time(
+                repeats, hf.generate, prompt, max_new_tokens=128, min_new_tokens=128, do_sample=False, num_steps=4,
+                exit="none", kv_budget=budget, warm_start=warm,
+            )  # fmt: skip
+        same = sum(a == b for a, b in zip(out[0, 32:].tolist(), ours.tokens[0], strict=True))
+        row = dict(kv_budget=budget, warm_start=warm, engine_tok_s=128 / engine_s, hf_tok_s=128 / hf_s,
+                   ratio=hf_s / engine_s, same_tokens=same)  # fmt: skip
+        rows.append(row)
+        print(f"  budget {budget}{', warm' if warm else ''}: engine {row['engine_tok_s']:6.1f} tok/s, transformers "
+              f"generate {row['hf_tok_s']:6.1f} tok/s ({row['ratio']:.2f}x the engine's time), {same}/128 tokens "
+              "the same", flush=True)  # fmt: skip
+    return rows
+
+
 def csv(text: str, kind=str) -> list:
     return [kind(x) for x in text.split(",") if x]
 
@@ -228,6 +266,8 @@ SECTIONS = {
                                            csv(a.drafts, int))),
     "long": ("{checkpoint}, batch 1, its test prompts, 128 new tokens each (stop tokens ignored):",
              lambda a: long_speculation(a.checkpoint, a.repeats, a.long_prompts)),
+    "hf": ("transformers export's generate (its KV cache) against the engine, reference setting, batch 1:",
+           lambda a: hf_generate(a.repeats)),
 }  # fmt: skip
 
 

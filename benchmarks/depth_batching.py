@@ -10,9 +10,9 @@
    (each recurrence gathers only the rows still iterating) and `depth` (depth batching: each core pass runs one
    recurrence of every row's token, a row whose token is done picks its next one while others iterate; the
    default). Tokens/s of the batch, and the ratio to 16 rows at r = 2 (goal for the mixed batch: >= 60%).
-2. `--deep DIR`, a model trained for deep r (recursive-nanochat-mini): 16 rows of test prompts (answers of a few
-   tokens, up to 32), fixed r = 8 against `--exits` capped at 8, under depth batching and dense, with accuracy
-   (goal: >= 1.6x fixed r = 8's tokens/s at the accuracy the exit has at batch 1; batch 1 is scored too).
+2. `--deep DIR`, a model trained for deep r (recursive-nanochat-mini): 16 rows decoding together from test
+   prompts, fixed r = 8 against `--exits` capped at 8, dense and depth-batched (goal: >= 1.6x fixed r = 8's
+   tokens/s), and accuracy on test prompts taken 16 at a time against one at a time (the same answers).
 3. Compaction against dense for the prompt pass: 16 prompts of 64 tokens, k rows at r = 16 and the rest at r = 2:
    where compaction starts to pay (`model.compacts`).
 Shared CPUs drift: compare figures from one run.
@@ -136,13 +136,15 @@ def queue(engine, tok, examples, policy, rows: int, max_new: int) -> dict:
     return {"tok_s": tokens / dt, "accuracy": sum(right) / len(right), "steps": statistics.mean(steps)}
 
 
-def deep_exits(checkpoint: str, rows: int, exits: list[str], repeats: int) -> list[dict]:
+def deep_exits(checkpoint: str, rows: int, tokens: int, exits: list[str], repeats: int) -> list[dict]:
     model, tok, configs = load_checkpoint(checkpoint)
     model.eval()
     examples, tasks = test_examples(configs, rows * 8)
+    prompts = [example_ids(tok, example_question(tok, ex)) for ex in examples[:rows]]
     engine = Engine(model, tok.digit_ids)
-    print(f"\n2. {checkpoint}: {len(examples)} test prompts of {len(tasks)} tasks, {rows} at a time (each joining "
-          f"when one ends), up to 32 new tokens")  # fmt: skip
+    print(f"\n2. {checkpoint}: {rows} rows decoding together (tokens/s over the first {rows * tokens} tokens after "
+          f"the prefill), and accuracy on {len(examples)} test prompts of {len(tasks)} tasks taken {rows} at a time "
+          f"(each joining when one ends) and one at a time")  # fmt: skip
     fixed = configs.inference.override(recurrences=8, exit="none", kv_budget=1)
     out, reference = [], None
     for spec in ["none", *exits]:
@@ -150,16 +152,15 @@ def deep_exits(checkpoint: str, rows: int, exits: list[str], repeats: int) -> li
         row = {"exit": spec}
         for name in ("dense", "depth"):
             with mode(name):
-                runs = [queue(engine, tok, examples, policy, rows, 32) for _ in range(repeats)]
-            row[name] = statistics.median(r["tok_s"] for r in runs)
-            row["accuracy"], row["steps"] = runs[0]["accuracy"], runs[0]["steps"]
+                runs = [steady(engine, prompts, [policy] * rows, rows * tokens) for _ in range(repeats)]
+            row[name], row["steps"] = statistics.median(r[0] for r in runs), runs[0][1]
+        row["accuracy"] = queue(engine, tok, examples, policy, rows, 32)["accuracy"]
         row["accuracy_batch_1"] = queue(engine, tok, examples, policy, 1, 32)["accuracy"]
         reference = reference or row
         out.append(row)
         print(f"  {spec:<12} dense {row['dense']:7.1f} tok/s  depth {row['depth']:7.1f} tok/s "
-              f"({row['depth'] / reference['depth']:.2f}x fixed r = 8 under depth batching, "
-              f"{row['depth'] / reference['dense']:.2f}x fixed r = 8 dense)  steps/token {row['steps']:.2f}  "
-              f"accuracy {row['accuracy']:.3f} (batch 1: {row['accuracy_batch_1']:.3f})", flush=True)  # fmt: skip
+              f"({row['depth'] / reference['depth']:.2f}x fixed r = 8)  steps/token {row['steps']:.2f}  "
+              f"accuracy {row['accuracy']:.3f} (one at a time: {row['accuracy_batch_1']:.3f})", flush=True)  # fmt: skip
     return out
 
 
@@ -202,7 +203,7 @@ def main():
         if "mixed" in only:
             figures["mixed"] = mixed_depths(args.checkpoint, args.rows, args.tokens, args.repeats)
         if "deep" in only and args.deep:
-            figures["deep"] = deep_exits(args.deep, args.rows, args.exits.split(","), args.repeats)
+            figures["deep"] = deep_exits(args.deep, args.rows, args.tokens, args.exits.split(","), args.repeats)
         if "prompt" in only:
             figures["prompt"] = prompt_crossover(args.checkpoint, args.rows, args.repeats)
     if args.json:

@@ -246,7 +246,7 @@ class Engine:
         if max(starts) + 1 > state.max_len:
             raise UserError(f"sequence of {max(starts) + 1} tokens is longer than its room ({state.max_len})")
         pos = torch.tensor(starts, device=self.device)
-        ctx = model.context_at(pos[:, None], state.cache, max(starts) + 1, rows=index)
+        ctx = model.context_at(pos[:, None], state.cache, max(starts) + 1, rows=self._subset(index, state))
         digit_pos = None
         if state.runs is not None:  # generated numbers count their digits from the first (reversed answers)
             run = torch.where(torch.isin(tokens[:, 0], self.digit_tensor), state.runs[index, pos - 1] + 1, 0)
@@ -276,7 +276,7 @@ class Engine:
         if not len(index):
             return [], None, None
         pos = torch.tensor(state.lengths, device=self.device)[index] - 1
-        ctx = model.context_at(pos[:, None], state.cache, int(pos.max()) + 1, rows=index)
+        ctx = model.context_at(pos[:, None], state.cache, int(pos.max()) + 1, rows=self._subset(index, state))
         done, e, s = flight.done[index], flight.e[index], flight.s[index]
         for iteration, members in self._iteration_groups(done.tolist(), state.cache.budget):
             sub = ctx if len(members) == len(index) else ctx.select(members)
@@ -302,6 +302,12 @@ class Engine:
         state.final[rows, pos[finished]] = s[finished, 0]
         flight.active[rows] = False
         return rows.tolist(), logits[:, 0], steps
+
+    @staticmethod
+    def _subset(index: torch.Tensor, state: DecodeState) -> torch.Tensor | None:
+        """The cache rows of a pass over `index`: None when that is every row in order (attention then reads the
+        cache in place instead of gathering the rows)."""
+        return None if len(index) == len(state) else index
 
     def _iteration_groups(self, done: list[int], budget: int) -> list[tuple[int, torch.Tensor]]:
         """Tokens in flight (their recurrences so far) grouped by what their next iteration needs: the core slot
