@@ -150,8 +150,8 @@ class RecurrenceConfig:
     supervise_every: int = 0
     supervise_weight: float = 0.5
     # model.exit_gate: the entropy bonus of the exit distribution in the expected loss (Ouro's beta: without it the
-    # gate collapses onto one step and the others go untrained), and, in a stage with `gate_only`, the least loss
-    # improvement one more step must bring for the gate to be taught to go on
+    # gate collapses onto one step and the others go untrained), and, in a stage with exit_gate = "only", the least
+    # loss improvement one more step must bring for the gate to be taught to go on
     gate_beta: float = 0.05
     gate_gamma: float = 0.01
 
@@ -287,9 +287,11 @@ class StageConfig:
     buckets: int = 1  # > 1: each batch holds examples of similar length, one of this many length groups
     abacus_offset: bool = False  # shift each example's digit-significance ids by a random k (McLeish et al.), so
     # that ids past the trained lengths (up to model.abacus) are seen in training and longer numbers have their own
-    # Ouro's second stage: only the exit gate learns (everything else frozen), taught to stop where one more
-    # recurrence improves a token's loss by less than recurrence.gate_gamma
-    gate_only: bool = False
+    # With model.exit_gate: 'joint' (Ouro's first stage: the expected loss over exit steps trains everything),
+    # 'off' (the final iteration's loss as without a gate; the gate does not learn) or 'only' (Ouro's second stage:
+    # only the gate learns, everything else frozen, taught to stop where one more recurrence improves a token's loss
+    # by less than recurrence.gate_gamma)
+    exit_gate: str = "joint"
 
     def __post_init__(self):
         if self.steps < 1 or self.buckets < 1:
@@ -304,6 +306,8 @@ class StageConfig:
             raise UserError("a stage trains on tasks or on text, not both: make two stages")
         if self.wording not in ("fixed", "varied"):
             raise UserError(f"stage wording must be fixed or varied, got {self.wording!r}")
+        if self.exit_gate not in ("joint", "off", "only"):
+            raise UserError(f"stage exit_gate must be joint, off or only, got {self.exit_gate!r}")
 
 
 # Sections of a config file / preset and the dataclass that holds each; 'stage' holds one table per stage, in order.
@@ -493,8 +497,8 @@ def build_configs(values: dict) -> RunConfig:
     stages = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
     if model.exit_gate and recurrence.supervise_every:
         raise UserError("model.exit_gate's expected loss scores every recurrence already: drop supervise_every")
-    if any(stage.gate_only for stage in stages.values()) and not model.exit_gate:
-        raise UserError("a stage with gate_only trains the exit gate: set model.exit_gate = true")
+    if any(stage.exit_gate == "only" for stage in stages.values()) and not model.exit_gate:
+        raise UserError("a stage with exit_gate = only trains the exit gate: set model.exit_gate = true")
     return RunConfig(
         model, recurrence, inference, TokenizerConfig(**values.get("tokenizer", {})),
         TrainConfig(**values.get("train", {})), stages,

@@ -105,7 +105,7 @@ def test_exit_gate_second_stage_teaches_only_the_gate_where_more_steps_stop_payi
     stop = (L[:-1] - L[1:] < 0.01).float()
     assert 0 < stop.mean() < 1  # some tokens gain from one more step, some do not
     want = F.binary_cross_entropy(lam[:-1], stop)
-    sup = Supervision(gate_only=True, gate_gamma=0.01)
+    sup = Supervision(gate="only", gate_gamma=0.01)
     got = model(IDX, 4, targets=TARGETS, supervision=sup)
     assert torch.allclose(got, want, atol=1e-5)
     assert set(grads(model, got)) == {"exit_gate.weight", "exit_gate.bias"}  # the network itself stays as it is

@@ -474,17 +474,22 @@ def test_core_lr_scale_slows_only_the_shared_parameters(tmp_path, optimizer):
 
 
 def test_exit_gate_trains_with_the_network_then_alone(tmp_path):
-    """model.exit_gate: the expected-loss objective trains every part and the loss goes down; a `gate_only` stage
-    (Ouro's second stage) changes the gate's two parameters and nothing else."""
+    """model.exit_gate: the expected-loss objective trains every part and the loss goes down; a stage with
+    `exit_gate = only` (Ouro's second stage) changes the gate's two parameters and nothing else, one with `off`
+    everything but the gate."""
     model, _ = train(tiny("exit_gate=true"), tmp_path / "joint")
     assert losses(tmp_path / "joint")[-1] < 0.6 * losses(tmp_path / "joint")[0]
     init, _ = train(tiny("exit_gate=true"), tmp_path / "init", stop_after=0)
     init = {k: v.clone() for k, v in init.state_dict().items()}
-    alone, _ = train(tiny("exit_gate=true", "stage.curriculum.gate_only=true", "stage.curriculum.steps=4"),
+    alone, _ = train(tiny("exit_gate=true", "stage.curriculum.exit_gate=only", "stage.curriculum.steps=4"),
                      tmp_path / "alone")  # fmt: skip
     moved = {k for k, v in alone.state_dict().items() if not torch.equal(v, init[k])}
     assert moved == {"exit_gate.weight", "exit_gate.bias"}
-    for bad, message in ((["stage.curriculum.gate_only=true"], "exit_gate"),
+    off, _ = train(tiny("exit_gate=true", "stage.curriculum.exit_gate=off", "stage.curriculum.steps=4"), tmp_path / "o")
+    moved = {k for k, v in off.state_dict().items() if not torch.equal(v, init[k])}
+    assert "exit_gate.weight" not in moved and {"core.0.attn.c_q.weight", "wte.weight"} <= moved
+    for bad, message in ((["stage.curriculum.exit_gate=only"], "exit_gate"),
+                         (["stage.curriculum.exit_gate=x"], "joint"),
                          (["exit_gate=true", "supervise_every=1"], "supervise_every"),
                          (["n_core=0", "exit_gate=true"], "looped core")):  # fmt: skip
         with pytest.raises(UserError, match=message):

@@ -162,7 +162,7 @@ class Supervision:
     progressive: float = 0.0
     split: tuple[int, int] = (0, 1)
     gate_beta: float = 0.05  # model.exit_gate: the entropy bonus of the expected loss (recurrence.gate_beta)
-    gate_only: bool = False  # the second stage: only the gate learns, from each step's loss improvement
+    gate: str = "joint"  # with an exit gate: its objective ('joint', 'off' or 'only': stage.exit_gate)
     gate_gamma: float = 0.01
 
 
@@ -518,9 +518,9 @@ class RecurrentGPT(nn.Module):
         if targets is None:
             return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
         sup = supervision or Supervision()
-        if self.exit_gate is not None:
+        if self.exit_gate is not None and sup.gate != "off":
             loss = self.gate_loss(e, s0, recurrences, ctx, bptt_k, targets, sup)
-            if sup.gate_only:
+            if sup.gate == "only":
                 return loss
         else:
             s, early = s0, []
@@ -542,11 +542,11 @@ class RecurrentGPT(nn.Module):
         """The exit gate's objectives (Ouro), from each recurrence's per-token loss L_t (coda and head after every
         step) and the gate's lambda_t. Exit probabilities p_t = lambda_t prod_{j<t} (1 - lambda_j), the last step
         taking the mass left; the loss is the expected loss sum_t p_t L_t minus gate_beta times the entropy of p,
-        averaged over the scored tokens (it stands for the final loss: the progressive loss mixes in). `gate_only`
+        averaged over the scored tokens (it stands for the final loss: the progressive loss mixes in). `gate = only`
         (the second stage): every network output is fixed and only the gate learns, by binary cross-entropy against
         "stop here": one more step improves the token's loss by less than gate_gamma."""
         scored = (targets != -1).float()
-        frozen = sup.gate_only or not torch.is_grad_enabled()
+        frozen = sup.gate == "only" or not torch.is_grad_enabled()
         losses, states = [], []
         with torch.no_grad() if frozen else nullcontext():
             for s in self.iterate(e, s0, r, ctx, bptt_k):
@@ -555,7 +555,7 @@ class RecurrentGPT(nn.Module):
                 states.append(s)
         L = torch.stack(losses)  # (r, B, T)
         lam = torch.stack([self.exit_probability(s) for s in states])
-        if sup.gate_only:
+        if sup.gate == "only":
             if r == 1:  # nothing to decide: one step is all there is
                 return 0 * lam.sum()
             stop = (L[:-1] - L[1:] < sup.gate_gamma).float()

@@ -240,7 +240,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                 split = sample_progressive(tcfg.seed, step, r) if rcfg.progressive else (0, 1)
                 supervision = Supervision(
                     rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split, rcfg.gate_beta,
-                    stage.gate_only, rcfg.gate_gamma,
+                    stage.exit_gate, rcfg.gate_gamma,
                 )  # fmt: skip
                 t0 = time.perf_counter()
                 loss_sum, n_tok = 0.0, 0
