@@ -15,10 +15,12 @@
    tokens/s), and accuracy on test prompts taken 16 at a time against one at a time (the same answers).
 3. Compaction against dense for the prompt pass: 16 prompts of 64 tokens, k rows at r = 16 and the rest at r = 2:
    where compaction starts to pay (`model.compacts`).
+4. `checks`: what each exit criterion costs per check (every iteration of every token), at 1 and 16 rows.
 Shared CPUs drift: compare figures from one run.
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -29,12 +31,16 @@ from common import machine, matmul_peak
 
 import recurlm.network.model as network
 from recurlm.checkpoint import load_checkpoint
+from recurlm.config import InferencePolicy, ModelConfig
 from recurlm.inference.engine import Engine
 from recurlm.inference.generation import GenerationLoop, Sequence
+from recurlm.network.model import build_model
 from recurlm.tasks import extract_answer
 from recurlm.tasks.runs import task_from_configs, trained_task_names
 from recurlm.text.calculator import Calculator
 from recurlm.text.prompting import example_ids, example_question
+
+REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
 
 
 @contextmanager
@@ -184,6 +190,34 @@ def prompt_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
     return out
 
 
+def check_costs(rows_list=(1, 16), tokens: int = 64, repeats: int = 2) -> list[dict]:
+    """What each exit criterion costs per check: decoding at r = 8 with the criterion computed at every iteration
+    but never allowed to stop a token (min_steps = 8), against no criterion; the reference setting ((2,4,2), width
+    256, vocab 8192, random weights) with a learned exit gate."""
+    cfg = dataclasses.replace(REFERENCE, exit_gate=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    engine, out = Engine(model), []
+    print(f"\n4. cost per check of each exit criterion (reference setting, r = 8, {tokens} tokens, ms)")
+    for rows in rows_list:
+        prompts = torch.randint(0, cfg.vocab_size, (rows, 32), generator=torch.Generator().manual_seed(1)).tolist()
+        base = InferencePolicy(recurrences=8, kv_budget=1, warm_start=True)
+        none_s = timed(repeats, lambda: engine.generate(prompts, tokens, base))[0]  # noqa: B023
+        for spec in ("latent:0", "cosine:0", "gate:1", "kl:0", "entropy:0", "minp:0", "argmax:100"):
+            policy = base.override(exit=spec, min_steps=8)
+            dt = timed(repeats, lambda p=policy: engine.generate(prompts, tokens, p))[0]  # noqa: B023
+            per_check = (dt - none_s) / (tokens * 8) * 1000
+            out.append({"rows": rows, "criterion": spec.partition(":")[0], "ms_per_check": per_check,
+                        "step_ms": dt / tokens * 1000, "fixed_step_ms": none_s / tokens * 1000})  # fmt: skip
+            print(f"  {rows:>2} rows  {spec.partition(':')[0]:<8} {per_check:6.3f} ms per check "
+                  f"(a token at r = 8: {dt / tokens * 1000:6.1f} ms, without checks {none_s / tokens * 1000:6.1f})",
+                  flush=True)  # fmt: skip
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
@@ -192,7 +226,7 @@ def main():
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--only", default="mixed,deep,prompt")
+    p.add_argument("--only", default="mixed,deep,prompt,checks")
     p.add_argument("--json")
     args = p.parse_args()
     print(machine())
@@ -206,6 +240,8 @@ def main():
             figures["deep"] = deep_exits(args.deep, args.rows, args.tokens, args.exits.split(","), args.repeats)
         if "prompt" in only:
             figures["prompt"] = prompt_crossover(args.checkpoint, args.rows, args.repeats)
+        if "checks" in only:
+            figures["checks"] = check_costs(repeats=args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
