@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,31 @@ def test_generate_asks_as_training_did(monkeypatch, capsys):
     question = tok.encode("What is 2 + 2?")
     wrapped = [bos, *head, *question, *tail]
     assert seen == [wrapped, [bos, *head, *typed, *tail], wrapped, [bos, *question]]
+
+
+def test_ship_checkpoint_in_bf16_halves_the_weights_and_keeps_the_model(tmp_path):
+    import torch
+    from helpers import tiny_config
+
+    from recurlm.checkpoint import build_tokenizer, load_checkpoint, save_checkpoint
+    from recurlm.config import build_configs
+    from recurlm.network.model import build_model
+
+    configs = build_configs({"model": {**tiny_config(vocab_size=300).__dict__}})
+    torch.manual_seed(0)
+    model = build_model(configs.model)
+    save_checkpoint(tmp_path / "run" / "checkpoint", model, build_tokenizer(configs), configs, {"x": 1}, {"step": 1})
+    script = Path(__file__).parent.parent / "scripts" / "ship_checkpoint.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "ship"), "--bf16"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    shipped = sorted(p.name for p in (tmp_path / "ship").iterdir())
+    assert shipped == ["config.json", "model.safetensors", "tokenizer.json"]  # no optimizer or trainer state
+    size = (tmp_path / "ship" / "model.safetensors").stat().st_size
+    assert size < 0.55 * (tmp_path / "run" / "checkpoint" / "model.safetensors").stat().st_size
+    loaded, _, _ = load_checkpoint(tmp_path / "ship")
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p.to(torch.bfloat16).float()), name
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope"), str(tmp_path / "x")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
