@@ -56,8 +56,6 @@ def table(arms: dict, out: Path, recurrences: list[int]) -> str:
     header = ["arm", "what changed", "val r=4", *(f"test r={r}" for r in recurrences), "train s", "params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in arms.items():
-        while (out / "PAUSE").exists():  # a benchmark wants the machine to itself: wait between arms
-            time.sleep(10)
         run = out / name
         val, test = run / "eval-val.json", run / "eval-test.json"
         if not test.is_file():

@@ -257,7 +257,8 @@ class RecurrentGPT(nn.Module):
         self.decay = nn.Parameter(torch.empty(d)) if has_core and cfg.inject == "contractive" else None
         self.gate = Linear(2 * d, d) if has_core and cfg.gate else None
         self.gate_bias = nn.Parameter(torch.empty(d)) if self.gate is not None else None
-        self.exit_gate = nn.Linear(d, 1) if has_core and cfg.exit_gate else None  # model.exit_gate
+        # model.exit_gate, built without drawing random numbers: the rest initialises as it would without a gate
+        self.exit_gate = torch.nn.utils.skip_init(nn.Linear, d, 1) if has_core and cfg.exit_gate else None
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size)
         cos, sin = self._rotary_tables(cfg.seq_len)
         self.register_buffer("cos", cos, persistent=False)
