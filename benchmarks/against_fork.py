@@ -31,7 +31,8 @@ from common import machine, matmul_peak
 from recurlm.config import InferencePolicy
 from recurlm.importers.nanochat import recurlm_configs, recurlm_state_dict
 from recurlm.inference.engine import Engine
-from recurlm.network.model import attend, build_model
+from recurlm.machine import cpu_has_bf16
+from recurlm.network.model import build_model, writes_out_attention
 from recurlm.training.trainer import compile_blocks
 
 SETTING = dict(sequence_len=256, vocab_size=8192, n_layer=8, n_head=2, n_kv_head=2, n_embd=256, n_prelude=2,
@@ -147,12 +148,11 @@ def decoding(gpt, engine_module, tokens: int, compile: bool) -> list[dict]:
 
 
 def paths() -> str:
-    """Which kernels recurlm takes on this machine at the reference setting."""
-    q = torch.zeros(1, 2, 8, 128, dtype=torch.bfloat16)
-    with torch.autograd.profiler.profile() as prof:
-        attend(q, q, q, None, True)
-    written = not any("scaled_dot_product" in e.name for e in prof.function_events)
-    return f"bf16 causal attention: {'written out' if written else 'SDPA'}; fp32: SDPA"
+    """Which kernels recurlm takes on this machine at the reference setting (bf16 autocast)."""
+    q = torch.zeros(8, 2, 256, 128, dtype=torch.bfloat16)
+    attention = "written out" if writes_out_attention(q) else "SDPA (flash)"
+    muon = "torch's (bf16)" if cpu_has_bf16() else "Fp32Muon"
+    return f"bf16 causal attention {attention}, fp32 attention SDPA; Muon orthogonalising: {muon}"
 
 
 def main():

@@ -1,18 +1,29 @@
 """What every benchmark prints first: the machine, and torch's matmul peak on it measured in the same run (so that
 figures taken on a busier or quieter moment of a shared CPU can still be compared as a share of the peak)."""
 
+import os
 import platform
 import time
 
 import torch
+
+from recurlm.machine import keep_freed_memory
+
+# as recurlm's command line does (recurlm.machine.keep_freed_memory); RECURLM_DEFAULT_MALLOC=1 measures without
+ALLOCATOR = (
+    "glibc default"
+    if os.environ.get("RECURLM_DEFAULT_MALLOC")
+    else ("freed memory kept" if keep_freed_memory() else "default (not glibc)")
+)
 
 
 def machine() -> str:
     flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
     bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
     amx = "AMX" if "amx_bf16" in flags else "no AMX"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads, {bf16}, {amx}, torch {torch.__version__}"
+    names = [line.partition(":")[2].strip() for line in flags.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads, {bf16}, {amx}, torch {torch.__version__}, malloc: {ALLOCATOR}"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

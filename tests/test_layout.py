@@ -9,7 +9,7 @@ import recurlm
 ROOT = Path(recurlm.__file__).parent
 # Bottom to top. A module may import from its own entry and any entry listed before it.
 LAYERS = [
-    ("errors",),
+    ("errors", "machine"),
     ("config",),
     ("tasks",),
     ("text",),

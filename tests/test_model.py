@@ -167,6 +167,7 @@ def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch
     calls = []
     written_out = model.written_out_causal_attention
     monkeypatch.setattr(model, "written_out_causal_attention", lambda *a: calls.append(1) or written_out(*a))
+    monkeypatch.setattr(model, "cpu_has_amx", lambda: False)  # the CPUs where it is written out
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 40, 16, generator=g)
     k, v = torch.randn(2, 2, kv_heads, 40, 16, generator=g)
@@ -185,6 +186,9 @@ def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch
     for a, b in zip(bf, fp, strict=True):
         assert (a.grad.float() - b.grad).abs().max() < 0.1 * b.grad.abs().max()
     model.attend(*fp, None, True)  # fp32: the flash kernel
+    monkeypatch.setattr(model, "cpu_has_amx", lambda: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model.attend(*bf, None, True)  # with AMX: the flash kernel too
     assert len(calls) == 1
 
 

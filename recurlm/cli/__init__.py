@@ -7,6 +7,7 @@ import sys
 from recurlm.cli import chat, convert, data, eval, generate, presets, report, serve, train
 from recurlm.cli.common import Parser
 from recurlm.errors import Interrupted, UserError
+from recurlm.machine import keep_freed_memory
 
 
 def build_parser() -> Parser:
@@ -24,6 +25,7 @@ def build_parser() -> Parser:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()
     try:
         # lm_eval's own options follow `lm-eval` untouched (argparse would claim the ones that start with --)
         lm_eval = argv[:1] == ["lm-eval"]

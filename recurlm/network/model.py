@@ -15,6 +15,7 @@ from torch import nn
 
 from recurlm.config import ModelConfig
 from recurlm.errors import UserError
+from recurlm.machine import cpu_has_amx
 from recurlm.network.cache import KVCache, Stopped
 from recurlm.network.exits import Halting
 
@@ -24,6 +25,10 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary in x's dtype: bf16 queries and keys (bf16 autocast, bf16 weights) stay bf16, as every op after them,
+    instead of fp32 tables upcasting them (and a cast back for each matmul: 1.2x the time of a bf16 training step
+    on an AMX Xeon, `benchmarks/against_fork.py`)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     d = x.size(-1) // 2
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -39,13 +44,19 @@ def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
-    """Scaled dot-product attention of (B, H, T, D) queries over (B, H_kv, S, D) keys and values. bf16 causal
-    attention over at most 256 positions on the CPU is written out: there it ran 1.35-2x faster than the CPU flash
-    kernel, forward and backward (`benchmarks/train_speed.py --attention`). Elsewhere SDPA: on GPUs, in fp32 and at
-    longer contexts the flash kernel is as fast or faster."""
-    if causal and q.device.type == "cpu" and q.size(-2) <= 256 and _computes_in_bf16(q):
+    """Scaled dot-product attention of (B, H, T, D) queries over (B, H_kv, S, D) keys and values: SDPA, or written out
+    where `writes_out_attention` says so."""
+    if causal and writes_out_attention(q):
         return written_out_causal_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
+
+
+def writes_out_attention(q: torch.Tensor) -> bool:
+    """bf16 causal attention over at most 256 positions on a CPU without AMX is written out: on a 2-core AMD EPYC
+    (AVX512-BF16) it ran 1.35-2x faster than the CPU flash kernel, forward and backward (`benchmarks/train_speed.py
+    --attention`). With AMX the flash kernel is the faster (a bf16 training step of the reference setting 1.1x on a
+    2-core Xeon); on GPUs, in fp32 and at longer contexts it is as fast or faster."""
+    return q.device.type == "cpu" and q.size(-2) <= 256 and _computes_in_bf16(q) and not cpu_has_amx()
 
 
 def _computes_in_bf16(q: torch.Tensor) -> bool:

@@ -1,20 +1,10 @@
 """Optimisers and the learning-rate schedule: AdamW, or Muon for the blocks' matrices as nanochat trains them."""
 
 import math
-from pathlib import Path
 
 import torch
 
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16), from /proc/cpuinfo's flags."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+from recurlm.machine import cpu_has_bf16
 
 
 class Fp32Muon(torch.optim.Muon):

@@ -22,12 +22,13 @@ from recurlm.checkpoint import build_tokenizer, load_checkpoint, read_file, save
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
+from recurlm.machine import cpu_has_bf16, keep_freed_memory
 from recurlm.network.model import Supervision, build_model
 from recurlm.tasks.runs import stage_tasks
 from recurlm.training.corpus import TextStream, sample_texts
 from recurlm.training.data import TaskMixture
 from recurlm.training.depth import sample_progressive, sample_recurrences
-from recurlm.training.optim import build_optimizers, cpu_has_bf16, group_lr, lr_factor
+from recurlm.training.optim import build_optimizers, group_lr, lr_factor
 
 CKPT = "checkpoint"
 
@@ -110,6 +111,7 @@ def check_resumable(out: Path, configs: RunConfig) -> dict | None:
 def train(configs: RunConfig, out_dir: str, resume: bool = False, stop_after: int | None = None):
     """Run (or resume) every stage; returns the model and the final trainer state. `stop_after` stops (with a
     checkpoint) after that many steps in this call, as an interruption would."""
+    keep_freed_memory()  # large tensors freed at every step are reused rather than mapped afresh (machine.py)
     stages = list(configs.stages.items())
     if not stages:
         raise UserError("the config has no [stage.NAME] table: nothing to train on")
