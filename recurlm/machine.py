@@ -1,28 +1,29 @@
 """What this CPU can do, read once from /proc/cpuinfo: kernels are chosen by it (docs/design.md §1) where a choice
 measured faster on one kind of CPU was slower on another."""
 
-import functools
 from pathlib import Path
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
+def _read_flags() -> frozenset[str]:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return frozenset()
-    return frozenset(text.split())
+
+
+# read once, at import: a constant to torch.compile too (a cached function call would break its graph)
+FLAGS = _read_flags()
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16)."""
-    flags = set(cpuinfo.split()) if cpuinfo is not None else cpu_flags()
+    flags = FLAGS if cpuinfo is None else frozenset(cpuinfo.split())
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """Whether the CPU has AMX tiles for bf16 (Intel Sapphire Rapids and later)."""
-    return "amx_bf16" in (set(cpuinfo.split()) if cpuinfo is not None else cpu_flags())
+    return "amx_bf16" in (FLAGS if cpuinfo is None else frozenset(cpuinfo.split()))
 
 
 def keep_freed_memory() -> bool:
