@@ -259,7 +259,7 @@ class Engine:
             cold = model.init_state(e, self._noise([state.seeds[b] for b in rows], starts, 1))
             s0 = torch.where(warm[:, None, None], s0, cold)
         flight.active[index], flight.e[index], flight.s[index], flight.done[index] = True, e, s0, 0
-        InFlight.put(flight.watch, index, model.watch(s0, ctx, state.halt.watches), len(state))
+        InFlight.put(flight.watch, index, model.watch_rows(s0, ctx, state.halt.select(rows)), len(state))
         for memory in flight.memory.values():
             memory[index] = 0
         for b in rows:
@@ -283,7 +283,7 @@ class Engine:
             s = s.index_copy(0, members, model.core_step(e[members], s[members], iteration, sub))
         done = done + 1
         halt = state.halt.select(index.tolist())
-        cur = model.watch(s, ctx, halt.watches)
+        cur = model.watch_rows(s, ctx, halt)
         memory = {k: v[index] for k, v in flight.memory.items()}
         stop = halt.stop(done - 1, {k: flight.watch[k][index] for k in cur}, cur, memory)[:, 0]
         flight.s[index], flight.done[index] = s, done
@@ -298,7 +298,10 @@ class Engine:
             for k in steps.unique().tolist():
                 at = (steps == k).nonzero()[:, 0]
                 state.cache.fill_skipped(sub.select(at), k, halt.max_cap, halt.cap[finished[at]])
-        logits = cur["logits"][finished] if "logits" in cur else model.head(s[finished], sub)
+        if "logits" in cur and bool(halt.watching("logprobs")[finished].all()):
+            logits = cur["logits"][finished]  # the exit check ran the head on the final state already
+        else:
+            logits = model.head(s[finished], sub)
         state.final[rows, pos[finished]] = s[finished, 0]
         flight.active[rows] = False
         return rows.tolist(), logits[:, 0], steps

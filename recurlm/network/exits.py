@@ -147,6 +147,14 @@ class Halting:
     def watches(self) -> set[str]:
         return {CRITERIA[name].watches for name in self.eps}
 
+    def watching(self, kind: str) -> torch.Tensor:
+        """(B,) bool: the rows whose criterion watches `kind` (the others need not compute it)."""
+        rows = torch.zeros(self.cap.shape, dtype=torch.bool, device=self.cap.device)
+        for name, eps in self.eps.items():
+            if CRITERIA[name].watches == kind:
+                rows |= eps.isfinite()
+        return rows
+
     def stop(self, iteration: int, prev: dict, cur: dict, memory: dict) -> torch.Tensor:
         """(B, T) bool: which tokens stop after running iteration `iteration` (0-based). `memory` is what stateful
         criteria carry from one iteration to the next: the caller passes a new dict per forward pass."""
@@ -159,8 +167,9 @@ class Halting:
         return done
 
     def select(self, rows: list[int]) -> "Halting":
+        """The given rows' halting; a criterion none of them uses is left out (nothing watches for it)."""
         index = torch.tensor(rows, dtype=torch.long, device=self.cap.device)
-        eps = {k: v[index] for k, v in self.eps.items()}
+        eps = {k: v[index] for k, v in self.eps.items() if bool(v[index].isfinite().any())}
         return Halting([self.caps[b] for b in rows], self.cap[index], self.min_steps[index], eps)
 
     @staticmethod

@@ -471,7 +471,7 @@ class RecurrentGPT(nn.Module):
         cap = halt.cap[:, None]
         active = torch.ones(B, T, dtype=torch.bool, device=s.device)
         steps = torch.zeros(B, T, dtype=torch.long, device=s.device)
-        prev, memory = self.watch(s, ctx, halt.watches), {}
+        prev, memory = self.watch_rows(s, ctx, halt), {}
         live = torch.ones(B, dtype=torch.bool, device=s.device)  # rows with a token still iterating
         for i in range(r):
             if compacts(int(live.sum()), B):  # only the rows still iterating run, gathered into a smaller batch
@@ -480,11 +480,12 @@ class RecurrentGPT(nn.Module):
                 stopped = Stopped(a, ~a & (i < cap[index]))
                 s_sub = torch.where(a[..., None], self.core_step(e[index], s[index], i, sub, stopped), s[index])
                 s = s.index_copy(0, index, s_sub)
-                cur = {k: prev[k].index_copy(0, index, v) for k, v in self.watch(s_sub, sub, halt.watches).items()}
+                watched = self.watch_rows(s_sub, sub, halt.select(index.tolist()))
+                cur = prev | {k: prev[k].index_copy(0, index, v) for k, v in watched.items()}
             else:
                 stopped = Stopped(active, ~active & (i < cap))
                 s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
-                cur = self.watch(s, ctx, halt.watches)
+                cur = self.watch_rows(s, ctx, halt)
             steps += active
             active = active & ~halt.stop(i, prev, cur, memory)
             prev = cur
@@ -495,7 +496,8 @@ class RecurrentGPT(nn.Module):
                 ctx.cache.fill_skipped(ctx.select(index), i + 1, r, halt.cap[index])
             if not bool(live.any()):
                 break
-        return Recurrence(s, steps, prev.get("logits"))
+        every_row = "logits" in prev and bool(halt.watching("logprobs").all())  # else some rows hold zeros there
+        return Recurrence(s, steps, prev["logits"] if every_row else None)
 
     def watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
         """What exit criteria compare between iterations (`Halting.watches`): the state, and the coda and head's
@@ -506,6 +508,21 @@ class RecurrentGPT(nn.Module):
             out["logprobs"] = F.log_softmax(out["logits"].float(), dim=-1)
         if "gate" in watches:
             out["gate"] = self.exit_probability(s)
+        return out
+
+    def watch_rows(self, s: torch.Tensor, ctx: Context, halt: Halting) -> dict[str, torch.Tensor]:
+        """`watch` for a batch of rows under their own exits: each kind computed for the rows whose criterion
+        watches it only (the coda and head of a KL exit are not run for a row at a fixed r beside it); the other
+        rows hold zeros there, which their criteria never read."""
+        out = {}
+        for kind in halt.watches:
+            rows = halt.watching(kind)
+            if bool(rows.all()):
+                out |= self.watch(s, ctx, {kind})
+                continue
+            index = rows.nonzero()[:, 0]
+            for name, value in self.watch(s[index], ctx.select(index), {kind}).items():
+                out[name] = value.new_zeros((len(rows), *value.shape[1:])).index_copy(0, index, value)
         return out
 
     def exit_probability(self, s: torch.Tensor) -> torch.Tensor:
