@@ -91,3 +91,25 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
     task = get_task("addition", reverse=True, max_digits=10)
     res = evaluate(model, tok, examples, configs.inference, 13, task.score)
     assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.95 on these 20 with the 2,400-step weights
+
+
+RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"
+
+
+def test_shipped_recursive_nanochat_mini_answers_and_its_gate_exits_early():
+    """The recipe the ablation chose ((3,1,4), learned exit gate): it answers at the preset's r = 4, and its gate,
+    capped at r = 8, answers the same in about one step a token (its accuracy is flat in r: README)."""
+    model, tok, configs = load_checkpoint(RN_MINI)
+    assert model.param_groups()["unique"] == 7_471_104 + 257  # and the exit gate's 257
+    gate = configs.inference.override(recurrences=8, exit="gate:0.5")
+    accuracy, steps = {"fixed": [], "gate": []}, []
+    for name in ("even_odd", "comparison", "word_problem"):  # three of its best tasks (README)
+        task = get_task(name)
+        examples = task.generate("test", 6, seed=0, difficulty=1)
+        for key, policy in (("fixed", configs.inference), ("gate", gate)):
+            res = evaluate(model, tok, examples, policy, task.max_new_tokens)
+            accuracy[key].append(res["accuracy"])
+        steps.append(res["mean_steps"])
+    fixed, gated = (sum(v) / len(v) for v in accuracy.values())
+    assert fixed >= 0.8 and gated >= fixed - 0.1, accuracy  # measured 0.96 and 0.96 on 8 of each
+    assert max(steps) <= 2.0, steps  # measured 1.0
