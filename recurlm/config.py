@@ -498,7 +498,10 @@ def build_configs(values: dict) -> RunConfig:
     if model.exit_gate and recurrence.supervise_every:
         raise UserError("model.exit_gate's expected loss scores every recurrence already: drop supervise_every")
     if any(stage.exit_gate == "only" for stage in stages.values()) and not model.exit_gate:
-        raise UserError("a stage with exit_gate = only trains the exit gate: set model.exit_gate = true")
+        raise UserError(
+            "a stage with exit_gate = only trains the exit gate: set model.exit_gate = true (a preset's plain "
+            "baselines, gate stage left out: recurlm compare RUN)"
+        )
     return RunConfig(
         model, recurrence, inference, TokenizerConfig(**values.get("tokenizer", {})),
         TrainConfig(**values.get("train", {})), stages,

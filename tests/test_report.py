@@ -61,6 +61,14 @@ def test_baselines_match_parameters_and_flops():
     assert iso_params.param_groups()["unique"] == pytest.approx(rec.param_groups()["unique"], rel=0.02)
 
 
+def test_baselines_of_a_run_with_an_exit_gate_leave_the_gate_out():
+    configs = load_config("recursive-nanochat-mini")  # (3,1,4) with a stage that trains only the gate
+    assert configs.model.exit_gate and "gate" in configs.stages
+    plain = plain_configs(configs, 8)
+    assert not plain.model.exit_gate and list(plain.stages) == ["pretrain", "sft"]
+    assert plain.stages["sft"] == configs.stages["sft"]  # the same data and steps otherwise
+
+
 def test_compare_trains_both_baselines_on_the_same_tokens(run_dir, tmp_path):
     table = compare(str(run_dir), recurrences=[1, 2], limit=4)
     header = table.splitlines()[0]

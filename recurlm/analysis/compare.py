@@ -19,13 +19,17 @@ from recurlm.tasks.runs import trained_task_names
 
 
 def plain_configs(configs: RunConfig, layers: int) -> RunConfig:
-    """The run's configs with its model replaced by a plain GPT of `layers` blocks of the same width."""
+    """The run's configs with its model replaced by a plain GPT of `layers` blocks of the same width; stages that
+    train only the exit gate are left out (a plain GPT has no steps to exit)."""
+    model = dataclasses.replace(
+        configs.model, n_prelude=layers, n_core=0, n_coda=0, recur_lora_rank=0, recur_lora_count=0, gate=False,
+        exit_gate=False,
+    )  # fmt: skip
     return configs.replace(
-        model=dataclasses.replace(
-            configs.model, n_prelude=layers, n_core=0, n_coda=0, recur_lora_rank=0, recur_lora_count=0, gate=False
-        ),
+        model=model,
         recurrence=RecurrenceConfig(schedule="fixed", mean=1.0),
         inference=configs.inference.override(recurrences=1, exit="none"),
+        stages={name: stage for name, stage in configs.stages.items() if stage.exit_gate != "only"},
     )
 
 
