@@ -269,7 +269,7 @@ class TrainConfig:
 class StageConfig:
     """One training stage ([stage.NAME] in a preset): what data, how long, at what learning rate."""
 
-    steps: int = 100
+    steps: int = 100  # 0 leaves the stage out (--set stage.NAME.steps=0)
     lr_scale: float = 1.0
     tasks: str = ""  # comma-separated task names, each optionally weighted (name:2); uniform by default
     text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet, a directory) instead of tasks
@@ -294,8 +294,8 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 1 or self.buckets < 1:
-            raise UserError(f"stage steps and buckets must be >= 1, got {self.steps} and {self.buckets}")
+        if self.steps < 0 or self.buckets < 1:
+            raise UserError(f"stage steps must be >= 0 and buckets >= 1, got {self.steps} and {self.buckets}")
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):
@@ -494,14 +494,15 @@ def build_configs(values: dict) -> RunConfig:
     if not inference.recurrences:
         inference = inference.override(recurrences=round(recurrence.mean) if model.n_core else 1)
     check_exit_fits(inference.exit, model)
-    stages = {name: StageConfig(**v) for name, v in values.get(STAGE, {}).items()}
+    stages = {name: stage for name, v in values.get(STAGE, {}).items() if (stage := StageConfig(**v)).steps}
     if model.exit_gate and recurrence.supervise_every:
         raise UserError("model.exit_gate's expected loss scores every recurrence already: drop supervise_every")
-    if any(stage.exit_gate == "only" for stage in stages.values()) and not model.exit_gate:
-        raise UserError(
-            "a stage with exit_gate = only trains the exit gate: set model.exit_gate = true (a preset's plain "
-            "baselines, gate stage left out: recurlm compare RUN)"
-        )
+    for name, stage in stages.items():
+        if stage.exit_gate == "only" and not model.exit_gate:
+            raise UserError(
+                f"stage {name} trains only the exit gate (exit_gate = only): set model.exit_gate = true, or leave "
+                f"the stage out with --set stage.{name}.steps=0"
+            )
     return RunConfig(
         model, recurrence, inference, TokenizerConfig(**values.get("tokenizer", {})),
         TrainConfig(**values.get("train", {})), stages,

@@ -109,3 +109,14 @@ def test_policy_overrides_field_by_field():
     assert run.override(exit="none", max_steps=3).steps_cap == 8  # the cap belongs to adaptive exit
     with pytest.raises(UserError, match="exit"):
         base.override(exit="sometimes")
+
+
+def test_a_stage_of_zero_steps_is_left_out():
+    """How a preset's plain baseline drops the exit gate's stage (a plain GPT has no steps to exit)."""
+    plain = ["model.n_prelude=8", "model.n_core=0", "model.n_coda=0", "model.exit_gate=false"]
+    with pytest.raises(UserError, match="stage gate trains only the exit gate"):
+        load_config("recursive-nanochat-mini", overrides=plain)
+    configs = load_config("recursive-nanochat-mini", overrides=[*plain, "stage.gate.steps=0"])
+    assert list(configs.stages) == ["pretrain", "sft"] and configs.model.n_core == 0
+    with pytest.raises(UserError, match="steps must be >= 0"):
+        load_config("recursive-nanochat-mini", overrides=["stage.gate.steps=-1"])
