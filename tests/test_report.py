@@ -37,7 +37,13 @@ def test_report_evaluates_once_then_plots(run_dir, tmp_path):
     row = {"task": "addition", "recurrences": 3, "accuracy": 0.123, "n": 5, "mean_steps": 3.0, "tokens_per_s": 9.0}
     (run_dir / "eval.json").write_text(json.dumps({"results": [row]}))
     assert "0.123" in (write_report([str(run_dir)], tmp_path / "again").joinpath("report.md").read_text())
+    # results on the validation split (`recurlm eval --split val --json`) stay out of a report
+    val = {"split": "val", "results": [{**row, "recurrences": 5, "accuracy": 0.456}]}
+    (run_dir / "eval-val.json").write_text(json.dumps(val))
+    md = write_report([str(run_dir)], tmp_path / "third").joinpath("report.md").read_text()
+    assert "0.123" in md and "0.456" not in md and "r=5" not in md
     (run_dir / "eval.json").unlink()
+    (run_dir / "eval-val.json").unlink()
 
 
 def test_report_cli_errors_are_one_line(tmp_path, capsys):

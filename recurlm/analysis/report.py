@@ -105,12 +105,15 @@ class Run:
 
 
 def load_results(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The result rows and the settle-or-drift rows (`recurlm eval --dynamics`) of the run's eval*.json files; keys
-    a result row leaves out (docs/design.md §4) get `recurlm eval` defaults."""
+    """The result rows and the settle-or-drift rows (`recurlm eval --dynamics`) of the run's eval*.json files on the
+    test split (a file written with `--split val` or `train` is left out: a report reports test); keys a result
+    row leaves out (docs/design.md §4) get `recurlm eval` defaults."""
     rows, dynamics = [], []
     for f in sorted(run_dir.glob("eval*.json")):
         try:
             saved = json.loads(f.read_text())
+            if saved.get("split", "test") != "test":
+                continue
             for row in saved["results"]:
                 rows.append({"difficulty": None, "exit": "none", "decode": "greedy", **row})
                 rows[-1]["max_steps"] = rows[-1].get("max_steps", rows[-1]["mean_steps"])

@@ -102,7 +102,7 @@ def run(args):
         for at_r in by_r(rows).values():
             if (value := chatcore(aggregate(at_r))) is not None:
                 core.append({"recurrences": at_r[0]["recurrences"], "exit": spec, "decode": decode, "chatcore": value})
-    out = {"checkpoint": args.checkpoint, "results": results, "chatcore": core}
+    out = {"checkpoint": args.checkpoint, "split": args.split, "results": results, "chatcore": core}
     if args.dynamics and model.core:
         depth = max(4 * configs.inference.recurrences, *recurrences)
         out["dynamics"] = settle_or_drift(model, tok, sets, depth, args.seed)
