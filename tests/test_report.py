@@ -162,3 +162,5 @@ def test_plots_keep_every_line_visible_with_integer_ticks_accuracy_from_zero_and
             assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
         if plot is report.plot_training:
             assert len(fig.legends[0].get_texts()) == 13
+    twice = report.plot_training([run, run], tmp_path / "p.png")  # 26 sets: a line per run, their mean
+    assert [t.get_text() for t in twice.legends[0].get_texts()] == [f"{run.name}: mean of 13 sets"] * 2

@@ -233,9 +233,14 @@ def plot_accuracy_vs_r(runs: list[Run], path: Path) -> Figure:
 def plot_accuracy_vs_difficulty(runs: list[Run], path: Path) -> Figure:
     """Per task, accuracy against difficulty (addition: operand digits), one line per run and r (plain runs
     dashed): where a model stops generalising, and whether more r moves that point."""
-    tasks = list(dict.fromkeys(r["task"] for run in runs for r in run.fixed() if r["difficulty"] is not None))
-    fig, axes = panels(len(tasks), 4, 3.5)
-    for ax, task in zip(axes, tasks, strict=True):
+    levels: dict[str, set] = {}
+    for run in runs:
+        for r in run.fixed():
+            if r["difficulty"] is not None:
+                levels.setdefault(r["task"], set()).add(r["difficulty"])
+    tasks = [t for t, seen in levels.items() if len(seen) > 1]  # one level: nothing to draw against difficulty
+    fig, axes = panels(max(len(tasks), 1), 4, 3.5)
+    for ax, task in zip(axes, tasks, strict=False):  # no task with levels: one empty panel
         series = {}
         for run in runs:
             for r in run.fixed():
@@ -251,26 +256,28 @@ def plot_accuracy_vs_difficulty(runs: list[Run], path: Path) -> Figure:
 
 
 def plot_steps_vs_difficulty(runs: list[Run], path: Path) -> Figure:
-    fig = new_figure(7, 4)
-    ax = fig.subplots()
-    series: dict[tuple, list] = {}
+    """Per task with difficulty levels, the steps adaptive exit spends against difficulty, a line per run and exit
+    setting (median problem, 10-90% band): does it spend depth where problems are harder?"""
+    tasks: dict[str, dict[tuple, list]] = {}
     for run in runs:
         for r in run.adaptive():
             if r["difficulty"] is not None:
-                series.setdefault((run.name, r["task"], r["exit"], r["recurrences"]), []).append(r)
-    for k, ((name, task, spec, cap), rows) in enumerate(series.items()):
-        rows.sort(key=lambda r: r["difficulty"])
-        # per problem: its mean recurrences per decoded token; the median and the 10-90% band over problems
-        bands = [np.percentile(r.get("steps_by_example") or [r["mean_steps"]], [10, 50, 90]) for r in rows]
-        p10, p50, p90 = np.array(bands).T
-        x = spread([r["difficulty"] for r in rows], k, len(series))
-        label = f"{name}: {Path(task).name}, {spec} (max {cap})"
-        marker = MARKERS[k % len(MARKERS)]
-        ax.errorbar(x, p50, yerr=[p50 - p10, p90 - p50], marker=marker, capsize=3, label=label, clip_on=False)
-    ax.set(xlabel="difficulty", ylabel="steps per token (median problem, 10-90%)", title="adaptive exit: steps used")
-    ax.set_ylim(bottom=0)
-    integer_ticks(ax)
-    legend_outside(fig, [ax])
+                tasks.setdefault(r["task"], {}).setdefault((run.name, r["exit"], r["recurrences"]), []).append(r)
+    tasks = {t: series for t, series in tasks.items() if len({r["difficulty"] for v in series.values() for r in v}) > 1}
+    fig, axes = panels(max(len(tasks), 1), 4, 3.5)
+    for ax, (task, series) in zip(axes, tasks.items(), strict=False):
+        for k, ((name, spec, cap), rows) in enumerate(series.items()):
+            rows.sort(key=lambda r: r["difficulty"])
+            # per problem: its mean recurrences per decoded token; the median and the 10-90% band over problems
+            bands = [np.percentile(r.get("steps_by_example") or [r["mean_steps"]], [10, 50, 90]) for r in rows]
+            p10, p50, p90 = np.array(bands).T
+            x = spread([r["difficulty"] for r in rows], k, len(series))
+            ax.errorbar(x, p50, yerr=[p50 - p10, p90 - p50], marker=MARKERS[k % len(MARKERS)], capsize=3,
+                        color=f"C{k}", label=f"{name}: {spec} (max {cap})", clip_on=False)  # fmt: skip
+        ax.set(title=Path(task).name, xlabel="difficulty", ylabel="steps per token (median problem, 10-90%)")
+        ax.set_ylim(bottom=0)
+        integer_ticks(ax)
+    legend_outside(fig, axes)
     return save(fig, path)
 
 
@@ -280,7 +287,9 @@ def plot_exit_tradeoff(runs: list[Run], path: Path) -> Figure:
     ax = fig.subplots()
     for run in runs:
         fixed = sorted((pooled(rows, "mean_steps"), pooled(rows, "accuracy")) for rows in by_r(run.fixed()).values())
-        if fixed:
+        if fixed and not run.model.core:  # a plain GPT has no recurrences to count: its accuracy as a level
+            ax.axhline(fixed[0][1], linestyle="--", color="grey", label=f"{run.name} (plain)")
+        elif fixed:
             ax.plot(*zip(*fixed, strict=True), marker="o", label=f"{run.name}: fixed r", clip_on=False)
         settings: dict[tuple, list] = {}
         for r in run.adaptive():
@@ -334,10 +343,18 @@ def plot_training(runs: list[Run], path: Path) -> Figure:
         steps = [m for m in run.metrics if "loss" in m]
         if steps:
             loss_ax.plot([m["tokens"] for m in steps], [m["loss"] for m in steps], label=run.name)
-        evals = [m for m in run.metrics if "eval" in m]
-        keys = list(dict.fromkeys(k for m in evals for k in m["eval"]))
+    # a line per evaluated set while they stay readable (16), else a line per run: the mean over its sets
+    evals = {run: [m for m in run.metrics if "eval" in m] for run in runs}
+    per_set = sum(len({k for m in ms for k in m["eval"]}) for ms in evals.values()) <= 16
+    for run, ms in evals.items():
+        keys = list(dict.fromkeys(k for m in ms for k in m["eval"]))
+        if not per_set and keys:
+            mean = [(m["step"], sum(m["eval"].values()) / len(m["eval"])) for m in ms]
+            label = f"{run.name}: mean of {len(keys)} sets"
+            acc_ax.plot(*zip(*mean, strict=True), marker="o", markersize=4, label=label)
+            continue
         for k, key in enumerate(keys):
-            pts = [(m["step"], m["eval"][key]) for m in evals if key in m["eval"]]
+            pts = [(m["step"], m["eval"][key]) for m in ms if key in m["eval"]]
             acc_ax.plot(
                 *zip(*pts, strict=True), marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{run.name}: {key}"
             )
