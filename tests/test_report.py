@@ -162,5 +162,8 @@ def test_plots_keep_every_line_visible_with_integer_ticks_accuracy_from_zero_and
             assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
         if plot is report.plot_training:
             assert len(fig.legends[0].get_texts()) == 13
-    twice = report.plot_training([run, run], tmp_path / "p.png")  # 26 sets: a line per run, their mean
-    assert [t.get_text() for t in twice.legends[0].get_texts()] == [f"{run.name}: mean of 13 sets"] * 2
+    other = report.Run(str(run_dir))
+    other.metrics, other.name = run.metrics, "other"
+    twice = report.plot_training([run, other], tmp_path / "p.png")  # 26 sets: a line per run, their mean
+    labels = [t.get_text() for t in twice.legends[0].get_texts()]
+    assert labels == [f"{name}: mean of 13 sets" for name in (run.name, "other")]
