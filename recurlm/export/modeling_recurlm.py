@@ -303,6 +303,20 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
             return torch.sigmoid(self.exit_gate(norm(s)).float())[..., 0]
         return s if name in ("latent", "cosine") else F.log_softmax(self._head(s, cos, sin, cache).float(), dim=-1)
 
+    def _prelude(self, input_ids, digit_pos, n_prompt, cos, sin, cache=None):
+        """Embedding (with abacus ids: `digit_pos`, else counted from the ids, the first `n_prompt` being the
+        prompt's) and the prelude blocks; with a cache, each writes its slot."""
+        x = self.wte(input_ids)
+        if self.abacus is not None:
+            if digit_pos is None:
+                digits = set(self.config.digit_token_ids)
+                digit_pos = torch.tensor([significance_ids(row, n_prompt, digits) for row in input_ids.tolist()])
+            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=self.config.abacus))
+        e = norm(x)
+        for j, block in enumerate(self.prelude):
+            e = block(e, cos, sin, kv=None if cache is None else (cache, cache.slot("prelude", j), None, None))
+        return e
+
     def _initial(self, e):
         kind = self.config.state_init
         if kind == "prelude":
@@ -346,26 +360,20 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         """New tokens through the cache, as recurlm's engine runs them: a prompt (from position 0) in parallel at
         r recurrences, then one token at a time, each from the previous token's final state (warm start) and
         under the exit rule. Returns the logits and the recurrences per token."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > 1 and cache.length:  # several tokens after the prompt: one at a time (the engine's rule)
             parts = [self._cached(input_ids[:, t : t + 1], cache, r, rule, least, warm_start) for t in range(T)]
             return torch.cat([lg for lg, _ in parts], 1), torch.cat([st for _, st in parts], 1)
         c, start = self.config, cache.length
         cos, sin = self._rotary(start + T, input_ids.device)
         cos, sin = cos[:, start:], sin[:, start:]
-        x = self.wte(input_ids)
-        if self.abacus is not None:
+        digit_pos = None
+        if self.abacus is not None and start:  # a generated number counts its digits from the first
             digits = set(c.digit_token_ids)
-            if start == 0:
-                digit_pos = torch.tensor([significance_ids(row, T, digits) for row in input_ids.tolist()])
-            else:  # a generated number counts its digits from the first
-                is_digit = torch.tensor([t in digits for t in input_ids[:, 0].tolist()], device=input_ids.device)
-                cache.runs = torch.where(is_digit, cache.runs + 1, 0)
-                digit_pos = cache.runs[:, None]
-            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
-        e = norm(x)
-        for j, block in enumerate(self.prelude):
-            e = block(e, cos, sin, kv=(cache, cache.slot("prelude", j), None, None))
+            is_digit = torch.tensor([t in digits for t in input_ids[:, 0].tolist()], device=input_ids.device)
+            cache.runs = torch.where(is_digit, cache.runs + 1, 0)
+            digit_pos = cache.runs[:, None]
+        e = self._prelude(input_ids, digit_pos, T, cos, sin, cache)
         s = cache.final if start and warm_start and self.core else self._initial(e)
         s, steps = self._recur(e, s, r, None if start == 0 else rule, least, cos, sin, cache)
         logits = self._head(s, cos, sin, cache)
@@ -397,18 +405,9 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
             logits, steps = self._cached(input_ids, cache, r, rule, least, c.warm_start if warm_start is None
                                          else warm_start)  # fmt: skip
         else:
-            B, T = input_ids.shape
+            T = input_ids.shape[1]
             cos, sin = self._rotary(T, input_ids.device)
-            x = self.wte(input_ids)
-            if self.abacus is not None:
-                if digit_pos is None:
-                    n = T if prompt_length is None else int(prompt_length)
-                    ids = input_ids.tolist()
-                    digit_pos = torch.tensor([significance_ids(row, n, set(c.digit_token_ids)) for row in ids])
-                x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=c.abacus))
-            e = norm(x)
-            for block in self.prelude:
-                e = block(e, cos, sin)
+            e = self._prelude(input_ids, digit_pos, T if prompt_length is None else int(prompt_length), cos, sin)
             s, steps = self._recur(e, self._initial(e), r, rule, least, cos, sin)
             logits = self._head(s, cos, sin)
         loss = None
