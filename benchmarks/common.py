@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from recurlm.machine import keep_freed_memory
+from recurlm.machine import cpu_has_amx, cpu_has_avx512_bf16, keep_freed_memory
 
 # as recurlm's command line does (recurlm.machine.keep_freed_memory); RECURLM_DEFAULT_MALLOC=1 measures without
 ALLOCATOR = (
@@ -18,10 +18,10 @@ ALLOCATOR = (
 
 
 def machine() -> str:
-    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
-    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
-    amx = "AMX" if "amx_bf16" in flags else "no AMX"
-    names = [line.partition(":")[2].strip() for line in flags.splitlines() if line.startswith("model name")]
+    cpuinfo = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+    bf16 = "AVX512-BF16" if cpu_has_avx512_bf16() else "no AVX512-BF16"
+    amx = "AMX" if cpu_has_amx() else "no AMX"
+    names = [line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     cpu = names[0] if names else platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads, {bf16}, {amx}, torch {torch.__version__}, malloc: {ALLOCATOR}"
 

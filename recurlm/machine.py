@@ -15,15 +15,22 @@ def _read_flags() -> frozenset[str]:
 FLAGS = _read_flags()
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16)."""
-    flags = FLAGS if cpuinfo is None else frozenset(cpuinfo.split())
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def _flags(cpuinfo: str | None) -> frozenset[str]:
+    return FLAGS if cpuinfo is None else frozenset(cpuinfo.split())
+
+
+def cpu_has_avx512_bf16(cpuinfo: str | None = None) -> bool:
+    return "avx512_bf16" in _flags(cpuinfo)
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """Whether the CPU has AMX tiles for bf16 (Intel Sapphire Rapids and later)."""
-    return "amx_bf16" in (FLAGS if cpuinfo is None else frozenset(cpuinfo.split()))
+    return "amx_bf16" in _flags(cpuinfo)
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16)."""
+    return cpu_has_amx(cpuinfo) or cpu_has_avx512_bf16(cpuinfo)
 
 
 def keep_freed_memory() -> bool:
