@@ -3,6 +3,7 @@ figures taken on a busier or quieter moment of a shared CPU can still be compare
 
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -24,6 +25,17 @@ def machine() -> str:
     names = [line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     cpu = names[0] if names else platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads, {bf16}, {amx}, torch {torch.__version__}, malloc: {ALLOCATOR}"
+
+
+def median_time(repeats: int, fn, *args, **kwargs):
+    """Median seconds of fn(*args, **kwargs) over the repeats (after a warm-up call), and its last result."""
+    out = fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from common import machine, matmul_peak, op_profile, read_bandwidth
+from common import machine, matmul_peak, median_time, op_profile, read_bandwidth
 
 from recurlm.checkpoint import load_checkpoint
 from recurlm.config import InferencePolicy, ModelConfig
@@ -42,17 +42,6 @@ from recurlm.tasks.runs import task_from_configs, trained_task_names
 from recurlm.text.prompting import example_ids, example_question
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
-
-
-def median_time(repeats: int, fn, *args, **kwargs):
-    """Median seconds of fn(*args, **kwargs) over the repeats (after a warm-up call), and its last result."""
-    out = fn(*args, **kwargs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def reference_model():

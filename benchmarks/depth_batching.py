@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 
 import torch
-from common import machine, matmul_peak
+from common import machine, matmul_peak, median_time
 
 import recurlm.network.model as network
 from recurlm.checkpoint import load_checkpoint
@@ -65,16 +65,6 @@ def test_examples(configs, n: int):
         task = tasks[i % len(tasks)]
         out.append(task.generate("test", n, seed=0)[i // len(tasks)])
     return out, tasks
-
-
-def timed(repeats: int, fn) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def steady(engine, prompts: list[list[int]], policies, total: int) -> tuple[float, float]:
@@ -183,7 +173,7 @@ def prompt_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
         row = {"deep_rows": deep}
         for name in ("dense", "compacted"):
             with mode(name):
-                row[name] = timed(repeats, lambda p=policies: engine.start(prompts, p))[0] * 1000  # noqa: B023
+                row[name] = median_time(repeats, engine.start, prompts, policies)[0] * 1000
         out.append(row)
         print(f"  k = {deep:>2}: dense {row['dense']:7.1f}  compacted {row['compacted']:7.1f}"
               f"  ({row['dense'] / row['compacted']:.2f}x)", flush=True)  # fmt: skip
@@ -205,10 +195,10 @@ def check_costs(rows_list=(1, 16), tokens: int = 64, repeats: int = 2) -> list[d
     for rows in rows_list:
         prompts = torch.randint(0, cfg.vocab_size, (rows, 32), generator=torch.Generator().manual_seed(1)).tolist()
         base = InferencePolicy(recurrences=8, kv_budget=1, warm_start=True)
-        none_s = timed(repeats, lambda: engine.generate(prompts, tokens, base))[0]  # noqa: B023
+        none_s = median_time(repeats, engine.generate, prompts, tokens, base)[0]
         for spec in ("latent:0", "cosine:0", "gate:1", "kl:0", "entropy:0", "minp:0", "argmax:100"):
             policy = base.override(exit=spec, min_steps=8)
-            dt = timed(repeats, lambda p=policy: engine.generate(prompts, tokens, p))[0]  # noqa: B023
+            dt = median_time(repeats, engine.generate, prompts, tokens, policy)[0]
             per_check = (dt - none_s) / (tokens * 8) * 1000
             out.append({"rows": rows, "criterion": spec.partition(":")[0], "ms_per_check": per_check,
                         "step_ms": dt / tokens * 1000, "fixed_step_ms": none_s / tokens * 1000})  # fmt: skip
