@@ -56,15 +56,28 @@ class KVCache:
             return ctx.rows[:, None]
         return torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
 
+    def _index(self, ctx) -> torch.Tensor:
+        """(B * H * T,): where each new token's (row, head, position) lies in a slot seen as (rows * H * L, D) rows.
+        One index_select / index_copy_ along it moves a pass's keys, where advanced indexing over two
+        non-adjacent dimensions (row and position) cost several times more (docs/design.md §6). Computed once per
+        pass: every slot has the same layout."""
+        if ctx.slot_index is None:
+            H, L = self.cfg.kv_heads, self.max_len
+            heads = torch.arange(H, device=ctx.positions.device)[None, :, None]
+            ctx.slot_index = ((self._rows(ctx)[:, :, None] * H + heads) * L + ctx.positions[:, None, :]).reshape(-1)
+        return ctx.slot_index
+
     def _at(self, slot: int, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """The (B, H, T, D) keys and values at the new tokens' positions."""
         if ctx.positions is None:
             end = ctx.start + ctx.cos.size(1)
             return self.k[slot][:, :, ctx.start : end], self.v[slot][:, :, ctx.start : end]
-        rows = self._rows(ctx)
-        return self.k[slot][rows, :, ctx.positions].transpose(1, 2), self.v[slot][rows, :, ctx.positions].transpose(
-            1, 2
-        )
+        B, T = ctx.positions.shape
+        index, shape = self._index(ctx), (B, self.cfg.kv_heads, T, self.cfg.head_dim)
+        k, v = self.k[slot], self.v[slot]
+        return k.view(-1, k.size(-1)).index_select(0, index).view(shape), v.view(-1, v.size(-1)).index_select(
+            0, index
+        ).view(shape)
 
     def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, ctx):
         if ctx.positions is None:
@@ -72,9 +85,9 @@ class KVCache:
             self.k[slot][:, :, ctx.start : end] = k
             self.v[slot][:, :, ctx.start : end] = v
             return
-        rows = self._rows(ctx)
-        self.k[slot][rows, :, ctx.positions] = k.transpose(1, 2).to(self.k[slot].dtype)
-        self.v[slot][rows, :, ctx.positions] = v.transpose(1, 2).to(self.v[slot].dtype)
+        index, keys, values = self._index(ctx), self.k[slot], self.v[slot]
+        keys.view(-1, keys.size(-1)).index_copy_(0, index, k.reshape(-1, k.size(-1)).to(keys.dtype))
+        values.view(-1, values.size(-1)).index_copy_(0, index, v.reshape(-1, v.size(-1)).to(values.dtype))
 
     def update(self, slot: tuple[int, int | None], k: torch.Tensor, v: torch.Tensor, ctx, stopped: Stopped | None):
         """Write the new tokens' (B, H, T, D) keys/values; return every row's keys/values up to ctx.keys.

@@ -133,6 +133,7 @@ class Context:
     logn: torch.Tensor | None = None  # (B or 1, 1, T, 1) log(position + 2), the query scale of logn_attention
     keys: int = 0  # how many cached positions attention reads
     rows: torch.Tensor | None = None  # (B,) the cache rows the batch's rows are (None: the same, 0 .. B-1)
+    slot_index: torch.Tensor | None = None  # where the new tokens lie in a cache slot (KVCache._index), once known
 
     def select(self, index: torch.Tensor) -> "Context":
         """The context of a subset of the batch's rows (`index`, (B',) long): what the recurrence loop runs when
@@ -145,7 +146,8 @@ class Context:
         rows = index if self.rows is None else self.rows[index]
         if self.cache is None:  # attention runs over the pass's own tokens: rows are independent
             return dataclasses.replace(
-                self, cos=pick(self.cos), sin=pick(self.sin), mask=pick(self.mask), logn=pick(self.logn), rows=None
+                self, cos=pick(self.cos), sin=pick(self.sin), mask=pick(self.mask), logn=pick(self.logn), rows=None,
+                slot_index=None,
             )
         if self.positions is not None:
             positions, mask = self.positions[index], pick(self.mask)
@@ -157,7 +159,7 @@ class Context:
             mask = (torch.arange(self.keys, device=index.device)[None, None, :] <= positions[:, :, None])[:, None]
         return dataclasses.replace(
             self, cos=pick(self.cos), sin=pick(self.sin), mask=mask, causal=False, positions=positions,
-            logn=pick(self.logn), rows=rows,
+            logn=pick(self.logn), rows=rows, slot_index=None,
         )  # fmt: skip
 
 
