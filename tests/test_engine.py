@@ -381,3 +381,34 @@ def test_prompt_pass_runs_each_row_to_its_own_depth(monkeypatch):
     assert calls == [2, 2] + [1] * 7 and steps.tolist() == [9, 2]
     for b, (p, r) in enumerate(zip(prompts, (9, 2), strict=True)):
         assert (Engine(model).start([p], policy(r))[1][0] - logits[b]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_sequences_joining_take_the_places_of_ended_ones(mixed):
+    """A server's loop: sequences end and new ones join between steps. A newcomer takes an ended row's place (the
+    batch does not grow, nothing is copied) and decodes exactly as alone — rows of one depth stepping together, or
+    of mixed depths and exits by depth batching."""
+    from recurlm.inference.generation import GenerationLoop, Sequence
+
+    model = tiny_model()
+    prompts = [IDX[0, :3], IDX[1, :9], IDX[0, 2:8], IDX[1, :2], IDX[1, 3:7], IDX[0, 5:12]]
+    prompts = [p.tolist() for p in prompts]
+    if mixed:
+        exit = varied_exit(model, "latent", prompts, 8)
+        policies = [policy(6), policy(2), policy(8, exit=exit), policy(3), policy(8, exit=exit), policy(5)]
+    else:
+        policies = [policy(3)] * 6
+    budgets = [2, 7, 7, 7, 7, 6]  # the first ends after 2 tokens; the sixth joins into its place
+    alone = [Engine(model).generate([p], n, q).tokens[0] for p, n, q in zip(prompts, budgets, policies, strict=True)]
+    seqs = [Sequence(p, n, q) for p, n, q in zip(prompts, budgets, policies, strict=True)]
+    loop = GenerationLoop(Engine(model))
+    loop.add(seqs[:5])  # one ended row of five stays in the batch (a quarter of it must end before it shrinks)
+    widths = []
+    while len(loop):
+        loop.step()
+        widths.append(len(loop.rows))
+        if seqs[0].finish and seqs[5].generator is None:
+            loop.add([seqs[5]])
+            assert len(loop.rows) == 5 and loop.rows[0] is seqs[5]
+    assert [s.generated for s in seqs] == alone
+    assert max(widths) == 5

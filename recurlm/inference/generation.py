@@ -85,19 +85,39 @@ class GenerationLoop:
         return [s for i, s in enumerate(self.rows) if i not in self.parked]
 
     def add(self, seqs: list[Sequence]):
-        """Prefill new sequences into the batch (all or, on an error, none of them)."""
+        """Prefill new sequences into the batch (all or, on an error, none of them). They take the places of rows
+        that ended first (no copy of the batch's cache), and only the rest grow the batch."""
         if not seqs:
             return
         for s in seqs:  # any int is a seed: torch takes 64 bits
             s.generator = torch.Generator(device=self.engine.device).manual_seed(s.seed % 2**64)
-        if self.use_cache:
-            fresh, logits, steps = self.engine.start(
-                [s.prompt for s in seqs], [s.policy for s in seqs], [s.seed for s in seqs], max_len=self.max_len
-            )
-            state = fresh if self.state is None else DecodeState.cat([self.state, fresh])
-            steps = steps.tolist()
-        else:
-            state, logits, steps = None, self._full_forward(seqs), self._fixed_steps(seqs)
+        if not self.use_cache:
+            logits, steps = self._full_forward(seqs), self._fixed_steps(seqs)
+            self._append(seqs, None, logits, steps)
+            return
+        fresh, logits, steps = self.engine.start(
+            [s.prompt for s in seqs], [s.policy for s in seqs], [s.seed for s in seqs], max_len=self.max_len
+        )
+        steps = steps.tolist()
+        if self.state is None:
+            self._append(seqs, fresh, logits, steps)
+            return
+        DecodeState.check_joinable([self.state, fresh])
+        places = sorted(self.parked)[: len(seqs)]
+        k = len(places)
+        if k:
+            self.state.put(places, fresh if k == len(seqs) else fresh.select(list(range(k))))
+            for place, seq, row_steps in zip(places, seqs, steps, strict=False):
+                self.rows[place], self.next_steps[place] = seq, row_steps
+            self.logits[places] = logits[:k].to(self.logits.dtype)
+            self.parked -= set(places)
+            self.ready |= set(places)
+        if k < len(seqs):
+            self._append(seqs[k:], DecodeState.cat([self.state, fresh.select(list(range(k, len(seqs))))]),
+                         logits[k:], steps[k:])  # fmt: skip
+
+    def _append(self, seqs: list[Sequence], state: DecodeState | None, logits: torch.Tensor, steps: list[int]):
+        """New rows at the end of the batch: `state` is the whole batch's, theirs included."""
         self.ready |= set(range(len(self.rows), len(self.rows) + len(seqs)))
         self.state, self.rows = state, self.rows + seqs
         self.logits = logits if self.logits is None else torch.cat([self.logits, logits])
@@ -107,6 +127,10 @@ class GenerationLoop:
         """One token for every row whose logits are ready; the rows that end leave, the others go on decoding."""
         if not len(self):
             return []
+        if self.use_cache and 4 * len(self.parked) >= len(self.rows):
+            # Ended rows leave once they are a quarter of the batch: not in the step they end, so that sequences
+            # joining in between take their places (`add`) instead of the batch copying its cache twice
+            self._compact()
         rows = self.rows
         depthwise = self._depthwise()
         turn = [i for i in range(len(rows)) if i not in self.parked and (i in self.ready or rows[i].cancelled)]
@@ -176,9 +200,6 @@ class GenerationLoop:
         flight = self.state.in_flight()
         flight.active[ended] = False  # a row cancelled with a token in flight drops it
         self.ready -= set(fed) | set(ended)
-        if 4 * len(self.parked) >= len(self.rows):
-            where = self._compact()
-            picked, fed = {where[i]: picked[i] for i in fed}, [where[i] for i in fed]
         if fed:
             self.engine.feed(self.state, fed, [picked[i] for i in fed])
         while not self.ready - self.parked:  # core passes until some row's token completes
@@ -191,9 +212,9 @@ class GenerationLoop:
 
     def _advance(self, picked: list[int], ended: list[int]):
         # Leaving a batch copies its cache, so a row that ends rides along, cut back to one token and fed whatever
-        # it samples (rolled back after each step), until a quarter of the batch has ended.
-        if 4 * len(self.parked) >= len(self.rows) or not self.use_cache:
-            picked = [picked[i] for i in self._compact()]
+        # it samples (rolled back after each step), until a quarter of the batch has ended (`step`).
+        if not self.use_cache:
+            self._compact()
         elif ended:
             self.state.rollback([self.state.lengths[i] - 1 if i in ended else 0 for i in range(len(self.rows))])
         self.ready = set(range(len(self.rows)))

@@ -102,12 +102,16 @@ class DecodeState:
         )
 
     @staticmethod
-    def cat(states: list["DecodeState"]) -> "DecodeState":
-        """One batch of all the states' rows (a sequence joins a running batch)."""
+    def check_joinable(states: list["DecodeState"]):
         if len({s.cache.budget for s in states}) > 1:
             raise UserError("sequences with different kv budgets cannot share a batch")
         if len({s.max_len for s in states}) > 1:
             raise UserError("sequences with different cache lengths cannot share a batch")
+
+    @staticmethod
+    def cat(states: list["DecodeState"]) -> "DecodeState":
+        """One batch of all the states' rows (a sequence joins a running batch)."""
+        DecodeState.check_joinable(states)
         return DecodeState(
             KVCache.cat([s.cache for s in states]),
             [n for s in states for n in s.lengths],
@@ -118,6 +122,21 @@ class DecodeState:
             Halting.cat([s.halt for s in states]),
             None if all(s.flight is None for s in states) else InFlight.cat([s.in_flight() for s in states]),
         )
+
+    def put(self, rows: list[int], other: "DecodeState"):
+        """Overwrite the given rows (sequences that ended) with `other`'s rows, in order, in place: a sequence joins a
+        running batch without copying the batch."""
+        DecodeState.check_joinable([self, other])
+        index = torch.tensor(rows, dtype=torch.long, device=self.final.device)
+        self.cache.put(index, other.cache)
+        self.final[index] = other.final
+        if self.runs is not None:
+            self.runs[index] = other.runs
+        for b, n, policy, seed in zip(rows, other.lengths, other.policies, other.seeds, strict=True):
+            self.lengths[b], self.policies[b], self.seeds[b] = n, policy, seed
+        self.halt = self.halt.put(index, other.halt)
+        if self.flight is not None:  # a new row has no token in flight
+            self.flight.active[index] = False
 
     def in_flight(self) -> InFlight:
         """The tokens in flight (depth batching), set up empty the first time."""

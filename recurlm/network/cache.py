@@ -130,6 +130,11 @@ class KVCache:
         out.k, out.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
         return out
 
+    def put(self, rows: torch.Tensor, other: "KVCache"):
+        """Overwrite the given rows with `other`'s (in order), in place."""
+        for mine, theirs in zip(self.k + self.v, other.k + other.v, strict=True):
+            mine[rows] = theirs.to(mine.dtype)
+
     @staticmethod
     def cat(parts: list["KVCache"]) -> "KVCache":
         out = KVCache.__new__(KVCache)

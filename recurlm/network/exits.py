@@ -172,6 +172,25 @@ class Halting:
         eps = {k: v[index] for k, v in self.eps.items() if bool(v[index].isfinite().any())}
         return Halting([self.caps[b] for b in rows], self.cap[index], self.min_steps[index], eps)
 
+    def put(self, rows: torch.Tensor, other: "Halting") -> "Halting":
+        """These rows' halting with the given rows ((n,) long) replaced by `other`'s, in order."""
+        eps = {}
+        for name in set(self.eps) | set(other.eps):
+            mine = (
+                self.eps[name].clone()
+                if name in self.eps
+                else torch.full_like(self.cap, float("-inf"), dtype=torch.float)
+            )
+            mine[rows] = other.eps[name] if name in other.eps else float("-inf")
+            if bool(mine.isfinite().any()):  # a criterion no row uses any more is left out, as `select` does
+                eps[name] = mine
+        caps = list(self.caps)
+        for b, c in zip(rows.tolist(), other.caps, strict=True):
+            caps[b] = c
+        cap, min_steps = self.cap.clone(), self.min_steps.clone()
+        cap[rows], min_steps[rows] = other.cap, other.min_steps
+        return Halting(caps, cap, min_steps, eps)
+
     @staticmethod
     def cat(parts: list["Halting"]) -> "Halting":
         def never(h):
