@@ -57,10 +57,9 @@ class KVCache:
         return torch.arange(ctx.positions.size(0), device=ctx.positions.device)[:, None]
 
     def _index(self, ctx) -> torch.Tensor:
-        """(B * H * T,): where each new token's (row, head, position) lies in a slot seen as (rows * H * L, D) rows.
-        One index_select / index_copy_ along it moves a pass's keys, where advanced indexing over two
-        non-adjacent dimensions (row and position) cost several times more (docs/design.md §6). Computed once per
-        pass: every slot has the same layout."""
+        """(B * H * T,): where each new token's (row, head, position) lies in a slot seen as (rows * H * L, D) rows:
+        one index_select / index_copy_ along it moves a pass's keys, cheaper than advanced indexing over two
+        non-adjacent dimensions (row and position). Computed once per pass: every slot has the same layout."""
         if ctx.slot_index is None:
             H, L = self.cfg.kv_heads, self.max_len
             heads = torch.arange(H, device=ctx.positions.device)[None, :, None]
@@ -74,10 +73,8 @@ class KVCache:
             return self.k[slot][:, :, ctx.start : end], self.v[slot][:, :, ctx.start : end]
         B, T = ctx.positions.shape
         index, shape = self._index(ctx), (B, self.cfg.kv_heads, T, self.cfg.head_dim)
-        k, v = self.k[slot], self.v[slot]
-        return k.view(-1, k.size(-1)).index_select(0, index).view(shape), v.view(-1, v.size(-1)).index_select(
-            0, index
-        ).view(shape)
+        k, v = (t.view(-1, t.size(-1)).index_select(0, index).view(shape) for t in (self.k[slot], self.v[slot]))
+        return k, v
 
     def _put(self, slot: int, k: torch.Tensor, v: torch.Tensor, ctx):
         if ctx.positions is None:

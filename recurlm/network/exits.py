@@ -174,13 +174,9 @@ class Halting:
 
     def put(self, rows: torch.Tensor, other: "Halting") -> "Halting":
         """These rows' halting with the given rows ((n,) long) replaced by `other`'s, in order."""
-        eps = {}
+        eps, never = {}, torch.full_like(self.cap, float("-inf"), dtype=torch.float)
         for name in set(self.eps) | set(other.eps):
-            mine = (
-                self.eps[name].clone()
-                if name in self.eps
-                else torch.full_like(self.cap, float("-inf"), dtype=torch.float)
-            )
+            mine = self.eps.get(name, never).clone()
             mine[rows] = other.eps[name] if name in other.eps else float("-inf")
             if bool(mine.isfinite().any()):  # a criterion no row uses any more is left out, as `select` does
                 eps[name] = mine

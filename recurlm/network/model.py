@@ -146,13 +146,7 @@ class Context:
         rows = index if self.rows is None else self.rows[index]
         if self.cache is None:  # attention runs over the pass's own tokens: rows are independent
             return dataclasses.replace(
-                self,
-                cos=pick(self.cos),
-                sin=pick(self.sin),
-                mask=pick(self.mask),
-                logn=pick(self.logn),
-                rows=None,
-                slot_index=None,
+                self, cos=pick(self.cos), sin=pick(self.sin), mask=pick(self.mask), logn=pick(self.logn), rows=None
             )
         if self.positions is not None:
             positions, mask = self.positions[index], pick(self.mask)
