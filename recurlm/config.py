@@ -246,7 +246,7 @@ class TrainConfig:
     warmdown_frac: float = 0.3  # the last fraction of each stage decays the lr linearly to final_lr_frac
     final_lr_frac: float = 0.05
     grad_clip: float = 1.0  # 0: off
-    dtype: str = "auto"  # 'auto' (bf16 on CUDA and on CPUs with AMX), 'bf16' or 'fp32'
+    dtype: str = "auto"  # 'auto' (bf16 on CUDA and on CPUs with AMX or AVX512-BF16), 'bf16' or 'fp32'
     compile: bool = False  # torch.compile each block; the recurrence loop stays eager (no recompile per r)
     log_every: int = 10
     eval_every: int = 100  # steps; also where curriculum promotion is decided (0: only at the end)
