@@ -185,8 +185,8 @@ class GenerationLoop:
         live = [i for i in range(len(self.rows)) if i not in self.parked]
         return len(live) > 1 and not self.state.halt.select(live).uniform
 
-    def _compact(self) -> dict[int, int]:
-        """Drop the parked rows from the batch (leaving copies the cache); returns where each kept row now is."""
+    def _compact(self):
+        """Drop the parked rows from the batch (leaving copies the cache)."""
         keep = [i for i in range(len(self.rows)) if i not in self.parked]
         where = {i: n for n, i in enumerate(keep)}
         if self.use_cache:
@@ -194,7 +194,6 @@ class GenerationLoop:
         self.rows, self.next_steps = [self.rows[i] for i in keep], [self.next_steps[i] for i in keep]
         self.logits = self.logits[keep]
         self.ready, self.parked = {where[i] for i in self.ready if i in where}, set()
-        return where
 
     def _advance_depthwise(self, picked: list[int], fed: list[int], ended: list[int]):
         flight = self.state.in_flight()
