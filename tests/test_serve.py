@@ -199,6 +199,7 @@ needs_chromium = pytest.mark.skipif(
 @needs_chromium
 def test_web_chat_asks_for_the_key_of_a_keyed_server():
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     s = Server(api_key="sesame")
@@ -206,7 +207,8 @@ def test_web_chat_asks_for_the_key_of_a_keyed_server():
     try:
         page.get(s.url + "/")
         wait = WebDriverWait(page, 30)
-        prompt = wait.until(lambda b: b.switch_to.alert)  # the page asks once, on the first 401
+        # the page asks once, on the first 401; until it does, the wait polls (a bare switch_to.alert raises at once)
+        prompt = wait.until(expected_conditions.alert_is_present())
         prompt.send_keys("sesame")
         prompt.accept()
         wait.until(lambda b: b.find_element(By.ID, "model").text == "tiny")
