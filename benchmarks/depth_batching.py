@@ -8,11 +8,13 @@
    r = 2; 16 rows at r = 16; 16 rows under `kl:0.1` capped at 16. Each under the three ways the engine can run a
    batch: `dense` (every row runs until the batch's deepest is done: recurlm before depth batching), `compacted`
    (each recurrence gathers only the rows still iterating) and `depth` (depth batching: each core pass runs one
-   recurrence of every row's token, a row whose token is done picks its next one while others iterate; the
-   default). Tokens/s of the batch, and the ratio to 16 rows at r = 2 (goal for the mixed batch: >= 60%).
+   recurrence of every row's token, a row whose token is done picks its next one while others iterate; on
+   MiniAxion's shape also the engine's own choice). Tokens/s of the batch, and the ratio to 16 rows at r = 2 (goal
+   for the mixed batch: >= 60%).
 2. `--deep DIR`, a model trained for deep r (recursive-nanochat-mini): 16 rows decoding together from test
-   prompts, fixed r = 8 against `--exits` capped at 8, dense and depth-batched (goal: >= 1.6x fixed r = 8's
-   tokens/s), and accuracy on test prompts taken 16 at a time against one at a time (the same answers).
+   prompts, fixed r = 8 against `--exits` capped at 8, dense, depth-batched and as the engine chooses (`auto`;
+   goal: >= 1.6x fixed r = 8's tokens/s), and accuracy on test prompts taken 16 at a time against one at a time
+   (the same answers).
 3. Compaction against dense for the prompt pass: 16 prompts of 64 tokens, k rows at r = 16 and the rest at r = 2:
    where compaction starts to pay (`model.compacts`).
 4. `checks`: what each exit criterion costs per check (every iteration of every token), at 1 and 16 rows.
@@ -45,16 +47,16 @@ REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_p
 
 @contextmanager
 def mode(name: str):
-    """Run the engine as `dense` (no compaction, no depth batching), `compacted` or `depth` (the default)."""
-    compacts, depthwise = network.compacts, GenerationLoop._depthwise
-    if name in ("dense", "compacted"):
-        GenerationLoop._depthwise = lambda self: False
+    """Run the engine as `dense` (no compaction, no depth batching), `compacted`, `depth` (depth batching whenever
+    rows differ in depth) or `auto` (the default: depth batching where the model's shape says it pays)."""
+    compacts, batching = network.compacts, GenerationLoop.batching
+    GenerationLoop.batching = {"dense": "dense", "compacted": "dense", "depth": "depth"}.get(name, "auto")
     if name == "dense":
         network.compacts = lambda live, batch: False
     try:
         yield
     finally:
-        network.compacts, GenerationLoop._depthwise = compacts, depthwise
+        network.compacts, GenerationLoop.batching = compacts, batching
 
 
 def test_examples(configs, n: int):
@@ -146,7 +148,7 @@ def deep_exits(checkpoint: str, rows: int, tokens: int, exits: list[str], repeat
     for spec in ["none", *exits]:
         policy = fixed.override(exit=spec, max_steps=8) if spec != "none" else fixed
         row = {"exit": spec}
-        for name in ("dense", "depth"):
+        for name in ("dense", "depth", "auto"):
             with mode(name):
                 runs = [steady(engine, prompts, [policy] * rows, rows * tokens) for _ in range(repeats)]
             row[name], row["steps"] = statistics.median(r[0] for r in runs), runs[0][1]
@@ -155,7 +157,8 @@ def deep_exits(checkpoint: str, rows: int, tokens: int, exits: list[str], repeat
         reference = reference or row
         out.append(row)
         print(f"  {spec:<12} dense {row['dense']:7.1f} tok/s  depth {row['depth']:7.1f} tok/s "
-              f"({row['depth'] / reference['depth']:.2f}x fixed r = 8)  steps/token {row['steps']:.2f}  "
+              f"({row['depth'] / reference['depth']:.2f}x fixed r = 8)  auto {row['auto']:7.1f} tok/s "
+              f"({row['auto'] / reference['auto']:.2f}x)  steps/token {row['steps']:.2f}  "
               f"accuracy {row['accuracy']:.3f} (one at a time: {row['accuracy_batch_1']:.3f})", flush=True)  # fmt: skip
     return out
 

@@ -85,6 +85,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope: bool = True  # False: no positional encoding (NoPE): order from the causal mask (and Abacus ids) alone
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
+    # the abacus ids as fixed orthogonal codes, not learned: every two different ids are equally far apart, so a
+    # lookup that finds no digit of its significance (a shorter operand's missing columns) finds none at any
+    # distance, not only at the few distances short training numbers show
+    abacus_fixed: bool = False
     logn_attention: bool = False  # queries scaled by a learned per-head gain x log(position + 2) (scalable softmax,
     # Nakanishi 2025): QK-norm caps attention logits, so a lookup's weight fades as keys multiply; log n keeps it
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]

@@ -412,3 +412,24 @@ def test_sequences_joining_take_the_places_of_ended_ones(mixed):
             assert len(loop.rows) == 5 and loop.rows[0] is seqs[5]
     assert [s.generated for s in seqs] == alone
     assert max(widths) == 5
+
+
+def test_depth_batching_is_chosen_where_the_looped_core_outweighs_the_plain_blocks():
+    """Rows of different depths decode by depth batching when the core recurrences the shallow rows would idle
+    through cost more than the extra prelude and coda calls: on a (1,2,1) model at caps 8 and 2, not on a (3,1,4)
+    one (the shipped recursive-nanochat-mini's shape) whose exits may stop a token at 1 of 8; one depth never."""
+    from recurlm.inference.generation import GenerationLoop, Sequence
+
+    prompts = [IDX[0, :3].tolist(), IDX[1, :5].tolist()]
+    cases = [
+        ({}, [policy(8), policy(2)], True),
+        ({}, [policy(3), policy(3)], False),
+        ({"n_prelude": 3, "n_core": 1, "n_coda": 4}, [policy(8, exit="latent:0.1")] * 2, False),
+        ({"n_prelude": 3, "n_core": 1, "n_coda": 4}, [policy(16), policy(2)], True),
+    ]
+    for shape, policies, depthwise in cases:
+        loop = GenerationLoop(Engine(tiny_model(**shape)))
+        loop.add([Sequence(p, 4, q) for p, q in zip(prompts, policies, strict=True)])
+        assert loop._depthwise() == depthwise, (shape, policies)
+        loop.batching = "depth"
+        assert loop._depthwise() == (len({q.recurrences for q in policies}) > 1 or policies[0].exit != "none")

@@ -494,3 +494,16 @@ def test_exit_gate_trains_with_the_network_then_alone(tmp_path):
                          (["n_core=0", "exit_gate=true"], "looped core")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             tiny(*bad)
+
+
+def test_fixed_abacus_ids_stay_orthogonal_codes_while_the_rest_learns(tmp_path):
+    """model.abacus_fixed: the digit-significance table starts as orthogonal rows of norm sqrt(d) and no optimiser
+    moves it; the learned table (the default) moves."""
+    for fixed in (True, False):
+        init, _ = train(tiny("abacus=8", f"abacus_fixed={fixed}"), tmp_path / f"init{fixed}", stop_after=0)
+        start = init.abacus.weight.detach().clone()
+        model, _ = train(tiny("abacus=8", f"abacus_fixed={fixed}", "stage.curriculum.steps=6"), tmp_path / f"{fixed}")
+        assert torch.equal(model.abacus.weight, start) == fixed
+        assert not torch.equal(model.wte.weight, init.wte.weight)
+        if fixed:
+            assert torch.allclose(start @ start.T, 32 * torch.eye(9), atol=1e-4)  # d_model = 32

@@ -144,6 +144,16 @@ class Halting:
         return not self.eps and min(self.caps) == self.max_cap
 
     @property
+    def spread(self) -> int:
+        """How many recurrences a token of the shallowest row may idle through beside the deepest row's: caps
+        apart, a row with an exit counting as deep as its min_steps (at least 1) as it may stop there."""
+        adaptive = torch.zeros(self.cap.shape, dtype=torch.bool, device=self.cap.device)
+        for eps in self.eps.values():
+            adaptive |= eps.isfinite()
+        floor = torch.where(adaptive, self.min_steps.clamp(min=1), self.cap)
+        return self.max_cap - int(floor.min())
+
+    @property
     def watches(self) -> set[str]:
         return {CRITERIA[name].watches for name in self.eps}
 

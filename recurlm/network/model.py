@@ -260,6 +260,8 @@ class RecurrentGPT(nn.Module):
         lora = (cfg.recur_lora_rank, cfg.recur_lora_count) if cfg.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(cfg.vocab_size, d)
         self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus else None  # id 0: not a digit
+        if self.abacus is not None and cfg.abacus_fixed:
+            self.abacus.weight.requires_grad_(False)
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
         self.core = nn.ModuleList(Block(cfg, lora) for _ in range(cfg.n_core))
         self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
@@ -306,7 +308,9 @@ class RecurrentGPT(nn.Module):
         # Tied weights also produce the logits, so they start small; an untied input table does not matter in
         # scale (it is normalised) and a nearly-zero head starts at the uniform distribution (nanochat).
         self.wte.weight.normal_(0.0, 0.02 if self.cfg.tie_embeddings else 1.0)
-        if self.abacus is not None:
+        if self.abacus is not None and self.cfg.abacus_fixed:  # rows of the same norm as N(0, 1) ones
+            nn.init.orthogonal_(self.abacus.weight, gain=self.cfg.d_model**0.5)
+        elif self.abacus is not None:
             self.abacus.weight.normal_(0.0, 1.0)
         if self.lm_head is not None:
             self.lm_head.weight.normal_(0.0, 0.001)

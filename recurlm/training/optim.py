@@ -67,6 +67,8 @@ def build_optimizers(model, tcfg) -> list[torch.optim.Optimizer]:
     adam_kw = dict(betas=(0.9, 0.95), eps=1e-8, weight_decay=tcfg.weight_decay)
     matrices, rest = {False: [], True: []}, {False: [], True: []}
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # fixed by design (model.abacus_fixed)
+            continue
         top = name.split(".")[0]
         muon = tcfg.optimizer == "muon" and top in ("prelude", "core", "coda", "inject", "gate") and p.ndim == 2
         (matrices if muon else rest)[top in SHARED].append(p)
