@@ -87,7 +87,8 @@ class ModelConfig:
     abacus: int = 0  # digit-significance embeddings (McLeish et al. 2024) for numbers up to this many digits; 0: off
     # the abacus ids as fixed orthogonal codes, not learned: every two different ids are equally far apart, so a
     # lookup that finds no digit of its significance (a shorter operand's missing columns) finds none at any
-    # distance, not only at the few distances short training numbers show
+    # distance, not only at the few distances short training numbers show (tried on addition-length: it moved the
+    # errors, did not remove them; README, Length generalisation)
     abacus_fixed: bool = False
     logn_attention: bool = False  # queries scaled by a learned per-head gain x log(position + 2) (scalable softmax,
     # Nakanishi 2025): QK-norm caps attention logits, so a lookup's weight fades as keys multiply; log n keeps it
