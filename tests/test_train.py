@@ -10,6 +10,7 @@ import torch
 from recurlm.checkpoint import build_tokenizer, load_checkpoint
 from recurlm.config import load_config
 from recurlm.errors import UserError
+from recurlm.network.model import build_model
 from recurlm.text.tokenizer import Tokenizer
 from recurlm.training.data import TaskMixture
 from recurlm.training.optim import lr_factor
@@ -210,6 +211,24 @@ def test_changing_r_does_not_recompile_compiled_blocks():
 
     warm = step(3)
     assert warm > 0 and [step(r) for r in (1, 2, 5, 7, 4)] == [warm] * 5
+
+
+def test_validating_a_compiled_model_compiles_nothing():
+    """Periodic validation decodes with the KV cache; through compiled blocks each cache slot would compile a graph
+    of its own until dynamo's recompile limit. It runs them eagerly."""
+    from torch._dynamo.utils import counters
+
+    from recurlm.training.trainer import Progress, compile_blocks, periodic_eval
+
+    configs = tiny("eval_n=4")
+    tok = build_tokenizer(configs)
+    model = build_model(configs.model)
+    compile_blocks(model)
+    torch._dynamo.reset()
+    counters.clear()
+    mixture = TaskMixture(configs.stages["curriculum"], tok, 0, configs.model.abacus)
+    periodic_eval(model, tok, configs, mixture, "curriculum", 2, {"step": 0}, Progress(1, 0, None, False))
+    assert counters["stats"]["unique_graphs"] == 0
 
 
 def test_autocast_dtype_choice():

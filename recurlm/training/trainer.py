@@ -335,10 +335,18 @@ def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state,
     Promotion asks whether the current level is mastered on fresh *training-split* problems: a level can be too
     small to generalise from on its own (1-digit addition has 100 problems; the 20 held out are only learnt through
     the columns of longer sums), so requiring held-out accuracy there would stall the curriculum.
+
+    Generation runs the blocks eagerly even under `train.compile`: decoding's cache writes would recompile the
+    compiled blocks per cache slot until dynamo's recompile limit, and then leave them eager for good.
     """
-    tcfg, policy, stage = configs.train, validation_policy(configs), mixture.stage
     if not mixture.tasks:
         return level
+    with torch.compiler.set_stance("force_eager"):
+        return _periodic_eval(model, tok, configs, mixture, name, level, state, progress)
+
+
+def _periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state, progress) -> int | None:
+    tcfg, policy, stage = configs.train, validation_policy(configs), mixture.stage
     record = {"step": state["step"], "stage": name, "eval": {}}
     mastered = True
     for task in mixture.tasks:
