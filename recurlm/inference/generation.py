@@ -193,9 +193,9 @@ class GenerationLoop:
         if len(live) < 2:
             return False
         halt = self.state.halt.select(live)
-        if halt.uniform or self.batching == "depth":
-            return not halt.uniform
-        return cfg.n_core * halt.spread > cfg.n_prelude + cfg.n_coda
+        if halt.uniform:
+            return False
+        return self.batching == "depth" or cfg.n_core * halt.spread > cfg.n_prelude + cfg.n_coda
 
     def _compact(self):
         """Drop the parked rows from the batch (leaving copies the cache)."""

@@ -147,10 +147,7 @@ class Halting:
     def spread(self) -> int:
         """How many recurrences a token of the shallowest row may idle through beside the deepest row's: caps
         apart, a row with an exit counting as deep as its min_steps (at least 1) as it may stop there."""
-        adaptive = torch.zeros(self.cap.shape, dtype=torch.bool, device=self.cap.device)
-        for eps in self.eps.values():
-            adaptive |= eps.isfinite()
-        floor = torch.where(adaptive, self.min_steps.clamp(min=1), self.cap)
+        floor = torch.where(self._using(self.eps), self.min_steps.clamp(min=1), self.cap)
         return self.max_cap - int(floor.min())
 
     @property
@@ -159,10 +156,13 @@ class Halting:
 
     def watching(self, kind: str) -> torch.Tensor:
         """(B,) bool: the rows whose criterion watches `kind` (the others need not compute it)."""
+        return self._using(name for name in self.eps if CRITERIA[name].watches == kind)
+
+    def _using(self, names) -> torch.Tensor:
+        """(B,) bool: the rows that use one of these criteria."""
         rows = torch.zeros(self.cap.shape, dtype=torch.bool, device=self.cap.device)
-        for name, eps in self.eps.items():
-            if CRITERIA[name].watches == kind:
-                rows |= eps.isfinite()
+        for name in names:
+            rows |= self.eps[name].isfinite()
         return rows
 
     def stop(self, iteration: int, prev: dict, cur: dict, memory: dict) -> torch.Tensor:

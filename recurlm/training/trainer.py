@@ -329,6 +329,7 @@ def validation_policy(configs: RunConfig) -> InferencePolicy:
     return InferencePolicy(recurrences=run.recurrences, kv_budget=run.kv_budget, warm_start=run.warm_start)
 
 
+@torch.compiler.set_stance("force_eager")
 def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state, progress) -> int | None:
     """Validation accuracy per task and difficulty, logged; and the curriculum level.
 
@@ -339,14 +340,9 @@ def periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state,
     Generation runs the blocks eagerly even under `train.compile`: decoding's cache writes would recompile the
     compiled blocks per cache slot until dynamo's recompile limit, and then leave them eager for good.
     """
+    tcfg, policy, stage = configs.train, validation_policy(configs), mixture.stage
     if not mixture.tasks:
         return level
-    with torch.compiler.set_stance("force_eager"):
-        return _periodic_eval(model, tok, configs, mixture, name, level, state, progress)
-
-
-def _periodic_eval(model, tok, configs, mixture: TaskMixture, name, level, state, progress) -> int | None:
-    tcfg, policy, stage = configs.train, validation_policy(configs), mixture.stage
     record = {"step": state["step"], "stage": name, "eval": {}}
     mastered = True
     for task in mixture.tasks:
