@@ -292,6 +292,10 @@ class StageConfig:
     buckets: int = 1  # > 1: each batch holds examples of similar length, one of this many length groups
     abacus_offset: bool = False  # shift each example's digit-significance ids by a random k (McLeish et al.), so
     # that ids past the trained lengths (up to model.abacus) are seen in training and longer numbers have their own
+    # trained embeddings
+    pack: int = 1  # rows of 1 to this many examples one after another (uniformly drawn). With abacus_offset the
+    # examples of a row take id ranges that do not overlap: a lookup then learns to pass over digits whose ids lie
+    # further away than one example spans, as every digit of a sum longer than trained must
     # With model.exit_gate: 'joint' (Ouro's first stage: the expected loss over exit steps trains everything),
     # 'off' (the final iteration's loss as without a gate; the gate does not learn) or 'only' (Ouro's second stage:
     # only the gate learns, everything else frozen, taught to stop where one more recurrence improves a token's loss
@@ -299,8 +303,10 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 0 or self.buckets < 1:
-            raise UserError(f"stage steps must be >= 0 and buckets >= 1, got {self.steps} and {self.buckets}")
+        if self.steps < 0 or self.buckets < 1 or self.pack < 1:
+            raise UserError(
+                f"stage steps must be >= 0, buckets and pack >= 1, got {self.steps}, {self.buckets} and {self.pack}"
+            )
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):

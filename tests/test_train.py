@@ -1,3 +1,4 @@
+import itertools
 import json
 import random
 import subprocess
@@ -437,6 +438,24 @@ def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table(
     stage.abacus_offset = False
     _, _, fixed = TaskMixture(stage, tok, 0, abacus=4).batch(8, 0, 0, 0, 3)
     assert plain.max() <= 4 and not torch.equal(plain, fixed) and bool((plain[fixed > 0] > 0).all())
+
+
+def test_packed_rows_hold_several_examples_on_id_ranges_of_their_own():
+    configs = load_config("addition-length", overrides=["stage.train.pack=3"])
+    stage, tok = configs.stages["train"], build_tokenizer(configs)
+    bos = tok.bos_ids[0]
+    x, y, pos = TaskMixture(stage, tok, 0, abacus=110).batch(64, 5, 0, 0, None)
+    per_row = (x == bos).sum(1)
+    assert per_row.min() == 1 and per_row.max() == 3 and 1.7 < per_row.float().mean() < 2.3
+    assert int((y == tok.eos_id).sum()) == int(per_row.sum())  # every example's answer is trained, to its end
+    for row, ids in zip(x, pos, strict=True):
+        starts = (row == bos).nonzero().flatten().tolist() + [len(row)]
+        spans = [set(ids[a:b].tolist()) - {0} for a, b in itertools.pairwise(starts)]
+        ranges = [(min(s), max(s)) for s in spans]
+        assert all(b1 < a2 or b2 < a1 for (a1, b1), (a2, b2) in itertools.combinations(ranges, 2))
+    stage.pack = 1
+    x, _, _ = TaskMixture(stage, tok, 0, abacus=110).batch(64, 5, 0, 0, None)
+    assert bool(((x == bos).sum(1) == 1).all())
 
 
 def test_loop_objectives_change_training_and_still_learn(tmp_path):

@@ -4,6 +4,7 @@ A batch is a pure function of (seed, step, rank, micro-step) and the curriculum 
 exactly the batches the uninterrupted one would have, and data-parallel ranks see different data.
 """
 
+import itertools
 import random
 
 import torch
@@ -24,11 +25,19 @@ def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus
     return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
 
 
-def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int) -> list[int]:
-    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`. The
-    prompt's last token ('=') takes id k, significance 0 shifted: it predicts the units digit, and without it that
-    token could not tell which ids are the units (k is 0 at test time, where nothing changes)."""
-    k = rng.randint(0, max(top - max(digits, default=0), 0))
+def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int, taken=None) -> list[int] | None:
+    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`. With a
+    list `taken` of the id ranges of a row's other examples, the range [k, k + largest] avoids them and is added
+    (None where no k is left). The prompt's last token ('=') takes
+    id k, significance 0 shifted: it predicts the units digit, and without it that token could not tell which ids
+    are the units (k is 0 at test time, where nothing changes)."""
+    m = max(digits, default=0)
+    free = [k for k in range(max(top - m, 0) + 1) if all(k + m < a or k > b for a, b in taken or ())]
+    if not free:
+        return None
+    k = rng.choice(free)
+    if taken is not None:
+        taken.append((k, k + m))
     out = [d + k if d else 0 for d in digits]
     if 0 < n_prompt <= len(out) and not out[n_prompt - 1]:
         out[n_prompt - 1] = k
@@ -82,22 +91,33 @@ class TaskMixture:
         return out
 
     def batch(self, n: int, step: int, rank: int, micro: int, level: int | None):
-        """n rows, right-padded to the longest. With `buckets` k > 1, k*n examples are drawn, sorted by length and
-        cut into k groups, and one group is the batch: rows of similar length waste little on padding (traces of
-        the reasoning suite run from 30 to 160 tokens), and as every example lands in exactly one group, each is
-        trained on with the same probability."""
-        k = self.stage.buckets
-        examples = self.examples(k * n, step, rank, micro, level)
-        rows = [encode_example(self.tok, ex, self.stage.loss, self.abacus > 0) for ex in examples]
-        if self.abacus and self.stage.abacus_offset:
-            rng = random.Random(f"{self.seed}/{step}/{rank}/{micro}/offset")
-            rows = [
-                (ids, mask, offset(digits, self.abacus, rng, len(example_ids(self.tok, ex.prompt))))
-                for ex, (ids, mask, digits) in zip(examples, rows, strict=True)
-            ]
+        """n rows, right-padded to the longest. With `buckets` k > 1, k*n rows are drawn, sorted by length and cut
+        into k groups, and one group is the batch: rows of similar length waste little on padding (traces of the
+        reasoning suite run from 30 to 160 tokens), and as every row lands in exactly one group, each is trained on
+        with the same probability. With `pack` > 1 a row holds 1 to `pack` examples."""
+        k, key = self.stage.buckets, f"{self.seed}/{step}/{rank}/{micro}"
+        sizes = [1] * (k * n)
+        if self.stage.pack > 1:
+            draw = random.Random(f"{key}/pack")
+            sizes = [draw.randint(1, self.stage.pack) for _ in sizes]
+        examples = iter(self.examples(sum(sizes), step, rank, micro, level))
+        shift = random.Random(f"{key}/offset") if self.abacus and self.stage.abacus_offset else None
+        rows = []
+        for size in sizes:
+            row, taken = ([], [], [] if self.abacus else None), []
+            for ex in itertools.islice(examples, size):
+                ids, mask, digits = encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
+                if shift is not None:
+                    digits = offset(digits, self.abacus, shift, len(example_ids(self.tok, ex.prompt)), taken)
+                    if digits is None:  # no id range left in this row's table
+                        continue
+                row[0].extend(ids), row[1].extend(mask)
+                if digits is not None:
+                    row[2].extend(digits)
+            rows.append(row)
         if k > 1:
             rows.sort(key=lambda row: len(row[0]))
-            pick = random.Random(f"{self.seed}/{step}/{rank}/{micro}/bucket").randrange(k)
+            pick = random.Random(f"{key}/bucket").randrange(k)
             rows = rows[pick * n : (pick + 1) * n]
         if self.context:  # an example longer than the context trains on its beginning
             n = self.context + 1  # inputs and the next-token targets
