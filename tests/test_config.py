@@ -1,6 +1,14 @@
 import pytest
 
-from recurlm.config import InferencePolicy, ModelConfig, RecurrenceConfig, load_config, parse_overrides, preset_names
+from recurlm.config import (
+    InferencePolicy,
+    ModelConfig,
+    RecurrenceConfig,
+    StageConfig,
+    load_config,
+    parse_overrides,
+    preset_names,
+)
 from recurlm.errors import UserError
 from recurlm.network.model import build_model
 
@@ -68,6 +76,9 @@ def test_overrides_and_config_file(tmp_path):
         (ModelConfig, dict(n_head=4, n_kv_head=3)),
         (ModelConfig, dict(state_init="ones")),
         (ModelConfig, dict(recur_lora_rank=4)),
+        (ModelConfig, dict(abacus=4, abacus_shift=4)),
+        (ModelConfig, dict(abacus_shift=-1)),
+        (StageConfig, dict(pack=0)),
         (RecurrenceConfig, dict(mean=20)),
         (RecurrenceConfig, dict(schedule="geometric")),
         (RecurrenceConfig, dict(progressive=1.5)),

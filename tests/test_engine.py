@@ -289,19 +289,22 @@ def test_stop_tokens_streaming_and_context_limit():
         engine.generate([IDX[0].tolist()], 3, policy(3, exit="kl:0.1"), use_cache=False)
 
 
-def test_abacus_ids_and_cached_decoding():
+@pytest.mark.parametrize("shift", [0, 1])
+def test_abacus_ids_and_cached_decoding(shift):
     from recurlm.text.tokenizer import Tokenizer, significance_ids
 
     tok = Tokenizer.char("0123456789+=", "pad")
     ids = tok.encode("123+45=") + tok.encode("861")
     # prompt numbers count from their last digit, generated (reversed) numbers from their first
     assert significance_ids(ids, 7, tok.digit_ids) == [3, 2, 1, 0, 2, 1, 0, 1, 2, 3]
-    model = tiny_model(vocab_size=13, abacus=4)
+    # shifted: digits by k, and the '=' before the units takes k (as training's offsets write them)
+    assert significance_ids(ids, 7, tok.digit_ids, 2) == [5, 4, 3, 0, 4, 3, 2, 3, 4, 5]
+    model = tiny_model(vocab_size=13, abacus=5, abacus_shift=shift)
     digits = tok.digit_ids
     with pytest.raises(UserError, match="digit"):
         Engine(model)
     seq = torch.tensor([tok.encode("123+45=861+7")])
-    full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)]))
+    full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift)]))
     got = cached_logits(Engine(model, digits), seq, policy(3, kv_budget=3), prefix=7)
     assert (got - full[:, 6:]).abs().max() <= 1e-4
     state, _, _ = Engine(model, digits).start(seq[:, :7].tolist(), policy(3, kv_budget=3))
@@ -315,7 +318,7 @@ def test_abacus_ids_and_cached_decoding():
     with torch.no_grad():
         model.abacus.weight[1:].normal_()  # the ids matter
     assert not torch.allclose(
-        model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits)])), other, atol=1e-4
+        model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift)])), other, atol=1e-4
     )
 
 

@@ -80,17 +80,18 @@ def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
 
 
 def test_shipped_addition_length_adds_operands_of_different_lengths():
-    """'37 digits + 5 digits', as a calculator's user types them: the checkpoint shipped before this one (equal
-    lengths in training) scored 2.7% on such sums up to 40 digits; this one 0.98 on 50 draws of up to 10 digits."""
+    """'37 digits + 5 digits', as a calculator's user types them: the first checkpoint (equal lengths in training)
+    scored 2.7% on such sums up to 40 digits; on these 20 (a 40-digit operand) the one after it (mixed lengths, one
+    sum a row) 0.70, this one (rows of several sums on id ranges of their own, read at offset 1) 0.95."""
     model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
     rng, examples = random.Random(3), []
     for _ in range(20):
-        a, b = rng.randint(10**9, 10**10 - 1), rng.randint(0, 10 ** rng.randint(1, 9))
+        a, b = rng.randint(10**39, 10**40 - 1), rng.randint(0, 10 ** rng.randint(1, 39))
         a, b = (a, b) if rng.random() < 0.5 else (b, a)
         examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
     task = get_task("addition", reverse=True, max_digits=10)
-    res = evaluate(model, tok, examples, configs.inference, 13, task.score)
-    assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.95 on these 20 with the 2,400-step weights
+    res = evaluate(model, tok, examples, configs.inference, 43, task.score)
+    assert res["accuracy"] >= 0.8, res["accuracy"]
 
 
 RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"

@@ -25,15 +25,16 @@ class RecurLMConfig(PretrainedConfig):
         self,
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
         mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
-        abacus=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude", recur_lora_rank=0,
-        recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False, sandwich_norm=False,
-        exit_gate=False, kv_budget=1, warm_start=False, **kwargs,
+        abacus=0, abacus_shift=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude",
+        recur_lora_rank=0, recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False,
+        sandwich_norm=False, exit_gate=False, kv_budget=1, warm_start=False, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
         self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
         self.abacus, self.digit_token_ids, self.logn_attention = abacus, list(digit_token_ids), logn_attention
+        self.abacus_shift = abacus_shift
         self.sandwich_norm, self.exit_gate = sandwich_norm, exit_gate
         self.kv_budget, self.warm_start = kv_budget, warm_start  # the cache generate() decodes with
         self.inject, self.gate, self.state_init = inject, gate, state_init
@@ -167,9 +168,10 @@ def exit_fired(name, eps, prev, cur, memory):
     return measure < eps
 
 
-def significance_ids(ids, n_prompt, digits):
+def significance_ids(ids, n_prompt, digits, shift=0):
     """Abacus ids (recurlm.text.tokenizer.significance_ids): prompt numbers count from their last digit, generated
-    (reversed) numbers from their first."""
+    (reversed) numbers from their first; digits shifted by `shift`, which the prompt's last token takes when it is
+    not a digit."""
     out, i = [0] * len(ids), 0
     while i < n_prompt:
         j = i
@@ -182,6 +184,10 @@ def significance_ids(ids, n_prompt, digits):
     for k in range(n_prompt, len(ids)):
         run = run + 1 if ids[k] in digits else 0
         out[k] = run
+    if shift:
+        out = [d + shift if d else 0 for d in out]
+        if 0 < n_prompt <= len(out) and not out[n_prompt - 1]:
+            out[n_prompt - 1] = shift
     return out
 
 
@@ -310,7 +316,8 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         if self.abacus is not None:
             if digit_pos is None:
                 digits = set(self.config.digit_token_ids)
-                digit_pos = torch.tensor([significance_ids(row, n_prompt, digits) for row in input_ids.tolist()])
+                shift = self.config.abacus_shift
+                digit_pos = torch.tensor([significance_ids(row, n_prompt, digits, shift) for row in input_ids.tolist()])
             x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=self.config.abacus))
         e = norm(x)
         for j, block in enumerate(self.prelude):
@@ -372,7 +379,7 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
             digits = set(c.digit_token_ids)
             is_digit = torch.tensor([t in digits for t in input_ids[:, 0].tolist()], device=input_ids.device)
             cache.runs = torch.where(is_digit, cache.runs + 1, 0)
-            digit_pos = cache.runs[:, None]
+            digit_pos = (cache.runs + c.abacus_shift * (cache.runs > 0))[:, None]
         e = self._prelude(input_ids, digit_pos, T, cos, sin, cache)
         s = cache.final if start and warm_start and self.core else self._initial(e)
         s, steps = self._recur(e, s, r, None if start == 0 else rule, least, cos, sin, cache)

@@ -87,6 +87,10 @@ class Engine:
             policies = [p.override(warm_start=False) for p in policies]
         return policies
 
+    def _significance(self, runs: torch.Tensor) -> torch.Tensor:
+        """Abacus ids of generated digits from their run counters (0: not a digit), at the model's shift."""
+        return runs + self.cfg.abacus_shift * (runs > 0)
+
     def right_pad(self, seqs: list[list[int]], n_prompt: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L) ids padded on the right (causal attention never looks there), and their digit-significance ids
         (the first n_prompt[b] tokens of row b are its prompt)."""
@@ -100,7 +104,7 @@ class Engine:
         for b, (q, n) in enumerate(zip(seqs, n_prompt, strict=True)):
             idx[b, : len(q)] = torch.tensor(q, dtype=torch.long)
             if digit_pos is not None:
-                digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids))
+                digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids, self.cfg.abacus_shift))
         return idx.to(self.device), None if digit_pos is None else digit_pos.to(self.device)
 
     @staticmethod
@@ -207,6 +211,7 @@ class Engine:
                 run = torch.where(torch.isin(tokens[:, t], self.digit_tensor), run + 1, 0)
                 digit_pos[:, t] = run
             _put_rows(state.runs, ctx, digit_pos)
+            digit_pos = self._significance(digit_pos)
         if self._compiles(state, T):
             r = state.halt.max_cap
             prev = self._last(state.final, state.lengths)[:, None] if state.policies[0].warm_start else None
@@ -251,7 +256,7 @@ class Engine:
         if state.runs is not None:  # generated numbers count their digits from the first (reversed answers)
             run = torch.where(torch.isin(tokens[:, 0], self.digit_tensor), state.runs[index, pos - 1] + 1, 0)
             state.runs[index, pos] = run
-            digit_pos = run[:, None]
+            digit_pos = self._significance(run[:, None])
         e = model.embed(tokens, ctx, digit_pos)
         warm = torch.tensor([state.policies[b].warm_start for b in rows], device=self.device)
         s0 = state.final[index, pos - 1][:, None]

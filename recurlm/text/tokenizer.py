@@ -146,8 +146,10 @@ class Tokenizer:
         return self.hf.decode(ids, skip_special_tokens=False)
 
 
-def significance_ids(ids: list[int], n_prompt: int, digit_ids: set[int]) -> list[int]:
-    """Abacus ids: for each digit token its significance in its number (1 = units), 0 for other tokens.
+def significance_ids(ids: list[int], n_prompt: int, digit_ids: set[int], shift: int = 0) -> list[int]:
+    """Abacus ids: for each digit token its significance in its number (1 = units), 0 for other tokens; with
+    `shift` k, digits take significance + k and the prompt's last token, when not a digit, k (as training's
+    offsets write them: `training.data.offset`).
 
     Prompt numbers are written most-significant digit first, so they count from their last digit; generated numbers
     are written least-significant digit first (reversed answers), so they count from their first, which is known
@@ -166,4 +168,15 @@ def significance_ids(ids: list[int], n_prompt: int, digit_ids: set[int]) -> list
     for k in range(n_prompt, len(ids)):
         run = run + 1 if ids[k] in digit_ids else 0
         out[k] = run
+    return shifted(out, shift, n_prompt)
+
+
+def shifted(significance: list[int], k: int, n_prompt: int) -> list[int]:
+    """Significance ids with every digit's shifted by k, and the prompt's last token, when not a digit, taking k:
+    it predicts the units digit, and without it that token could not tell which ids are the units."""
+    if not k:
+        return significance
+    out = [d + k if d else 0 for d in significance]
+    if 0 < n_prompt <= len(out) and not out[n_prompt - 1]:
+        out[n_prompt - 1] = k
     return out

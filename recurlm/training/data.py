@@ -13,7 +13,7 @@ from recurlm.config import StageConfig
 from recurlm.tasks import Example, Task
 from recurlm.tasks.runs import stage_tasks, task_weights
 from recurlm.text.prompting import example_ids
-from recurlm.text.tokenizer import Tokenizer, significance_ids
+from recurlm.text.tokenizer import Tokenizer, shifted, significance_ids
 
 
 def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus: bool = False):
@@ -26,11 +26,10 @@ def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus
 
 
 def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int, taken=None) -> list[int] | None:
-    """Significance ids shifted by one random k for the whole example, the largest landing at most at `top`. With a
-    list `taken` of the id ranges of a row's other examples, the range [k, k + largest] avoids them and is added
-    (None where no k is left). The prompt's last token ('=') takes
-    id k, significance 0 shifted: it predicts the units digit, and without it that token could not tell which ids
-    are the units (k is 0 at test time, where nothing changes)."""
+    """Significance ids shifted by one random k for the whole example (`text.tokenizer.shifted`), the largest
+    landing at most at `top`. With a list `taken` of the id ranges of a row's other examples, the range
+    [k, k + largest] avoids them and is added (None where no k is left). Inference reads numbers at one k,
+    model.abacus_shift."""
     m = max(digits, default=0)
     free = [k for k in range(max(top - m, 0) + 1) if all(k + m < a or k > b for a, b in taken or ())]
     if not free:
@@ -38,10 +37,7 @@ def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int, taken
     k = rng.choice(free)
     if taken is not None:
         taken.append((k, k + m))
-    out = [d + k if d else 0 for d in digits]
-    if 0 < n_prompt <= len(out) and not out[n_prompt - 1]:
-        out[n_prompt - 1] = k
-    return out
+    return shifted(digits, k, n_prompt)
 
 
 def collate(rows: list, pad_id: int):
