@@ -155,7 +155,8 @@ def test_an_abacus_models_continuation_is_scored_as_generated_digits(tmp_path):
     context, continuation = lm.prefix + tok.encode("123+45="), tok.encode("861")
     ids = context + continuation
     x, digit_pos = Engine(model, tok.digit_ids).right_pad([ids[:-1]], [len(context)])
-    assert digit_pos[0, -2:].tolist() == [1, 2]  # '8', '6' of the answer: its 1st and 2nd digits
+    k = model.cfg.abacus_shift  # the preset reads numbers at offset 1
+    assert k == 1 and digit_pos[0, -2:].tolist() == [1 + k, 2 + k]  # '8', '6' of the answer: its 1st and 2nd digits
     with torch.no_grad():
         lp = F.log_softmax(model(x, 2, digit_pos=digit_pos)[0].float(), dim=-1)
     want = sum(float(lp[len(context) - 1 + i, t]) for i, t in enumerate(continuation))
