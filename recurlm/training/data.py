@@ -97,17 +97,18 @@ class TaskMixture:
             draw = random.Random(f"{key}/pack")
             sizes = [draw.randint(1, self.stage.pack) for _ in sizes]
         examples = iter(self.examples(sum(sizes), step, rank, micro, level))
-        shift = random.Random(f"{key}/offset") if self.abacus and self.stage.abacus_offset else None
+        offsets = random.Random(f"{key}/offset") if self.abacus and self.stage.abacus_offset else None
         rows = []
         for size in sizes:
             row, taken = ([], [], [] if self.abacus else None), []
             for ex in itertools.islice(examples, size):
                 ids, mask, digits = encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
-                if shift is not None:
-                    digits = offset(digits, self.abacus, shift, len(example_ids(self.tok, ex.prompt)), taken)
+                if offsets is not None:
+                    digits = offset(digits, self.abacus, offsets, len(example_ids(self.tok, ex.prompt)), taken)
                     if digits is None:  # no id range left in this row's table
                         continue
-                row[0].extend(ids), row[1].extend(mask)
+                row[0].extend(ids)
+                row[1].extend(mask)
                 if digits is not None:
                     row[2].extend(digits)
             rows.append(row)
