@@ -10,7 +10,7 @@
    (each recurrence gathers only the rows still iterating) and `depth` (depth batching: each core pass runs one
    recurrence of every row's token, a row whose token is done picks its next one while others iterate; on
    MiniAxion's shape also the engine's own choice). Tokens/s of the batch, and the ratio to 16 rows at r = 2 (goal
-   for the mixed batch: >= 60%).
+   for the mixed batch: >= 60%). Last, the 16 clients' mix of `serve.py` (four at r = 2) without the server.
 2. `--deep DIR`, a model trained for deep r (recursive-nanochat-mini): 16 rows decoding together from test
    prompts, fixed r = 8 against `--exits` capped at 8, dense, depth-batched and as the engine chooses (`auto`;
    goal: >= 1.6x fixed r = 8's tokens/s), and accuracy on test prompts taken 16 at a time against one at a time
@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 import torch
 from common import machine, matmul_peak, median_time
+from serve import MIXED
 
 import recurlm.network.model as network
 from recurlm.checkpoint import load_checkpoint
@@ -96,6 +97,8 @@ def mixed_depths(checkpoint: str, rows: int, tokens: int, repeats: int) -> list[
         f"{rows} rows at r = 16": [base.override(recurrences=16)] * rows,
         f"{rows} rows, kl:0.1 capped at 16": [base.override(recurrences=16, exit="kl:0.1")] * rows,
     }  # fmt: skip
+    if rows == len(MIXED):
+        cases["serve.py's mix (r = 2 to 16, exits)"] = [base.override(**m) for m in MIXED]
     engine, out, reference = Engine(model, tok.digit_ids), [], {}
     print(f"\n1. {checkpoint}: {rows} rows decoding together, tokens/s over the first {rows * tokens} tokens after "
           f"the prefill (no row runs out of room)")  # fmt: skip

@@ -376,6 +376,26 @@ def test_each_row_pays_for_its_own_depth(budget, variant, monkeypatch):
     assert len(set(together.steps[2][1:] + together.steps[3][1:])) > 1  # the exits fired at different steps
 
 
+# latent watches the state; kl the head's output, which the pass's last iteration computes for every token at once
+@pytest.mark.parametrize("criterion", ["latent", "kl"])
+def test_a_pass_runs_the_shallowest_fixed_rows_depth(criterion, monkeypatch):
+    """Beside a row at r = 16 and one under an exit, a row at r = 3 takes one core pass (one prelude and one coda
+    call) per token, not three; the exit row's tokens wait for the pass's end and still equal its solo run's."""
+    model = tiny_model()
+    prompts = [IDX[0, :3].tolist(), IDX[1, :9].tolist(), IDX[0, 2:8].tolist()]
+    exit = varied_exit(model, criterion, prompts, 8)
+    policies = [policy(3), policy(16), policy(8, exit=exit)]
+    alone = [Engine(model).generate([p], 6, q) for p, q in zip(prompts, policies, strict=True)]
+    engine, passes = Engine(model), []
+    advance = engine.advance
+    monkeypatch.setattr(engine, "advance", lambda state, it=1: passes.append(it) or advance(state, it))
+    together = engine.generate(prompts, 6, policies)
+    assert together.tokens == [g.tokens[0] for g in alone] and together.steps == [g.steps[0] for g in alone]
+    # the r = 3 row's 5 tokens after the prompt's, one pass each, while it lives; then the r = 16 row's alone
+    assert passes[:5] == [3] * 5 and set(passes[5:]) <= {3, 16}
+    assert len(set(together.steps[2])) > 1  # the exit fired at different steps
+
+
 def test_prompt_pass_runs_each_row_to_its_own_depth(monkeypatch):
     model = tiny_model()
     prompts = [IDX[0, :5].tolist(), IDX[1, :9].tolist()]

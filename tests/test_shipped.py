@@ -82,7 +82,7 @@ def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
 def test_shipped_addition_length_adds_operands_of_different_lengths():
     """'37 digits + 5 digits', as a calculator's user types them: the first checkpoint (equal lengths in training)
     scored 2.7% on such sums up to 40 digits; on these 20 (a 40-digit operand) the one after it (mixed lengths, one
-    sum a row) 0.70, this one (rows of several sums on id ranges of their own, read at offset 1) 0.95."""
+    sum a row) 0.70, then rows of 1-3 sums on id ranges of their own, read at offset 1, 0.95; this one (1-5) 1.00."""
     model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
     rng, examples = random.Random(3), []
     for _ in range(20):
@@ -91,7 +91,7 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
         examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
     task = get_task("addition", reverse=True, max_digits=10)
     res = evaluate(model, tok, examples, configs.inference, 43, task.score)
-    assert res["accuracy"] >= 0.8, res["accuracy"]
+    assert res["accuracy"] >= 0.9, res["accuracy"]
 
 
 RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"

@@ -271,30 +271,50 @@ class Engine:
             state.lengths[b] += 1
 
     @torch.no_grad()
-    def advance(self, state: DecodeState) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
-        """Depth batching: one more recurrence of every token in flight, each at its own iteration; tokens whose
-        next iteration reads and writes the same cache slot and adapter (all of them, with KV budget 1 and no
-        LoRA) share one core call. Returns the rows whose token completed this pass (its exit fired or its cap was
-        reached), their (n, V) logits and the recurrences each ran (n,)."""
+    def advance(
+        self, state: DecodeState, iterations: int = 1
+    ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """Depth batching: up to `iterations` more recurrences of every token in flight, each at its own iteration,
+        before one coda and head call for the tokens that completed (their exit fired or their cap was reached; a
+        token that completes early in the pass waits for its end). Tokens whose next iteration reads and writes the
+        same cache slot and adapter (all of them, with KV budget 1 and no LoRA) share one core call. Returns the
+        rows whose token completed, their (n, V) logits and the recurrences each ran (n,)."""
         model, flight = self.model, state.flight
         index = flight.active.nonzero()[:, 0]
         if not len(index):
             return [], None, None
         pos = torch.tensor(state.lengths, device=self.device)[index] - 1
         ctx = model.context_at(pos[:, None], state.cache, int(pos.max()) + 1, rows=self._subset(index, state))
-        done, e, s = flight.done[index], flight.e[index], flight.s[index]
-        for iteration, members in self._iteration_groups(done.tolist(), state.cache.budget):
-            sub = ctx if len(members) == len(index) else ctx.select(members)
-            s = s.index_copy(0, members, model.core_step(e[members], s[members], iteration, sub))
-        done = done + 1
         halt = state.halt.select(index.tolist())
-        cur = model.watch_rows(s, ctx, halt)
-        memory = {k: v[index] for k, v in flight.memory.items()}
-        stop = halt.stop(done - 1, {k: flight.watch[k][index] for k in cur}, cur, memory)[:, 0]
+        e, s, done = flight.e[index], flight.s[index], flight.done[index]
+        running = torch.arange(len(index), device=self.device)  # the pass's places whose token still iterates
+        head = None  # the head's logits on every token of the pass, after its last iteration
+        for j in range(iterations):
+            for iteration, members in self._iteration_groups(done, running, state.cache.budget):
+                sub = ctx if len(members) == len(index) else ctx.select(members)
+                s = s.index_copy(0, members, model.core_step(e[members], s[members], iteration, sub))
+            done = done.index_add(0, running, torch.ones_like(running))
+            rows = index[running]
+            every = len(running) == len(index)
+            sub, sub_halt = (ctx, halt) if every else (ctx.select(running), halt.select(running.tolist()))
+            known = None
+            if j == iterations - 1 and bool(sub_halt.watching("logprobs").any()):
+                # A KL-type check runs the coda and head here anyway: run them once for every token of the pass,
+                # the ones completing now or earlier in it too, instead of a second call for those
+                head = model.head(s, ctx)
+                known = head if every else head[running]
+            cur = model.watch_rows(s[running], sub, sub_halt, known)
+            memory = {k: v[rows] for k, v in flight.memory.items()}
+            stop = sub_halt.stop(done[running] - 1, {k: flight.watch[k][rows] for k in cur}, cur, memory)[:, 0]
+            InFlight.put(flight.watch, rows, cur, len(state))
+            InFlight.put(flight.memory, rows, memory, len(state))
+            running = running[~stop]
+            if not len(running):
+                break
         flight.s[index], flight.done[index] = s, done
-        InFlight.put(flight.watch, index, cur, len(state))
-        InFlight.put(flight.memory, index, memory, len(state))
-        finished = stop.nonzero()[:, 0]
+        finished = torch.ones(len(index), dtype=torch.bool, device=self.device)
+        finished[running] = False
+        finished = finished.nonzero()[:, 0]
         if not len(finished):
             return [], None, None
         rows, steps = index[finished], done[finished]
@@ -303,8 +323,10 @@ class Engine:
             for k in steps.unique().tolist():
                 at = (steps == k).nonzero()[:, 0]
                 state.cache.fill_skipped(sub.select(at), k, halt.max_cap, halt.cap[finished[at]])
-        if "logits" in cur and bool(halt.watching("logprobs")[finished].all()):
-            logits = cur["logits"][finished]  # the exit check ran the head on the final state already
+        if head is not None:
+            logits = head[finished]
+        elif "logits" in flight.watch and bool(halt.watching("logprobs")[finished].all()):
+            logits = flight.watch["logits"][rows]  # the exit check ran the head on the final state already
         else:
             logits = model.head(s[finished], sub)
         state.final[rows, pos[finished]] = s[finished, 0]
@@ -317,15 +339,20 @@ class Engine:
         cache in place instead of gathering the rows)."""
         return None if len(index) == len(state) else index
 
-    def _iteration_groups(self, done: list[int], budget: int) -> list[tuple[int, torch.Tensor]]:
-        """Tokens in flight (their recurrences so far) grouped by what their next iteration needs: the core slot
-        (iteration mod budget) and the LoRA adapter (iterations past the last adapter reuse it). Per group: an
-        iteration number standing for all, and the members' places."""
+    def _iteration_groups(
+        self, done: torch.Tensor, places: torch.Tensor, budget: int
+    ) -> list[tuple[int, torch.Tensor]]:
+        """The pass's tokens at `places` grouped by what their next iteration needs (`done`: each token's recurrences
+        so far): the core slot (iteration mod budget) and the LoRA adapter (iterations past the last adapter reuse
+        it). Per group: an iteration number standing for all, and the members' places."""
         adapters = self.cfg.recur_lora_count if self.cfg.recur_lora_rank else 0
         groups: dict[tuple[int, int], list[int]] = {}
-        for place, it in enumerate(done):
-            groups.setdefault((it % budget, min(it, adapters - 1) if adapters else 0), []).append(place)
-        return [(done[places[0]], torch.tensor(places, device=self.device)) for places in groups.values()]
+        iteration: dict[tuple[int, int], int] = {}
+        for place, it in zip(places.tolist(), done[places].tolist(), strict=True):
+            key = (it % budget, min(it, adapters - 1) if adapters else 0)
+            groups.setdefault(key, []).append(place)
+            iteration.setdefault(key, it)
+        return [(iteration[key], torch.tensor(members, device=self.device)) for key, members in groups.items()]
 
     @torch.no_grad()
     def full_forward(self, seqs: list[list[int]], n_prompt: list[int], policy, seeds=None) -> torch.Tensor:

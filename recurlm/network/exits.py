@@ -151,6 +151,12 @@ class Halting:
         return self.max_cap - int(floor.min())
 
     @property
+    def shallowest_fixed(self) -> int:
+        """The fewest recurrences a row without an exit runs; 1 when every row has an exit."""
+        fixed = ~self._using(self.eps)
+        return int(self.cap[fixed].min()) if bool(fixed.any()) else 1
+
+    @property
     def watches(self) -> set[str]:
         return {CRITERIA[name].watches for name in self.eps}
 

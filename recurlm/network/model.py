@@ -504,29 +504,34 @@ class RecurrentGPT(nn.Module):
         every_row = "logits" in prev and bool(halt.watching("logprobs").all())  # else some rows hold zeros there
         return Recurrence(s, steps, prev["logits"] if every_row else None)
 
-    def watch(self, s: torch.Tensor, ctx: Context, watches: set[str]) -> dict[str, torch.Tensor]:
+    def watch(
+        self, s: torch.Tensor, ctx: Context, watches: set[str], logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """What exit criteria compare between iterations (`Halting.watches`): the state, and the coda and head's
-        logits and log-probabilities on it."""
+        logits and log-probabilities on it (`logits`: those, when the caller has them already)."""
         out = {"state": s} if "state" in watches else {}
         if "logprobs" in watches:
-            out["logits"] = self.head(s, ctx)
+            out["logits"] = self.head(s, ctx) if logits is None else logits
             out["logprobs"] = F.log_softmax(out["logits"].float(), dim=-1)
         if "gate" in watches:
             out["gate"] = self.exit_probability(s)
         return out
 
-    def watch_rows(self, s: torch.Tensor, ctx: Context, halt: Halting) -> dict[str, torch.Tensor]:
+    def watch_rows(
+        self, s: torch.Tensor, ctx: Context, halt: Halting, logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """`watch` for a batch of rows under their own exits: each kind computed for the rows whose criterion
         watches it only (the coda and head of a KL exit are not run for a row at a fixed r beside it); the other
-        rows hold zeros there, which their criteria never read."""
+        rows hold zeros there, which their criteria never read. `logits`: the head's on every row's s, if known."""
         out = {}
         for kind in halt.watches:
             rows = halt.watching(kind)
             if bool(rows.all()):
-                out |= self.watch(s, ctx, {kind})
+                out |= self.watch(s, ctx, {kind}, logits)
                 continue
             index = rows.nonzero()[:, 0]
-            for name, value in self.watch(s[index], ctx.select(index), {kind}).items():
+            known = None if logits is None else logits[index]
+            for name, value in self.watch(s[index], ctx.select(index), {kind}, known).items():
                 out[name] = value.new_zeros((len(rows), *value.shape[1:])).index_copy(0, index, value)
         return out
 
