@@ -213,9 +213,9 @@ class GenerationLoop:
         self.ready -= set(fed) | set(ended)
         if fed:
             self.engine.feed(self.state, fed, [picked[i] for i in fed])
-        # A pass runs as many recurrences as the shallowest fixed-depth row's r: its tokens then take one pass each,
-        # with one prelude and one coda call as in a dense step, where one recurrence a pass cost an r = 2 row two
-        # passes' calls a token (README, Performance). A token that completes earlier in a pass waits for its end.
+        # A pass runs as many recurrences as the shallowest fixed-depth row's r, so that row's tokens take one pass
+        # each, with one prelude and one coda call as in a dense step (at one recurrence a pass, an r = 2 token took
+        # two passes' calls). A token that completes earlier in a pass waits for its end.
         live = [i for i in range(len(self.rows)) if i not in self.parked]
         iterations = self.state.halt.select(live).shallowest_fixed
         while not self.ready - self.parked:  # core passes until some row's token completes
