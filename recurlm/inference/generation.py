@@ -85,7 +85,11 @@ class GenerationLoop:
 
     @property
     def sequences(self) -> list[Sequence]:
-        return [s for i, s in enumerate(self.rows) if i not in self.parked]
+        return [self.rows[i] for i in self._live()]
+
+    def _live(self) -> list[int]:
+        """The rows still generating (not parked), in order."""
+        return [i for i in range(len(self.rows)) if i not in self.parked]
 
     def add(self, seqs: list[Sequence]):
         """Prefill new sequences into the batch (all or, on an error, none of them). They take the places of rows
@@ -189,7 +193,7 @@ class GenerationLoop:
         flight = self.state.flight
         if flight is not None and bool(flight.active.any()):
             return True
-        live = [i for i in range(len(self.rows)) if i not in self.parked]
+        live = self._live()
         if len(live) < 2:
             return False
         halt = self.state.halt.select(live)
@@ -199,7 +203,7 @@ class GenerationLoop:
 
     def _compact(self):
         """Drop the parked rows from the batch (leaving copies the cache)."""
-        keep = [i for i in range(len(self.rows)) if i not in self.parked]
+        keep = self._live()
         where = {i: n for n, i in enumerate(keep)}
         if self.use_cache:
             self.state = self.state.select(keep)
@@ -216,7 +220,7 @@ class GenerationLoop:
         # A pass runs as many recurrences as the shallowest fixed-depth row's r, so that row's tokens take one pass
         # each, with one prelude and one coda call as in a dense step (at one recurrence a pass, an r = 2 token took
         # two passes' calls). A token that completes earlier in a pass waits for its end.
-        live = [i for i in range(len(self.rows)) if i not in self.parked]
+        live = self._live()
         iterations = self.state.halt.select(live).shallowest_fixed
         while not self.ready - self.parked:  # core passes until some row's token completes
             done, logits, steps = self.engine.advance(self.state, iterations)
