@@ -18,6 +18,8 @@
 3. Compaction against dense for the prompt pass: 16 prompts of 64 tokens, k rows at r = 16 and the rest at r = 2:
    where compaction starts to pay (`model.compacts`).
 4. `checks`: what each exit criterion costs per check (every iteration of every token), at 1 and 16 rows.
+5. `reads`: attention of k of the cache's 16 rows (a pass's subset), the rows' keys and values gathered against
+   every row's read in place: where reading in place starts to pay (`cache.IN_PLACE_SHARE`).
 Shared CPUs drift: compare figures from one run.
 """
 
@@ -32,6 +34,7 @@ import torch
 from common import machine, matmul_peak, median_time
 from serve import MIXED
 
+import recurlm.network.cache as kv
 import recurlm.network.model as network
 from recurlm.checkpoint import load_checkpoint
 from recurlm.config import InferencePolicy, ModelConfig
@@ -214,6 +217,39 @@ def check_costs(rows_list=(1, 16), tokens: int = 64, repeats: int = 2) -> list[d
     return out
 
 
+def layer_calls(attn, x, ctx, n: int = 200):
+    for _ in range(n):
+        attn(x, ctx, (0, None), None)
+
+
+def read_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
+    """One attention layer (the prelude's first) of a single new token on k of `rows` cache rows, their cached
+    positions 60-120: the rows' keys and values gathered (`IN_PLACE_SHARE` above 1) against read in place (0)."""
+    model, _, _ = load_checkpoint(checkpoint)
+    model.eval()
+    cfg, g = model.cfg, torch.Generator().manual_seed(0)
+    cache = kv.KVCache(cfg, rows, cfg.seq_len, 1)
+    for t in cache.k + cache.v:
+        t.copy_(torch.randn(t.shape, generator=g))
+    pos, x = torch.randint(60, 121, (rows, 1), generator=g), torch.randn(rows, 1, cfg.d_model, generator=g)
+    attn, share, out = model.prelude[0].attn, kv.IN_PLACE_SHARE, []
+    print(f"\n5. attention of one token on k of {rows} cache rows: their keys gathered against every row's read in "
+          f"place (us per layer)")  # fmt: skip
+    try:
+        for k in sorted({n for n in (1, 2, 4, 6, 8, 12) if n < rows}):
+            index = torch.arange(k)
+            ctx = model.context_at(pos[index], cache, int(pos.max()) + 1, rows=index)
+            row = {"rows": k}
+            for name, kv.IN_PLACE_SHARE in (("gathered", 2.0), ("in_place", 0.0)):
+                row[name] = median_time(repeats, layer_calls, attn, x[index], ctx)[0] * 1e6 / 200
+            out.append(row)
+            print(f"  k = {k:>2}: gathered {row['gathered']:6.0f}  in place {row['in_place']:6.0f}"
+                  f"  ({row['gathered'] / row['in_place']:.2f}x)", flush=True)  # fmt: skip
+    finally:
+        kv.IN_PLACE_SHARE = share
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
@@ -222,7 +258,7 @@ def main():
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--only", default="mixed,deep,prompt,checks")
+    p.add_argument("--only", default="mixed,deep,prompt,checks,reads")
     p.add_argument("--json")
     args = p.parse_args()
     print(machine())
@@ -238,6 +274,8 @@ def main():
             figures["prompt"] = prompt_crossover(args.checkpoint, args.rows, args.repeats)
         if "checks" in only:
             figures["checks"] = check_costs(repeats=args.repeats)
+        if "reads" in only:
+            figures["reads"] = read_crossover(args.checkpoint, args.rows, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

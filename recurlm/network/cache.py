@@ -15,6 +15,10 @@ import torch
 
 from recurlm.config import ModelConfig
 
+# attention of a subset of the cache's rows reads every row in place once the subset holds this share of them (measured
+# crossover at 2 threads: 7 of 16 rows)
+IN_PLACE_SHARE = 0.5
+
 
 @dataclass
 class Stopped:
@@ -105,9 +109,15 @@ class KVCache:
             values[:, :, ctx.start : ctx.start + k.size(2)] = v
         else:
             self._put(write, k, v, ctx)
-        if ctx.rows is not None:  # some of the cache's rows: theirs only
+        if ctx.rows is not None and not self.reads_in_place(ctx):  # some of the cache's rows: theirs only
             return keys[ctx.rows, :, : ctx.keys], values[ctx.rows, :, : ctx.keys]
         return keys[:, :, : ctx.keys], values[:, :, : ctx.keys]
+
+    def reads_in_place(self, ctx) -> bool:
+        """Whether attention for some of the cache's rows (`ctx.rows`) reads every row's keys in place
+        (`model.attend_rows`) rather than a copy of theirs: the copy writes and reads again what attending over the
+        other rows only reads, so it pays only for few rows (measured crossover: `benchmarks/depth_batching.py`)."""
+        return ctx.rows is not None and len(ctx.rows) >= IN_PLACE_SHARE * self.k[0].size(0)
 
     def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):
         """Every token stopped before iteration `first`: give the slots of iterations first .. r-1 that are below

@@ -51,6 +51,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
 
 
+def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: "Context") -> torch.Tensor:
+    """Attention of some of the cache's rows (`ctx.rows`, distinct) over the keys and values of every row, read in
+    place: the queries go to their rows of a batch as large as the cache, the other rows' outputs are dropped
+    (`KVCache.reads_in_place` says when this is cheaper than gathering the rows' keys and values)."""
+    if ctx.spread_mask is None:  # the same for every layer of the call
+        mask = ctx.mask.expand(len(ctx.rows), *ctx.mask.shape[1:])
+        ctx.spread_mask = mask.new_ones((k.size(0), *mask.shape[1:])).index_copy_(0, ctx.rows, mask)
+    spread = q.new_zeros((k.size(0), *q.shape[1:])).index_copy_(0, ctx.rows, q)
+    return attend(spread, k, v, ctx.spread_mask, False).index_select(0, ctx.rows)
+
+
 def writes_out_attention(q: torch.Tensor) -> bool:
     """bf16 causal attention over at most 256 positions on a CPU without AMX is written out: on a 2-core AMD EPYC
     (AVX512-BF16) it ran 1.35-2x faster than the CPU flash kernel, forward and backward (`benchmarks/train_speed.py
@@ -134,6 +145,7 @@ class Context:
     keys: int = 0  # how many cached positions attention reads
     rows: torch.Tensor | None = None  # (B,) the cache rows the batch's rows are (None: the same, 0 .. B-1)
     slot_index: torch.Tensor | None = None  # where the new tokens lie in a cache slot (KVCache._index), once known
+    spread_mask: torch.Tensor | None = None  # `mask` over every cache row (`attend_rows`), once known
 
     def select(self, index: torch.Tensor) -> "Context":
         """The context of a subset of the batch's rows (`index`, (B',) long): what the recurrence loop runs when
@@ -158,7 +170,7 @@ class Context:
             mask = (torch.arange(self.keys, device=index.device)[None, None, :] <= positions[:, :, None])[:, None]
         return dataclasses.replace(
             self, cos=pick(self.cos), sin=pick(self.sin), mask=mask, causal=False, positions=positions,
-            logn=pick(self.logn), rows=rows, slot_index=None,
+            logn=pick(self.logn), rows=rows, slot_index=None, spread_mask=None,
         )  # fmt: skip
 
 
@@ -217,7 +229,10 @@ class Attention(nn.Module):
             q = q * (self.logn_gain[:, None, None] * ctx.logn).to(q.dtype)
         if ctx.cache is not None:
             k, v = ctx.cache.update(slot, k, v, ctx, stopped)
-        y = attend(q, k, v, ctx.mask, ctx.causal)
+        if ctx.cache is not None and ctx.cache.reads_in_place(ctx):
+            y = attend_rows(q, k, v, ctx)
+        else:
+            y = attend(q, k, v, ctx.mask, ctx.causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1), adapter)
 
 
