@@ -114,10 +114,13 @@ class KVCache:
         return keys[:, :, : ctx.keys], values[:, :, : ctx.keys]
 
     def reads_in_place(self, ctx) -> bool:
-        """Whether attention for some of the cache's rows (`ctx.rows`) reads every row's keys in place
-        (`model.attend_rows`) rather than a copy of theirs: the copy writes and reads again what attending over the
-        other rows only reads, so it pays only for few rows (measured crossover: `benchmarks/depth_batching.py`)."""
-        return ctx.rows is not None and len(ctx.rows) >= IN_PLACE_SHARE * self.k[0].size(0)
+        """Whether attention of one new token on each of some of the cache's rows (`ctx.rows`) reads every row's
+        keys in place (`model.attend_rows`) rather than a copy of theirs: the copy writes and reads again what
+        attending over the other rows only reads, so it pays only for few rows (measured crossover:
+        `benchmarks/depth_batching.py`). Several new tokens (a prompt) would add the other rows' queries' work."""
+        return (
+            ctx.rows is not None and ctx.positions.size(1) == 1 and len(ctx.rows) >= IN_PLACE_SHARE * self.k[0].size(0)
+        )
 
     def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):
         """Every token stopped before iteration `first`: give the slots of iterations first .. r-1 that are below
