@@ -217,8 +217,11 @@ def check_costs(rows_list=(1, 16), tokens: int = 64, repeats: int = 2) -> list[d
     return out
 
 
-def layer_calls(attn, x, ctx, n: int = 200):
-    for _ in range(n):
+LAYER_CALLS = 200  # per timing of one attention layer
+
+
+def layer_calls(attn, x, ctx):
+    for _ in range(LAYER_CALLS):
         attn(x, ctx, (0, None), None)
 
 
@@ -241,7 +244,7 @@ def read_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
             ctx = model.context_at(pos[index], cache, int(pos.max()) + 1, rows=index)
             row = {"rows": k}
             for name, kv.IN_PLACE_SHARE in (("gathered", 2.0), ("in_place", 0.0)):
-                row[name] = median_time(repeats, layer_calls, attn, x[index], ctx)[0] * 1e6 / 200
+                row[name] = median_time(repeats, layer_calls, attn, x[index], ctx)[0] * 1e6 / LAYER_CALLS
             out.append(row)
             print(f"  k = {k:>2}: gathered {row['gathered']:6.0f}  in place {row['in_place']:6.0f}"
                   f"  ({row['gathered'] / row['in_place']:.2f}x)", flush=True)  # fmt: skip
