@@ -151,7 +151,11 @@ def test_plots_keep_every_line_visible_with_integer_ticks_accuracy_from_zero_and
         assert page.x0 <= legend.x0 and legend.x1 <= page.x1 + 1  # on the page...
         assert all(legend.x0 >= ax.get_window_extent(renderer).x1 for ax in axes)  # ...beside the data
         ax = axes[-1] if plot is report.plot_training else axes[0]
-        if plot is not report.plot_steps_vs_difficulty:
+        if plot is report.plot_exit_tradeoff:  # zoomed on the points: exits and fixed r differ by a point or two
+            lo, hi = ax.get_ylim()
+            ys = [y for points in ax.collections for y in points.get_offsets()[:, 1]]
+            assert lo < min(ys) and max(ys) < hi and hi - lo < 0.5
+        elif plot is not report.plot_steps_vs_difficulty:
             assert ax.get_ylim()[0] == 0  # accuracies from 0
         if plot in (report.plot_accuracy_vs_difficulty, report.plot_steps_vs_difficulty):
             lo, hi = ax.get_xlim()

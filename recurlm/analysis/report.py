@@ -304,9 +304,19 @@ def plot_exit_tradeoff(runs: list[Run], path: Path) -> Figure:
             marker = "xo+sd^v"[(EXIT_CRITERIA.index(name) + nth) % 7]
             ax.scatter(*point, color=color, marker=marker, label=label, clip_on=False)
     ax.set(xlabel="recurrences per token (mean)", ylabel="accuracy (all tasks)", title="accuracy / compute")
-    ax.set(ylim=ACCURACY, xlim=(0, None))
+    ax.set(ylim=zoomed(ax), xlim=(0, None))
     legend_outside(fig, [ax])
     return save(fig, path)
+
+
+def zoomed(ax) -> tuple[float, float]:
+    """The accuracy axis around what is drawn: exits and fixed r often differ by a point, invisible on 0 to 1."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+    ys += [y for points in ax.collections for y in points.get_offsets()[:, 1]]
+    if not ys:
+        return ACCURACY
+    pad = max(0.02, 0.15 * (max(ys) - min(ys)))
+    return max(ACCURACY[0], min(ys) - pad), min(ACCURACY[1], max(ys) + pad)
 
 
 def plot_settle_or_drift(runs: list[Run], path: Path) -> Figure:
