@@ -11,9 +11,11 @@ models get the same weights (the fork's, converted by recurlm's nanochat importe
 compared token for token.
 
 Rows: training tokens/s, eager and compiled (the fork: `torch.compile` of the model at a fixed r; recurlm: each
-block and the loss, the loop eager), fp32 and bf16 autocast, median of `--steps` steps; batch-1 greedy decoding of
-`--tokens` tokens after a 32-token prompt at r = 4 (the fork's Engine: KV budget 1 and warm start; recurlm's eager
-engine with the same policy, and its compiled step), and how many tokens agree with the fork's.
+block and the loss, the loop eager), fp32 and bf16 autocast, median of `--steps` steps the two sides take in turn
+(this machine's speed drifts within a minute); batch-1 greedy decoding of `--tokens` tokens after a 32-token prompt
+at r = 4 (the fork's Engine: KV budget 1 and warm start; recurlm's eager engine with the same policy, and its
+compiled step), median of 3 runs in turn, and how many tokens agree with the fork's. recurlm's eager bf16 row first
+chooses its attention kernel as `recurlm train` does, by timing both in the model.
 """
 
 import argparse
@@ -26,13 +28,13 @@ import types
 from pathlib import Path
 
 import torch
-from common import machine, matmul_peak
+from common import machine, matmul_peak, timed_attention
 
 from recurlm.config import InferencePolicy
 from recurlm.importers.nanochat import recurlm_configs, recurlm_state_dict
 from recurlm.inference.engine import Engine
 from recurlm.machine import cpu_has_bf16
-from recurlm.network.model import build_model, writes_out_attention
+from recurlm.network.model import build_model, set_attention, writes_out_attention
 from recurlm.training.trainer import compile_blocks
 
 SETTING = dict(sequence_len=256, vocab_size=8192, n_layer=8, n_head=2, n_kv_head=2, n_embd=256, n_prelude=2,
@@ -104,13 +106,20 @@ def training(gpt, steps: int, compile: bool) -> list[dict]:
                 "recurlm": train_step(lambda m=ours: m(x, 4, bptt_k=4, targets=x), ours.parameters(), amp),
             }
             row = {"row": f"train {'compiled' if compiled else 'eager'} {'bf16' if amp else 'fp32'}"}
-            for side, step in sides.items():
+            set_attention(None)
+            if amp and not compiled:  # as `recurlm train` does: both attention kernels timed in the model
+                row["recurlm attention"] = timed_attention(ours, lambda m=ours: m(x, 4, bptt_k=4, targets=x))
+            for step in (*sides.values(), *sides.values()):  # compilation, allocator warm-up
                 step()
-                step()  # compilation, allocator warm-up
-                row[side] = x.numel() / statistics.median(step() for _ in range(steps))
+            times = {side: [] for side in sides}
+            for _ in range(steps):  # in turn: the machine's speed drifts within a minute
+                for side, step in sides.items():
+                    times[side].append(step())
+            for side in sides:
+                row[side] = x.numel() / statistics.median(times[side])
             rows.append(row)
             print(f"  {row['row']:<24} fork {row['fork']:8,.0f} tok/s  recurlm {row['recurlm']:8,.0f} tok/s  "
-                  f"({row['recurlm'] / row['fork']:.2f}x)", flush=True)  # fmt: skip
+                  f"({row['recurlm'] / row['fork']:.2f}x){row.get('recurlm attention', '')}", flush=True)  # fmt: skip
     return rows
 
 
@@ -133,12 +142,17 @@ def decoding(gpt, engine_module, tokens: int, compile: bool) -> list[dict]:
         compiled = Engine(ours, compile=True)
         sides["recurlm compiled step"] = lambda: compiled.generate([prompt], tokens, policy).tokens[0]
     row, outs = {"row": f"decode batch 1, r = 4, budget 1 + warm start, {tokens} tokens"}, {}
+    times = {side: [] for side in sides}
     with torch.no_grad():
-        for side, run in sides.items():
+        for run in sides.values():
             run()  # warm-up (and compilation)
-            t0 = time.perf_counter()
-            outs[side] = run()
-            row[side] = tokens / (time.perf_counter() - t0)
+        for _ in range(3):  # in turn, as the training steps
+            for side, run in sides.items():
+                t0 = time.perf_counter()
+                outs[side] = run()
+                times[side].append(time.perf_counter() - t0)
+    for side in sides:
+        row[side] = tokens / statistics.median(times[side])
     for side in sides:
         same = sum(a == b for a, b in zip(outs[side], outs["fork"], strict=True))
         row[f"{side} same tokens"] = same
@@ -150,7 +164,7 @@ def decoding(gpt, engine_module, tokens: int, compile: bool) -> list[dict]:
 def paths() -> str:
     """Which kernels recurlm takes on this machine at the reference setting (bf16 autocast)."""
     q = torch.zeros(8, 2, 256, 128, dtype=torch.bfloat16)
-    attention = "written out" if writes_out_attention(q) else "SDPA (flash)"
+    attention = f"{'written out' if writes_out_attention(q) else 'SDPA (flash)'} compiled, timed in the model eager"
     muon = "torch's (bf16)" if cpu_has_bf16() else "Fp32Muon"
     return f"bf16 causal attention {attention}, fp32 attention SDPA; Muon orthogonalising: {muon}"
 

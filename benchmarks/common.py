@@ -87,3 +87,18 @@ def op_profile(fn, label: str, rows: int = 12) -> dict:
         "matmul_share": matmul,
         "top_ms": {e.key: e.self_cpu_time_total / 1e3 for e in top},
     }
+
+
+def timed_attention(model, loss) -> str:
+    """`recurlm train`'s choice of the CPU bf16 attention kernel (`choose_attention`), made on a forward and backward
+    of `loss`: which it kept, and both timings."""
+    from recurlm.training.trainer import choose_attention
+
+    def forward_backward():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss().backward()
+        model.zero_grad(set_to_none=True)
+
+    times = choose_attention(forward_backward)
+    timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items())
+    return f"  [bf16 attention {min(times, key=times.get)}: {timings}]"

@@ -19,10 +19,10 @@ import statistics
 import time
 
 import torch
-from common import machine, matmul_peak, op_profile
+from common import machine, matmul_peak, op_profile, timed_attention
 
 from recurlm.config import ModelConfig, load_config
-from recurlm.network.model import build_model, written_out_causal_attention
+from recurlm.network.model import build_model, set_attention, written_out_causal_attention
 from recurlm.training.trainer import compile_blocks
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
@@ -51,6 +51,9 @@ def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
     digits = torch.zeros_like(x) if cfg.abacus else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     row = dict(setting=name, dtype="bf16" if amp else "fp32", compiled=compiled, r=r, tokens_per_step=batch * T)
+    set_attention(None)
+    if amp and not compiled:  # as `recurlm train` does: both attention kernels timed in the model
+        row["attention"] = timed_attention(model, lambda: model(x, r, digit_pos=digits, bptt_k=bptt_k, targets=x))
     if compiled:
         compile_blocks(model)
         row["compile_s"] = step(model, opt, x, r, amp, digits, bptt_k)
@@ -65,7 +68,7 @@ def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
     row.update(ms_per_step=dt * 1000, tok_s=tps, gflops=gflops, peak_share=gflops / peak[row["dtype"]])
     label = f"{row['dtype']}{' +compile' if compiled else ''}"
     extra = (f", compile {row['compile_s']:.0f} s, graphs on a new r: {row['graphs_on_new_r']}"
-             if compiled else "")  # fmt: skip
+             if compiled else row.get("attention", ""))  # fmt: skip
     print(f"  {name:<34} {label:<13} {dt * 1000:8.1f} ms/step {tps:8,.0f} tok/s {gflops:6.1f} GFLOP/s "
           f"({100 * row['peak_share']:.0f}% of peak){extra}", flush=True)  # fmt: skip
     return row

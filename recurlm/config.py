@@ -259,6 +259,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0: off
     dtype: str = "auto"  # 'auto' (bf16 on CUDA and on CPUs with AMX or AVX512-BF16), 'bf16' or 'fp32'
     compile: bool = False  # torch.compile each block; the recurrence loop stays eager (no recompile per r)
+    # CPU bf16 causal attention: 'auto' times the written-out form and the flash kernel on the first batch (eager
+    # only; compiled blocks follow the CPU rule), or fix one: 'written_out', 'flash'
+    attention: str = "auto"
     log_every: int = 10
     eval_every: int = 100  # steps; also where curriculum promotion is decided (0: only at the end)
     eval_n: int = 100  # validation examples per difficulty
@@ -269,6 +272,8 @@ class TrainConfig:
             raise UserError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise UserError(f"train.dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.attention not in ("auto", "written_out", "flash"):
+            raise UserError(f"train.attention must be auto, written_out or flash, got {self.attention!r}")
         for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "eval_n"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -168,6 +168,7 @@ def test_written_out_bf16_attention_matches_sdpa(kv_heads, autocast, monkeypatch
     written_out = model.written_out_causal_attention
     monkeypatch.setattr(model, "written_out_causal_attention", lambda *a: calls.append(1) or written_out(*a))
     monkeypatch.setattr(model, "cpu_has_amx", lambda: False)  # the CPUs where it is written out
+    monkeypatch.setattr(model, "_written_out", None)  # the CPU rule, not a choice a training in this process made
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 40, 16, generator=g)
     k, v = torch.randn(2, 2, kv_heads, 40, 16, generator=g)

@@ -43,19 +43,46 @@ def losses(out: Path) -> list[float]:
 
 
 def test_loss_goes_down_and_resume_is_exact(tmp_path):
-    full_model, state = train(tiny(), tmp_path / "full")
+    # one attention kernel for both runs: under 'auto' each would time its own (the next test)
+    full_model, state = train(tiny("attention=flash"), tmp_path / "full")
     assert state["step"] == 20
     full = losses(tmp_path / "full")
     assert len(full) == 20 and full[-1] < 0.6 * full[0]
 
-    train(tiny(), tmp_path / "split", stop_after=7)  # an interruption between checkpoints
+    train(tiny("attention=flash"), tmp_path / "split", stop_after=7)  # an interruption between checkpoints
     assert len(losses(tmp_path / "split")) == 7
-    resumed_model, _ = train(tiny(), tmp_path / "split", resume=True)
+    resumed_model, _ = train(tiny("attention=flash"), tmp_path / "split", resume=True)
     assert losses(tmp_path / "split") == full  # bit-exact on CPU with fixed seeds
     for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     saved, _, _ = load_checkpoint(tmp_path / "full")
     assert all(torch.equal(v, full_model.state_dict()[k]) for k, v in saved.state_dict().items())
+
+
+def test_attention_kernel_is_timed_once_and_kept_on_resume(tmp_path, monkeypatch):
+    import recurlm.network.model as model
+    import recurlm.training.trainer as trainer
+
+    monkeypatch.setattr(model, "_written_out", None)  # restored after the test
+
+    def step():  # the flash kernel takes longer than the written-out form
+        calls.append(model._written_out)
+        sum(range(200_000 if model._written_out else 2_000_000))
+
+    calls = []
+    assert trainer.choose_attention(step, rounds=2) and model._written_out is True
+    assert calls == [True, False] * 3  # in turn, a warm-up round first
+    timed = []
+    monkeypatch.setattr(trainer, "choose_attention", lambda s: timed.append(1) or {"written_out": 2.0, "flash": 1.0})
+    monkeypatch.setattr(trainer, "autocast_dtype", lambda *a: torch.bfloat16)  # bf16 on any CPU
+    train(tiny(), tmp_path / "run", stop_after=3)
+    assert timed == [1]
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["attention"] == "flash"
+    model._written_out = True
+    train(tiny(), tmp_path / "run", resume=True)
+    assert timed == [1] and model._written_out is False  # the run's own choice, not timed again
+    train(tiny("attention=written_out"), tmp_path / "fixed", stop_after=1)
+    assert timed == [1] and model._written_out is True
 
 
 def test_output_dir_guards(tmp_path):

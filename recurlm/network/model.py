@@ -62,12 +62,28 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: "Context
     return attend(spread, k, v, ctx.spread_mask, False).index_select(0, ctx.rows)
 
 
+# The CPU bf16 attention kernel measured faster in the model being trained (`trainer.choose_attention`); None: the
+# CPU rule.
+_written_out: bool | None = None
+
+
 def writes_out_attention(q: torch.Tensor) -> bool:
-    """bf16 causal attention over at most 256 positions on a CPU without AMX is written out: on a 2-core AMD EPYC
-    (AVX512-BF16) it ran 1.35-2x faster than the CPU flash kernel, forward and backward (`benchmarks/train_speed.py
-    --attention`). With AMX the flash kernel is the faster (a bf16 training step of the reference setting 1.1x on a
-    2-core Xeon); on GPUs, in fp32 and at longer contexts it is as fast or faster."""
-    return q.device.type == "cpu" and q.size(-2) <= 256 and _computes_in_bf16(q) and not cpu_has_amx()
+    """bf16 causal attention over at most 256 positions on the CPU: written out, or the flash kernel (SDPA). Which is
+    faster depends on the CPU and the model, so eager training measures both (`trainer.choose_attention`). Without that
+    measurement, and in compiled blocks (where inductor fuses the written-out middle), the rule is by CPU: written out
+    without AMX (a compiled bf16 step of the reference setting 874 against 961 ms on a 2-core AMD EPYC), flash with AMX
+    (1.1x a bf16 step on a 2-core Xeon). On GPUs, in fp32 and at longer contexts flash is as fast or faster."""
+    if not (q.device.type == "cpu" and q.size(-2) <= 256 and _computes_in_bf16(q)):
+        return False
+    if _written_out is not None and not torch.compiler.is_compiling():
+        return _written_out
+    return not cpu_has_amx()
+
+
+def set_attention(written_out: bool | None) -> None:
+    """Fixes the CPU bf16 attention kernel (True: written out, False: flash), or returns to the CPU rule (None)."""
+    global _written_out
+    _written_out = written_out
 
 
 def _computes_in_bf16(q: torch.Tensor) -> bool:
