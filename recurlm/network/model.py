@@ -24,6 +24,12 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def gained_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """RMS norm with a learned gain (the sandwich norm's), the gain in x's dtype: a bf16 x beside an fp32 gain falls
+    back from the fused kernel, with a warning at every step."""
+    return F.rms_norm(x, (x.size(-1),), gain.to(x.dtype))
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary in x's dtype: bf16 queries and keys (bf16 autocast, bf16 weights) stay bf16, as every op after them,
     instead of fp32 tables upcasting them (and a cast back for each matmul: 1.2x the time of a bf16 training step
@@ -278,9 +284,9 @@ class Block(nn.Module):
 
     def forward(self, x, ctx: Context, slot=None, adapter: int | None = None, stopped: Stopped | None = None):
         a = self.attn(norm(x), ctx, slot, adapter, stopped)
-        x = x + (a if self.attn_gain is None else F.rms_norm(a, (a.size(-1),), self.attn_gain))
+        x = x + (a if self.attn_gain is None else gained_norm(a, self.attn_gain))
         m = self.mlp(norm(x), adapter)
-        return x + (m if self.mlp_gain is None else F.rms_norm(m, (m.size(-1),), self.mlp_gain))
+        return x + (m if self.mlp_gain is None else gained_norm(m, self.mlp_gain))
 
 
 class RecurrentGPT(nn.Module):
