@@ -5,9 +5,10 @@
         [--profile] [--json F]
 
 The reference setting ((P,R,C) = (2,4,2), r = 4, width 256, head dim 128, vocab 8192, batch 8 x 256, AdamW) comes
-first, then each preset at its own r (batch capped at 8 x 256 tokens). Per setting: median ms per step, tokens/s,
-achieved GFLOP/s (3 x the forward FLOPs per token, `flops_per_token`) and its share of the matmul peak of the same
-dtype measured in this run; compiled settings add the compile time and the graphs compiled when r changes.
+first, then each preset at its own r (batch capped at 8 x 256 tokens). Per setting, its modes taking their steps in
+turn: median ms per step, tokens/s, achieved GFLOP/s (3 x the forward FLOPs per token, `flops_per_token`) and its
+share of the matmul peak of the same dtype measured in this run; compiled settings add the compile time and the
+graphs compiled when r changes; eager bf16 prints the attention kernel it timed faster in the model.
 `--profile` then shows where a bf16 step of the reference setting spends its time (torch.profiler).
 `--attention` times causal attention alone, forward and backward, eager and compiled: the CPU flash kernel (SDPA)
 against the written-out form `model.attend` uses for bf16 contexts of at most 256 positions.
@@ -44,14 +45,14 @@ def graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
+def prepare(name, cfg, r, batch, T, bptt_k, compiled, amp) -> dict:
+    """A setting ready to step: its model and optimiser, compiled and warmed up."""
     torch.manual_seed(0)
     model = build_model(cfg)
     x = torch.randint(0, cfg.vocab_size, (batch, T))
     digits = torch.zeros_like(x) if cfg.abacus else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     row = dict(setting=name, dtype="bf16" if amp else "fp32", compiled=compiled, r=r, tokens_per_step=batch * T)
-    set_attention(None)
     if amp and not compiled:  # as `recurlm train` does: both attention kernels timed in the model
         row["attention"] = timed_attention(model, lambda: model(x, r, digit_pos=digits, bptt_k=bptt_k, targets=x))
     if compiled:
@@ -62,16 +63,32 @@ def bench(name, cfg, r, batch, T, bptt_k, steps, peak, compiled, amp) -> dict:
         row["graphs_on_new_r"] = graphs() - before
     else:
         step(model, opt, x, r, amp, digits, bptt_k)  # allocator warm-up
-    dt = statistics.median(step(model, opt, x, r, amp, digits, bptt_k) for _ in range(steps))
-    tps = batch * T / dt
-    gflops = 3 * model.flops_per_token(r, T) * tps / 1e9
-    row.update(ms_per_step=dt * 1000, tok_s=tps, gflops=gflops, peak_share=gflops / peak[row["dtype"]])
-    label = f"{row['dtype']}{' +compile' if compiled else ''}"
-    extra = (f", compile {row['compile_s']:.0f} s, graphs on a new r: {row['graphs_on_new_r']}"
-             if compiled else row.get("attention", ""))  # fmt: skip
-    print(f"  {name:<34} {label:<13} {dt * 1000:8.1f} ms/step {tps:8,.0f} tok/s {gflops:6.1f} GFLOP/s "
-          f"({100 * row['peak_share']:.0f}% of peak){extra}", flush=True)  # fmt: skip
-    return row
+    return dict(row=row, step=lambda: step(model, opt, x, r, amp, digits, bptt_k), model=model, T=T)
+
+
+def bench(case, modes, steps, peak) -> list[dict]:
+    """Every mode of one setting, their steps taken in turn (this machine's speed drifts within a minute, and the
+    ratios between modes are what the table reads): median ms per step of each."""
+    name, cfg, r, batch, T, bptt_k = case
+    set_attention(None)
+    runs = [prepare(name, cfg, r, batch, T, bptt_k, compiled, amp) for compiled, amp in modes]
+    times = [[] for _ in runs]
+    for _ in range(steps):
+        for run, t in zip(runs, times, strict=True):
+            t.append(run["step"]())
+    rows = []
+    for run, t in zip(runs, times, strict=True):
+        row, dt = run["row"], statistics.median(t)
+        tps = batch * T / dt
+        gflops = 3 * run["model"].flops_per_token(r, T) * tps / 1e9
+        row.update(ms_per_step=dt * 1000, tok_s=tps, gflops=gflops, peak_share=gflops / peak[row["dtype"]])
+        label = f"{row['dtype']}{' +compile' if row['compiled'] else ''}"
+        extra = (f", compile {row['compile_s']:.0f} s, graphs on a new r: {row['graphs_on_new_r']}"
+                 if row["compiled"] else row.get("attention", ""))  # fmt: skip
+        print(f"  {name:<34} {label:<13} {dt * 1000:8.1f} ms/step {tps:8,.0f} tok/s {gflops:6.1f} GFLOP/s "
+              f"({100 * row['peak_share']:.0f}% of peak){extra}", flush=True)  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 def sdpa_causal(q, k, v):
@@ -121,9 +138,8 @@ def main():
                       configs.recurrence.bptt_k))  # fmt: skip
     rows = []
     modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if args.compile else [])
-    for name, cfg, r, batch, T, bptt_k in cases:
-        for compiled, amp in modes:
-            rows.append(bench(name, cfg, r, batch, T, bptt_k, args.steps, peak, compiled, amp))
+    for case in cases:
+        rows += bench(case, modes, args.steps, peak)
     profiles = {}
     if args.profile:
         for compiled in (False, True) if args.compile else (False,):
