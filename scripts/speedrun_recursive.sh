@@ -31,7 +31,8 @@ chat_tasks=arithmetic,two_step,even_odd,comparison,pattern,word_problem,sorting,
 sets=(--set batch_size=16 --set grad_accum=2)
 recurrences=1,2,4,8,16 limit=500 budget=()
 if [[ $smoke == 1 ]]; then
-    # The same stages and processes at a size CI trains in seconds, on a corpus written from the task generators.
+    # The same stages and processes at a size CI trains in seconds, on a corpus written from the task generators;
+    # validation at the stages' ends on 4 problems per task and difficulty (an untrained model writes to the budget).
     nproc=2 recurrences=1,4 limit=8 budget=(--max-new-tokens 16)  # an untrained model writes to the budget
     mkdir -p "$out"
     text="$out/corpus.jsonl"
@@ -43,9 +44,10 @@ with open(sys.argv[1], "w") as f:
         for ex in get_task(name).generate("train", 100, seed=0):
             f.write(json.dumps({"text": ex.prompt + " " + ex.target}) + "\n")
 EOF
+    # validation at each stage's end on 4 problems per task and difficulty: an untrained model writes to the budget
     sets=(--set d_model=64 --set n_head=2 --set vocab_size=384 --set seq_len=128 --set batch_size=4
         --set stage.pretrain.steps=4 --set stage.midtrain.steps=3 --set stage.sft.steps=3
-        --set eval_every=0 --set ckpt_every=2 --set warmup_steps=1 --set log_every=1)
+        --set eval_every=0 --set eval_n=4 --set ckpt_every=2 --set warmup_steps=1 --set log_every=1)
 fi
 [[ -n "$text" ]] || { echo "speedrun_recursive.sh: --text SHARDS is required (local pretraining text)" >&2; exit 2; }
 [[ $smoke == 1 ]] || $py scripts/speedrun_plan.py --nproc "$nproc"
