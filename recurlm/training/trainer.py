@@ -236,8 +236,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
             file=sys.stderr,
         )
     progress = Progress(total_steps, state["step"], out, master)
-    # eager bf16 on the CPU: the attention kernel is chosen by timing both on the first batch, and kept in the run's
-    # state so that a resumed run computes as the uninterrupted one did
+    # eager bf16 on the CPU: the attention kernel is chosen by timing both on the first batch (each rank its own: the
+    # same mathematics), and kept in the run's state so that a resumed run computes as the uninterrupted one did
     chosen = state.get("attention") or (None if tcfg.attention == "auto" else tcfg.attention)
     set_attention(None if chosen is None else chosen == "written_out")
     calibrate = chosen is None and device.type == "cpu" and amp == torch.bfloat16 and not tcfg.compile
