@@ -34,7 +34,7 @@ from recurlm.config import InferencePolicy
 from recurlm.importers.nanochat import recurlm_configs, recurlm_state_dict
 from recurlm.inference.engine import Engine
 from recurlm.machine import cpu_has_bf16
-from recurlm.network.model import build_model, set_attention, writes_out_attention
+from recurlm.network.model import build_model, writes_out_attention
 from recurlm.training.trainer import compile_blocks
 
 SETTING = dict(sequence_len=256, vocab_size=8192, n_layer=8, n_head=2, n_kv_head=2, n_embd=256, n_prelude=2,
@@ -106,7 +106,6 @@ def training(gpt, steps: int, compile: bool) -> list[dict]:
                 "recurlm": train_step(lambda m=ours: m(x, 4, bptt_k=4, targets=x), ours.parameters(), amp),
             }
             row = {"row": f"train {'compiled' if compiled else 'eager'} {'bf16' if amp else 'fp32'}"}
-            set_attention(None)
             if amp and not compiled:  # as `recurlm train` does: both attention kernels timed in the model
                 row["recurlm attention"] = timed_attention(ours, lambda m=ours: m(x, 4, bptt_k=4, targets=x))
             for step in (*sides.values(), *sides.values()):  # compilation, allocator warm-up

@@ -23,7 +23,7 @@ import torch
 from common import machine, matmul_peak, op_profile, timed_attention
 
 from recurlm.config import ModelConfig, load_config
-from recurlm.network.model import build_model, set_attention, written_out_causal_attention
+from recurlm.network.model import build_model, written_out_causal_attention
 from recurlm.training.trainer import compile_blocks
 
 REFERENCE = ModelConfig(vocab_size=8192, seq_len=256, d_model=256, n_head=2, n_prelude=2, n_core=4, n_coda=2)
@@ -63,14 +63,13 @@ def prepare(name, cfg, r, batch, T, bptt_k, compiled, amp) -> dict:
         row["graphs_on_new_r"] = graphs() - before
     else:
         step(model, opt, x, r, amp, digits, bptt_k)  # allocator warm-up
-    return dict(row=row, step=lambda: step(model, opt, x, r, amp, digits, bptt_k), model=model, T=T)
+    return dict(row=row, step=lambda: step(model, opt, x, r, amp, digits, bptt_k), model=model)
 
 
 def bench(case, modes, steps, peak) -> list[dict]:
     """Every mode of one setting, their steps taken in turn (this machine's speed drifts within a minute, and the
     ratios between modes are what the table reads): median ms per step of each."""
     name, cfg, r, batch, T, bptt_k = case
-    set_attention(None)
     runs = [prepare(name, cfg, r, batch, T, bptt_k, compiled, amp) for compiled, amp in modes]
     times = [[] for _ in runs]
     for _ in range(steps):

@@ -44,7 +44,6 @@ with open(sys.argv[1], "w") as f:
         for ex in get_task(name).generate("train", 100, seed=0):
             f.write(json.dumps({"text": ex.prompt + " " + ex.target}) + "\n")
 EOF
-    # validation at each stage's end on 4 problems per task and difficulty: an untrained model writes to the budget
     sets=(--set d_model=64 --set n_head=2 --set vocab_size=384 --set seq_len=128 --set batch_size=4
         --set stage.pretrain.steps=4 --set stage.midtrain.steps=3 --set stage.sft.steps=3
         --set eval_every=0 --set eval_n=4 --set ckpt_every=2 --set warmup_steps=1 --set log_every=1)
