@@ -132,6 +132,22 @@ def test_early_exit_fills_skipped_slots_with_final_kv():
             assert torch.equal(cache.v[cache.slot("core", j, i)][:, :, 4], cache.v[cache.slot("core", j, 1)][:, :, 4])
 
 
+def test_early_exit_fills_only_the_slots_below_each_rows_cap():
+    """Rows at caps 8 and 3 whose tokens both stop after 2 steps: the deep row's slots of iterations 2-7 get its final
+    K/V, the shallow row's only iteration 2's (3-7 lie past its cap: it never reads them, they stay untouched)."""
+    model = tiny_model()
+    deep, shallow = (policy(r, kv_budget=8, exit="latent:1e9", min_steps=2) for r in (8, 3))
+    state, _, _ = Engine(model).start(IDX[:, :4].tolist(), [deep, shallow])
+    state, _, steps = Engine(model).decode(state, IDX[:, 4])
+    assert steps.tolist() == [2, 2]
+    cache = state.cache
+    for j in range(len(model.core)):
+        final = cache.k[cache.slot("core", j, 1)][:, :, 4]
+        for i in range(2, 8):
+            slot = cache.k[cache.slot("core", j, i)][:, :, 4]
+            assert torch.equal(slot[0], final[0])
+            assert torch.equal(slot[1], final[1]) == (i < 3)
+
 def varied_exit(model, criterion, prompts, r=8, **policy_fields):
     """A threshold of `criterion` under which the tokens of these prompts stop after different numbers of steps."""
     thresholds = (1, 2, 3) if criterion == "argmax" else (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4)

@@ -124,14 +124,22 @@ class KVCache:
 
     def fill_skipped(self, ctx, first: int, r: int, caps: torch.Tensor):
         """Every token stopped before iteration `first`: give the slots of iterations first .. r-1 that are below
-        its row's cap its final K/V (one pass over the budget suffices: later iterations reuse those slots)."""
-        for it in range(first, min(r, first + self.budget)):
-            below = (it < caps)[:, None, None, None]
-            for j in range(self.cfg.n_core):
-                write, hold = self.core_slot(j, it)
+        its row's cap its final K/V (one pass over the budget suffices: later iterations reuse those slots). The final
+        K/V is read once per block; a row's slot at or above its cap is left as it is."""
+        iterations = range(first, min(r, first + self.budget))
+        if not iterations:
+            return
+        every_row_below = int(caps.min()) > iterations[-1]  # the usual case: no slot to keep, no select
+        for j in range(self.cfg.n_core):
+            final_k, final_v = self._at(self.core_slot(j, first)[1], ctx)
+            for it in iterations:
+                write = self.slot("core", j, it)
+                if every_row_below:
+                    self._put(write, final_k, final_v, ctx)
+                    continue
+                below = (it < caps)[:, None, None, None]
                 cur_k, cur_v = self._at(write, ctx)
-                prev_k, prev_v = self._at(hold, ctx)
-                self._put(write, torch.where(below, prev_k, cur_k), torch.where(below, prev_v, cur_v), ctx)
+                self._put(write, torch.where(below, final_k, cur_k), torch.where(below, final_v, cur_v), ctx)
 
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A cache of the given rows (in that order; repeats allowed: beam search)."""

@@ -524,6 +524,9 @@ class RecurrentGPT(nn.Module):
                 s = s.index_copy(0, index, s_sub)
                 watched = self.watch_rows(s_sub, sub, halt.select(index.tolist()))
                 cur = prev | {k: prev[k].index_copy(0, index, v) for k, v in watched.items()}
+            elif bool(active.all()):  # nothing to hold back: the cache writes and the state need no masks
+                s = self.core_step(e, s, i, ctx)
+                cur = self.watch_rows(s, ctx, halt)
             else:
                 stopped = Stopped(active, ~active & (i < cap))
                 s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
@@ -535,7 +538,8 @@ class RecurrentGPT(nn.Module):
             if ctx.cache is not None and ctx.cache.budget > 1 and bool(done.any()):
                 # a row whose tokens all stopped: the slots of the iterations it skips get its final K/V now
                 index = done.nonzero()[:, 0]
-                ctx.cache.fill_skipped(ctx.select(index), i + 1, r, halt.cap[index])
+                sub = ctx if len(index) == B else ctx.select(index)  # every row: plain slices of the cache
+                ctx.cache.fill_skipped(sub, i + 1, r, halt.cap[index])
             if not bool(live.any()):
                 break
         every_row = "logits" in prev and bool(halt.watching("logprobs").all())  # else some rows hold zeros there
