@@ -148,6 +148,7 @@ def test_early_exit_fills_only_the_slots_below_each_rows_cap():
             assert torch.equal(slot[0], final[0])
             assert torch.equal(slot[1], final[1]) == (i < 3)
 
+
 def varied_exit(model, criterion, prompts, r=8, **policy_fields):
     """A threshold of `criterion` under which the tokens of these prompts stop after different numbers of steps."""
     thresholds = (1, 2, 3) if criterion == "argmax" else (0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001, 1e-4)
