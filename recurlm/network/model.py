@@ -518,18 +518,13 @@ class RecurrentGPT(nn.Module):
         for i in range(r):
             if compacts(int(live.sum()), B):  # only the rows still iterating run, gathered into a smaller batch
                 index = live.nonzero()[:, 0]
-                sub, a = ctx.select(index), active[index]
-                stopped = Stopped(a, ~a & (i < cap[index]))
-                s_sub = torch.where(a[..., None], self.core_step(e[index], s[index], i, sub, stopped), s[index])
+                sub = ctx.select(index)
+                s_sub = self._step_active(e[index], s[index], i, sub, active[index], i < cap[index])
                 s = s.index_copy(0, index, s_sub)
                 watched = self.watch_rows(s_sub, sub, halt.select(index.tolist()))
                 cur = prev | {k: prev[k].index_copy(0, index, v) for k, v in watched.items()}
-            elif bool(active.all()):  # nothing to hold back: the cache writes and the state need no masks
-                s = self.core_step(e, s, i, ctx)
-                cur = self.watch_rows(s, ctx, halt)
             else:
-                stopped = Stopped(active, ~active & (i < cap))
-                s = torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
+                s = self._step_active(e, s, i, ctx, active, i < cap)
                 cur = self.watch_rows(s, ctx, halt)
             steps += active
             active = active & ~halt.stop(i, prev, cur, memory)
@@ -544,6 +539,16 @@ class RecurrentGPT(nn.Module):
                 break
         every_row = "logits" in prev and bool(halt.watching("logprobs").all())  # else some rows hold zeros there
         return Recurrence(s, steps, prev["logits"] if every_row else None)
+
+    def _step_active(
+        self, e: torch.Tensor, s: torch.Tensor, i: int, ctx: Context, active: torch.Tensor, below_cap: torch.Tensor
+    ) -> torch.Tensor:
+        """Recurrence i of the tokens still `active` (B, T): a stopped token keeps its state and its K/V (the cache
+        holds it, or copies it into a slot below its cap). With every token active nothing needs a mask."""
+        if bool(active.all()):
+            return self.core_step(e, s, i, ctx)
+        stopped = Stopped(active, ~active & below_cap)
+        return torch.where(active[..., None], self.core_step(e, s, i, ctx, stopped), s)
 
     def watch(
         self, s: torch.Tensor, ctx: Context, watches: set[str], logits: torch.Tensor | None = None
