@@ -296,6 +296,7 @@ class StageConfig:
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
     # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
+    canonical_share: float = 0.0  # with wording 'varied': the share of questions still asked in the canonical wording
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'

@@ -299,6 +299,20 @@ def test_stage_wording_shapes_training_only():
         StageConfig(tasks="arithmetic", wording="held_out")
 
 
+def test_canonical_share_keeps_that_share_of_varied_questions_canonical():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+
+    def canonical_count(share):  # comparison: its canonical frame is one of 15 varied ones, slips aside
+        (task,) = stage_tasks(StageConfig(tasks="comparison", wording="varied", canonical_share=share), training=True)
+        return sum(ex.key is None for ex in task.generate("train", 2000, seed=3))
+
+    none, half, every = canonical_count(0.0), canonical_count(0.5), canonical_count(1.0)
+    assert none < 150 and 900 < half < 1200 and every == 2000
+    with pytest.raises(UserError, match="canonical_share"):
+        get_task("sorting", wording="varied", canonical_share=1.5)
+
+
 def test_typed_questions_script_writes_held_out_test_questions(tmp_path):
     import subprocess
     import sys

@@ -36,10 +36,12 @@ class TraceTask(Task):
     prompt_template = "<INST>{}</INST>"
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
-    def __init__(self, wording: str = "fixed"):
+    def __init__(self, wording: str = "fixed", canonical_share: float = 0.0):
         if wording not in WORDINGS:
             raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
-        self.wording = wording
+        if not 0 <= canonical_share <= 1:
+            raise UserError(f"canonical_share must be between 0 and 1, got {canonical_share}")
+        self.wording, self.canonical_share = wording, canonical_share
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[Question, list[str], object]:
         raise NotImplementedError
@@ -47,7 +49,7 @@ class TraceTask(Task):
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         question, steps, answer = self.problem(rng, difficulty)
         canonical = self.prompt_template.format(wording.canonical(question))
-        prompt = self.prompt_template.format(wording.phrase(rng, question, self.wording))
+        prompt = self.prompt_template.format(wording.phrase(rng, question, self.wording, self.canonical_share))
         key = canonical if prompt != canonical else None  # the split is the problem's, whatever its wording
         return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty, key=key)
 

@@ -29,7 +29,7 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
     options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
     if training:
-        options |= {name: {"wording": stage.wording} for name in SUITE}
+        options |= {name: {"wording": stage.wording, "canonical_share": stage.canonical_share} for name in SUITE}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 

@@ -42,6 +42,17 @@ FRAMES = {
             "Can you work out {x}?",
             "Find {x}.",
             "What does {x} make?",
+            "{x}?",
+            "Quick one: what is {x}?",
+            "Please work out {x}.",
+            "Give me {x}.",
+            "Result of {x}?",
+            "What is the answer to {x}?",
+            "How much does {x} come to?",
+            "What would {x} be?",
+            "Could you calculate {x}?",
+            "Answer this: {x}",
+            "{phrase}",
             "{phrase}",
         ],
         [
@@ -65,7 +76,15 @@ FRAMES = {
             "How much is {x}?",
             "Work out {x}.",
             "Find {x}.",
+            "{x}?",
+            "What does {x} come to?",
+            "Please work out {x}.",
+            "Result of {x}?",
+            "Could you calculate {x}?",
+            "What is the value of {x}?",
             "Start with {a}, {verb1} {b}, then {verb2} {c}.",
+            "Begin at {a}. {verb1} {b}, and then {verb2} {c}. What is the result?",
+            "If you start with {a}, {verb1} {b} and then {verb2} {c}, what number do you end up with?",
         ],
         [
             "What's {x}?",
@@ -86,6 +105,12 @@ FRAMES = {
             "Tell me if {n} is even or odd.",
             "Odd or even? {n}",
             "Is {n} an odd number or an even number?",
+            "{n} is even or odd?",
+            "Say whether {n} is even or odd.",
+            "What is {n}, even or odd?",
+            "Even or odd? {n}",
+            "Is {n} even or is {n} odd?",
+            "Parity of {n}: even or odd?",
         ],
         [
             "Would you call {n} even or odd?",
@@ -106,6 +131,13 @@ FRAMES = {
             "Pick the bigger one: {a} or {b}",
             "Larger of {a} and {b}?",
             "{a} or {b}: which is more?",
+            "Which is more: {a} or {b}?",
+            "Which one is larger, {a} or {b}?",
+            "{a} vs {b}: which is bigger?",
+            "Bigger number: {a} or {b}?",
+            "Which of {a} and {b} is larger?",
+            "Tell me which is larger: {a} or {b}.",
+            "Greater one, {a} or {b}?",
         ],
         [
             "Which number is bigger, {a} or {b}?",
@@ -125,6 +157,12 @@ FRAMES = {
             "Next term of {s}?",
             "Find the next number in {s}.",
             "Fill in the blank: {s}, _",
+            "What is the next term: {s}?",
+            "Sequence: {s}. What is next?",
+            "Which number continues {s}?",
+            "Next number after {s}?",
+            "{s}, ... next?",
+            "Extend the pattern {s} by one number.",
         ],
         [
             "What comes next: {s}?",
@@ -145,6 +183,13 @@ FRAMES = {
             "Sort from small to big: {s}",
             "Put these numbers in order, smallest first: {s}",
             "{s} sorted ascending?",
+            "Sort from lowest to highest: {s}",
+            "Arrange from smallest to largest: {s}",
+            "Ascending order: {s}",
+            "Smallest to largest: {s}",
+            "Order {s} from least to most.",
+            "Sort the list {s} in increasing order.",
+            "Could you sort these: {s}",
         ],
         [
             "Put in ascending order: {s}",
@@ -164,6 +209,12 @@ FRAMES = {
             "There are {a} {T} in a box. {N} puts in {b} more. How many {T} are in the box now?",
             "{N} has {a} {T}. {M} gives {o} {b} more. How many {T} does {N} have?",
             "{N} collected {a} {T} on Monday and {b} on Tuesday. How many {T} did {p} collect in all?",
+            "{N} {has} {a} {T} and {gets} {b} more. How many {T} now?",
+            "{N} had {a} {T}. After getting {b} more, how many {T} {does} {p} have?",
+            "{a} {T} are on a table and {N} brings {b} more. How many {T} are on the table?",
+            "{N} picked {a} {T}, then {b} more. How many {T} did {p} pick altogether?",
+            "{M} gave {N} {b} {T}. {N} already had {a}. How many {T} does {N} have in total?",
+            "{N} {has} {a} {T}. {M} has {b} {T}. How many {T} do they have together?",
         ],
         [
             "{N} starts with {a} {T} and is given {b} more. What's the total?",
@@ -179,6 +230,12 @@ FRAMES = {
             "There are {a} {T} in a bag. {N} takes out {b}. How many {T} are still in the bag?",
             "{N} bought {a} {T} and used {b}. How many {T} remain?",
             "{N} has {a} {T} and eats {b}. How many {T} {does} {p} have left?",
+            "{N} had {a} {T}, then gave {b} to {M}. How many {T} {does} {p} have now?",
+            "{a} {T} were on the table and {N} took {b}. How many {T} are on the table now?",
+            "{N} started with {a} {T} and spent {b}. How many are left?",
+            "{N} {has} {a} {T}. {P} {gives} {b} to {M}. How many {T} {does} {p} keep?",
+            "{N} had {a} {T} but {b} went missing. How many {T} {does} {p} have?",
+            "A box held {a} {T}. {N} removed {b}. How many {T} are in the box?",
         ],
         [
             "{N} has {a} {T} and gives {b} to {M}. How many {does} {p} have left?",
@@ -190,9 +247,18 @@ FRAMES = {
 
 # Sentence forms of one operation (they name the operands in their own order)
 PHRASES = {
-    "+": (["Add {a} and {b}.", "What is the sum of {a} and {b}?"], ["Find the total of {a} and {b}."]),
-    "-": (["Subtract {b} from {a}.", "What is {a} take away {b}?"], ["Take {b} away from {a}.", "{a} less {b}?"]),
-    "*": (["Multiply {a} by {b}.", "What is the product of {a} and {b}?"], ["What if you multiply {a} by {b}?"]),
+    "+": (
+        ["Add {a} and {b}.", "What is the sum of {a} and {b}?", "What do {a} and {b} add up to?", "Add {b} to {a}."],
+        ["Find the total of {a} and {b}."],
+    ),
+    "-": (
+        ["Subtract {b} from {a}.", "What is {a} take away {b}?", "Remove {b} from {a}.", "{a} subtract {b}?"],
+        ["Take {b} away from {a}.", "{a} less {b}?"],
+    ),
+    "*": (
+        ["Multiply {a} by {b}.", "What is the product of {a} and {b}?", "{a} multiplied by {b} is?"],
+        ["What if you multiply {a} by {b}?"],
+    ),
 }
 
 # Who and what the held-out word problems are about: in none of the training lists
@@ -205,9 +271,10 @@ def canonical(q: Question) -> str:
     return FRAMES[q.kind][0].format(**q.fields)
 
 
-def phrase(rng: random.Random, q: Question, wording: str) -> str:
-    """The question in one of the `wording` set's frames, with typing slips drawn at random."""
-    if wording == "fixed":
+def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0) -> str:
+    """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
+    the varied questions keeps the canonical wording (drawn only when > 0, so that other runs' data stay as they were)."""
+    if wording == "fixed" or (canonical_share > 0 and wording == "varied" and rng.random() < canonical_share):
         return canonical(q)
     held_out = wording == "held_out"
     f = dict(q.fields)
@@ -224,11 +291,12 @@ def phrase(rng: random.Random, q: Question, wording: str) -> str:
         signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
     text = rng.choice(frames).format(**f)
-    return typing_slips(rng, text)
+    return typing_slips(rng, text, doubled_space=not held_out)
 
 
-def typing_slips(rng: random.Random, text: str) -> str:
-    """What people do when typing a question: lowercase, no final punctuation, no spaces around operators."""
+def typing_slips(rng: random.Random, text: str, doubled_space: bool = False) -> str:
+    """What people do when typing a question: lowercase, no final punctuation, no spaces around operators, and with
+    `doubled_space` (training only: the held-out draws stay those measured before it) a space typed twice."""
     if rng.random() < 0.25:
         text = text.lower()
     if rng.random() < 0.25:
@@ -237,4 +305,9 @@ def typing_slips(rng: random.Random, text: str) -> str:
         for op in ("+", "-", "*", "="):
             text = text.replace(f" {op} ", op)
         text = text.replace(", ", ",")
+    if doubled_space and rng.random() < 0.1:
+        spaces = [i for i, c in enumerate(text) if c == " "]
+        if spaces:
+            i = rng.choice(spaces)
+            text = text[:i] + " " + text[i:]
     return text
