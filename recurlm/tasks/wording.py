@@ -273,7 +273,7 @@ def canonical(q: Question) -> str:
 
 def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
-    the varied questions keeps the canonical wording (drawn only when > 0, so that other runs' data stay as they were)."""
+    the varied questions keeps the canonical wording (drawn only when > 0: other runs' data stay as they were)."""
     if wording == "fixed" or (canonical_share > 0 and wording == "varied" and rng.random() < canonical_share):
         return canonical(q)
     held_out = wording == "held_out"
