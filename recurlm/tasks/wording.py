@@ -52,7 +52,7 @@ FRAMES = {
             "What would {x} be?",
             "Could you calculate {x}?",
             "Answer this: {x}",
-            "{phrase}",
+            "{phrase}",  # twice: the sentence forms keep about the share they had among the 13 frames before
             "{phrase}",
         ],
         [
