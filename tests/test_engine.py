@@ -393,8 +393,9 @@ def test_each_row_pays_for_its_own_depth(budget, variant, monkeypatch):
     assert len(set(together.steps[2][1:] + together.steps[3][1:])) > 1  # the exits fired at different steps
 
 
-# latent watches the state; kl the head's output, which the pass's last iteration computes for every token at once
-@pytest.mark.parametrize("criterion", ["latent", "kl"])
+# latent watches the state; kl the head's output, which the pass's last iteration computes for every token at once;
+# argmax carries a streak between checks (its fresh tokens' first watch must not count as one)
+@pytest.mark.parametrize("criterion", ["latent", "kl", "argmax"])
 def test_a_pass_runs_the_shallowest_fixed_rows_depth(criterion, monkeypatch):
     """Beside a row at r = 16 and one under an exit, a row at r = 3 takes one core pass (one prelude and one coda
     call) per token, not three; the exit row's tokens wait for the pass's end and still equal its solo run's."""
@@ -411,6 +412,22 @@ def test_a_pass_runs_the_shallowest_fixed_rows_depth(criterion, monkeypatch):
     # the r = 3 row's 5 tokens after the prompt's, one pass each, while it lives; then the r = 16 row's alone
     assert passes[:5] == [3] * 5 and set(passes[5:]) <= {3, 16}
     assert len(set(together.steps[2])) > 1  # the exit fired at different steps
+
+
+def test_a_fresh_tokens_first_watch_shares_the_passs_coda_call(monkeypatch):
+    """A token fed under a KL-type exit needs the coda and head on its initial state before its first check. In a
+    pass of two recurrences it sits out the first core call and that watch rides on the coda call after it: the
+    pass makes two coda calls (that one, then the head that ends it), not three, and the token runs one recurrence."""
+    model = tiny_model()
+    engine = Engine(model)
+    prompts = [IDX[0, :3].tolist(), IDX[1, :5].tolist()]
+    state, logits, _ = engine.start(prompts, [policy(2), policy(8, exit="kl:0")])  # kl < 0 never: runs to its cap
+    codas, coda_out = [], model.coda_out
+    monkeypatch.setattr(model, "coda_out", lambda s, ctx: codas.append(s.size(0)) or coda_out(s, ctx))
+    engine.feed(state, [0, 1], logits.argmax(-1))
+    done, _, steps = engine.advance(state, 2)
+    assert done == [0] and steps.tolist() == [2] and state.flight.done.tolist() == [2, 1]
+    assert codas == [1, 2]  # the KL row's initial state; then both rows' heads, its first check among them
 
 
 def test_prompt_pass_runs_each_row_to_its_own_depth(monkeypatch):

@@ -264,7 +264,7 @@ class Engine:
             cold = model.init_state(e, self._noise([state.seeds[b] for b in rows], starts, 1))
             s0 = torch.where(warm[:, None, None], s0, cold)
         flight.active[index], flight.e[index], flight.s[index], flight.done[index] = True, e, s0, 0
-        InFlight.put(flight.watch, index, model.watch_rows(s0, ctx, state.halt.select(rows)), len(state))
+        flight.fresh[index] = True  # what its exit watches on s0 is taken in `advance`, beside other tokens' checks
         for memory in flight.memory.values():
             memory[index] = 0
         for b in rows:
@@ -288,24 +288,30 @@ class Engine:
         halt = state.halt.select(index.tolist())
         e, s, done = flight.e[index], flight.s[index], flight.done[index]
         running = torch.arange(len(index), device=self.device)  # the pass's places whose token still iterates
+        late = self._first_checks(state, index, ctx, halt, iterations)
         head = None  # the head's logits on every token of the pass, after its last iteration
         for j in range(iterations):
-            for iteration, members in self._iteration_groups(done, running, state.cache.budget):
+            stepping = running if j or late is None else running[~late]
+            for iteration, members in self._iteration_groups(done, stepping, state.cache.budget):
                 sub = ctx if len(members) == len(index) else ctx.select(members)
                 s = s.index_copy(0, members, model.core_step(e[members], s[members], iteration, sub))
-            done = done.index_add(0, running, torch.ones_like(running))
+            done = done.index_add(0, stepping, torch.ones_like(stepping))
             rows = index[running]
             every = len(running) == len(index)
             sub, sub_halt = (ctx, halt) if every else (ctx.select(running), halt.select(running.tolist()))
             known = None
-            if j == iterations - 1 and bool(sub_halt.watching("logprobs").any()):
+            if j == iterations - 1 and sub_halt.rows_watching("logprobs"):
                 # A KL-type check runs the coda and head here anyway: run them once for every token of the pass,
                 # the ones completing now or earlier in it too, instead of a second call for those
                 head = model.head(s, ctx)
                 known = head if every else head[running]
             cur = model.watch_rows(s[running], sub, sub_halt, known)
             memory = {k: v[rows] for k, v in flight.memory.items()}
-            stop = sub_halt.stop(done[running] - 1, {k: flight.watch[k][rows] for k in cur}, cur, memory)[:, 0]
+            prev = {k: flight.watch[k][rows] if k in flight.watch else v for k, v in cur.items()}
+            stop = sub_halt.stop(done[running] - 1, prev, cur, memory)[:, 0]
+            if j == 0 and late is not None:  # the late tokens watched their initial state: that was no check
+                stop = stop & ~late
+                memory = {k: torch.where(late[:, None], 0, v) for k, v in memory.items()}
             InFlight.put(flight.watch, rows, cur, len(state))
             InFlight.put(flight.memory, rows, memory, len(state))
             running = running[~stop]
@@ -325,13 +331,37 @@ class Engine:
                 state.cache.fill_skipped(sub.select(at), k, halt.max_cap, halt.cap[finished[at]])
         if head is not None:
             logits = head[finished]
-        elif "logits" in flight.watch and bool(halt.watching("logprobs")[finished].all()):
+        elif "logits" in flight.watch and set(finished.tolist()) <= set(halt.rows_watching("logprobs")):
             logits = flight.watch["logits"][rows]  # the exit check ran the head on the final state already
         else:
             logits = model.head(s[finished], sub)
         state.final[rows, pos[finished]] = s[finished, 0]
         flight.active[rows] = False
         return rows.tolist(), logits[:, 0], steps
+
+    def _first_checks(
+        self, state: DecodeState, index: torch.Tensor, ctx: Context, halt: Halting, iterations: int
+    ) -> torch.Tensor | None:
+        """What the exits of the pass's fresh tokens (fed since the last pass) watch on their initial state, which
+        their first check compares with. Where that is the coda and head's distribution and the pass runs more than
+        one recurrence, a fresh token sits out the pass's first core call and its initial state is watched in the
+        coda call the other tokens' checks make after it: its own checks then fall one recurrence later, the last
+        one in the head call that ends the pass, and the pass makes one coda call fewer. Returns those late tokens
+        as a mask over the pass's places (None: none); the other fresh tokens' watches are taken here."""
+        flight = state.flight
+        fresh = flight.fresh[index]
+        if not bool(fresh.any()):
+            return None
+        flight.fresh[index] = False
+        late = torch.zeros_like(fresh)
+        if iterations > 1:
+            late[halt.rows_watching("logprobs")] = True
+            late &= fresh
+        now = (fresh & ~late).nonzero()[:, 0]
+        if len(now):
+            watched = self.model.watch_rows(flight.s[index[now]], ctx.select(now), halt.select(now.tolist()))
+            InFlight.put(flight.watch, index[now], watched, len(state))
+        return late if bool(late.any()) else None
 
     @staticmethod
     def _subset(index: torch.Tensor, state: DecodeState) -> torch.Tensor | None:

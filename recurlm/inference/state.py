@@ -22,6 +22,7 @@ class InFlight:
     e: torch.Tensor  # (B, 1, d) its prelude output, injected at every recurrence
     s: torch.Tensor  # (B, 1, d) its state
     done: torch.Tensor  # (B,) long: recurrences it has run
+    fresh: torch.Tensor  # (B,) bool: fed since the last pass, so what its exit watches on s0 is still to be taken
     watch: dict[str, torch.Tensor]  # what its exit criterion watched after the last recurrence, (B, 1, ...) each
     memory: dict[str, torch.Tensor]  # what stateful criteria carry between recurrences (argmax's streak), (B, 1)
 
@@ -32,13 +33,14 @@ class InFlight:
             torch.zeros(batch, 1, d, device=device, dtype=dtype),
             torch.zeros(batch, 1, d, device=device, dtype=dtype),
             torch.zeros(batch, dtype=torch.long, device=device),
+            torch.zeros(batch, dtype=torch.bool, device=device),
             {},
             {},
         )
 
     def select(self, index: torch.Tensor) -> "InFlight":
         return InFlight(
-            self.active[index], self.e[index], self.s[index], self.done[index],
+            self.active[index], self.e[index], self.s[index], self.done[index], self.fresh[index],
             {k: v[index] for k, v in self.watch.items()}, {k: v[index] for k, v in self.memory.items()},
         )  # fmt: skip
 
@@ -54,7 +56,8 @@ class InFlight:
 
         return InFlight(
             torch.cat([p.active for p in parts]), torch.cat([p.e for p in parts]), torch.cat([p.s for p in parts]),
-            torch.cat([p.done for p in parts]), joined("watch"), joined("memory"),
+            torch.cat([p.done for p in parts]), torch.cat([p.fresh for p in parts]), joined("watch"),
+            joined("memory"),
         )  # fmt: skip
 
     @staticmethod

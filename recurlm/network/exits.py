@@ -6,7 +6,7 @@ recurrent state ('state'), the log-probabilities of the coda and head run on tha
 a coda + head pass per iteration), or the learned exit gate's probability ('gate', a dot product).
 """
 
-from dataclasses import dataclass
+import functools
 
 import torch
 
@@ -113,26 +113,37 @@ CRITERIA = {
 }
 
 
-@dataclass
 class Halting:
-    """Per row b: run at most caps[b] recurrences, and stop earlier once an exit criterion fires after min_steps[b].
-    `eps[name][b]` is row b's threshold for criterion `name` (-inf for rows that do not use it)."""
+    """Per row b: run at most caps[b] recurrences, and stop earlier once its exit criterion (rules[b]: name and
+    threshold, None for a fixed depth) fires after mins[b]. The per-row facts are Python lists, so selecting rows and
+    asking who watches what costs no tensor operation (a depth-batched pass does it several times per token); the
+    tensors the loop's arithmetic needs are built once per `Halting`, when first read."""
 
-    caps: list[int]
-    cap: torch.Tensor  # (B,) long: caps on the model's device
-    min_steps: torch.Tensor  # (B,) long
-    eps: dict[str, torch.Tensor]  # criterion -> (B,) float
+    def __init__(self, caps: list[int], mins: list[int], rules: list[tuple[str, float] | None], device=None):
+        self.caps, self.mins, self.rules, self.device = caps, mins, rules, device
 
     @classmethod
     def build(cls, rows: list[tuple[int, int, str]], device=None) -> "Halting":
         """From (cap, min_steps, exit spec) per row."""
-        eps = {}
-        for b, (_, _, spec) in enumerate(rows):
-            if (rule := parse_exit(spec)) is not None:
-                eps.setdefault(rule[0], torch.full((len(rows),), float("-inf"), device=device))[b] = rule[1]
-        caps = [c for c, _, _ in rows]
-        min_steps = torch.tensor([m for _, m, _ in rows], dtype=torch.long, device=device)
-        return cls(caps, torch.tensor(caps, dtype=torch.long, device=device), min_steps, eps)
+        return cls([c for c, _, _ in rows], [m for _, m, _ in rows], [parse_exit(spec) for _, _, spec in rows], device)
+
+    @functools.cached_property
+    def cap(self) -> torch.Tensor:
+        """(B,) long: the caps on the model's device."""
+        return torch.tensor(self.caps, dtype=torch.long, device=self.device)
+
+    @functools.cached_property
+    def min_steps(self) -> torch.Tensor:
+        return torch.tensor(self.mins, dtype=torch.long, device=self.device)
+
+    @functools.cached_property
+    def eps(self) -> dict[str, torch.Tensor]:
+        """criterion -> (B,) row b's threshold for it (-inf for rows that do not use it)."""
+        out = {}
+        for b, rule in enumerate(self.rules):
+            if rule:
+                out.setdefault(rule[0], [float("-inf")] * len(self.rules))[b] = rule[1]
+        return {name: torch.tensor(values, device=self.device) for name, values in out.items()}
 
     @property
     def max_cap(self) -> int:
@@ -141,35 +152,27 @@ class Halting:
     @property
     def uniform(self) -> bool:
         """Every row runs the same fixed number of recurrences: the loop needs no per-token bookkeeping."""
-        return not self.eps and min(self.caps) == self.max_cap
+        return not any(self.rules) and min(self.caps) == self.max_cap
 
     @property
     def spread(self) -> int:
         """How many recurrences a token of the shallowest row may idle through beside the deepest row's: caps
         apart, a row with an exit counting as deep as its min_steps (at least 1) as it may stop there."""
-        floor = torch.where(self._using(self.eps), self.min_steps.clamp(min=1), self.cap)
-        return self.max_cap - int(floor.min())
+        floors = [max(m, 1) if rule else c for c, m, rule in zip(self.caps, self.mins, self.rules, strict=True)]
+        return self.max_cap - min(floors)
 
     @property
     def shallowest_fixed(self) -> int:
         """The fewest recurrences a row without an exit runs; 1 when every row has an exit."""
-        fixed = ~self._using(self.eps)
-        return int(self.cap[fixed].min()) if bool(fixed.any()) else 1
+        return min((c for c, rule in zip(self.caps, self.rules, strict=True) if not rule), default=1)
 
     @property
     def watches(self) -> set[str]:
-        return {CRITERIA[name].watches for name in self.eps}
+        return {CRITERIA[rule[0]].watches for rule in self.rules if rule}
 
-    def watching(self, kind: str) -> torch.Tensor:
-        """(B,) bool: the rows whose criterion watches `kind` (the others need not compute it)."""
-        return self._using(name for name in self.eps if CRITERIA[name].watches == kind)
-
-    def _using(self, names) -> torch.Tensor:
-        """(B,) bool: the rows that use one of these criteria."""
-        rows = torch.zeros(self.cap.shape, dtype=torch.bool, device=self.cap.device)
-        for name in names:
-            rows |= self.eps[name].isfinite()
-        return rows
+    def rows_watching(self, kind: str) -> list[int]:
+        """The rows whose criterion watches `kind` (the others need not compute it)."""
+        return [b for b, rule in enumerate(self.rules) if rule and CRITERIA[rule[0]].watches == kind]
 
     def stop(self, iteration: int, prev: dict, cur: dict, memory: dict) -> torch.Tensor:
         """(B, T) bool: which tokens stop after running iteration `iteration` (0-based). `memory` is what stateful
@@ -183,32 +186,23 @@ class Halting:
         return done
 
     def select(self, rows: list[int]) -> "Halting":
-        """The given rows' halting; a criterion none of them uses is left out (nothing watches for it)."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.cap.device)
-        eps = {k: v[index] for k, v in self.eps.items() if bool(v[index].isfinite().any())}
-        return Halting([self.caps[b] for b in rows], self.cap[index], self.min_steps[index], eps)
+        """The given rows' halting (a criterion none of them uses is left out: nothing watches for it)."""
+        return Halting(
+            [self.caps[b] for b in rows], [self.mins[b] for b in rows], [self.rules[b] for b in rows], self.device
+        )
 
     def put(self, rows: torch.Tensor, other: "Halting") -> "Halting":
         """These rows' halting with the given rows ((n,) long) replaced by `other`'s, in order."""
-        eps, never = {}, torch.full_like(self.cap, float("-inf"), dtype=torch.float)
-        for name in set(self.eps) | set(other.eps):
-            mine = self.eps.get(name, never).clone()
-            mine[rows] = other.eps[name] if name in other.eps else float("-inf")
-            if bool(mine.isfinite().any()):  # a criterion no row uses any more is left out, as `select` does
-                eps[name] = mine
-        caps = list(self.caps)
-        for b, c in zip(rows.tolist(), other.caps, strict=True):
-            caps[b] = c
-        cap, min_steps = self.cap.clone(), self.min_steps.clone()
-        cap[rows], min_steps[rows] = other.cap, other.min_steps
-        return Halting(caps, cap, min_steps, eps)
+        caps, mins, rules = list(self.caps), list(self.mins), list(self.rules)
+        for b, c, m, rule in zip(rows.tolist(), other.caps, other.mins, other.rules, strict=True):
+            caps[b], mins[b], rules[b] = c, m, rule
+        return Halting(caps, mins, rules, self.device)
 
     @staticmethod
     def cat(parts: list["Halting"]) -> "Halting":
-        def never(h):
-            return torch.full(h.cap.shape, float("-inf"), device=h.cap.device)
-
-        names = {k for h in parts for k in h.eps}
-        eps = {k: torch.cat([h.eps.get(k, never(h)) for h in parts]) for k in names}
-        caps = [c for h in parts for c in h.caps]
-        return Halting(caps, torch.cat([h.cap for h in parts]), torch.cat([h.min_steps for h in parts]), eps)
+        return Halting(
+            [c for h in parts for c in h.caps],
+            [m for h in parts for m in h.mins],
+            [rule for h in parts for rule in h.rules],
+            parts[0].device,
+        )

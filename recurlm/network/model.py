@@ -537,7 +537,7 @@ class RecurrentGPT(nn.Module):
                 ctx.cache.fill_skipped(sub, i + 1, r, halt.cap[index])
             if not bool(live.any()):
                 break
-        every_row = "logits" in prev and bool(halt.watching("logprobs").all())  # else some rows hold zeros there
+        every_row = "logits" in prev and len(halt.rows_watching("logprobs")) == B  # else some rows hold zeros there
         return Recurrence(s, steps, prev["logits"] if every_row else None)
 
     def _step_active(
@@ -571,14 +571,14 @@ class RecurrentGPT(nn.Module):
         rows hold zeros there, which their criteria never read. `logits`: the head's on every row's s, if known."""
         out = {}
         for kind in halt.watches:
-            rows = halt.watching(kind)
-            if bool(rows.all()):
+            rows = halt.rows_watching(kind)
+            if len(rows) == len(s):
                 out |= self.watch(s, ctx, {kind}, logits)
                 continue
-            index = rows.nonzero()[:, 0]
+            index = torch.tensor(rows, device=s.device)
             known = None if logits is None else logits[index]
             for name, value in self.watch(s[index], ctx.select(index), {kind}, known).items():
-                out[name] = value.new_zeros((len(rows), *value.shape[1:])).index_copy(0, index, value)
+                out[name] = value.new_zeros((len(s), *value.shape[1:])).index_copy(0, index, value)
         return out
 
     def exit_probability(self, s: torch.Tensor) -> torch.Tensor:
