@@ -20,6 +20,7 @@
 4. `checks`: what each exit criterion costs per check (every iteration of every token), at 1 and 16 rows.
 5. `reads`: attention of k of the cache's 16 rows (a pass's subset), the rows' keys and values gathered against
    every row's read in place: where reading in place starts to pay (`cache.IN_PLACE_SHARE`).
+6. `ops`: tensor operations per decoding step of 16 rows at r = 2 and of serve.py's mix (no timing).
 Shared CPUs drift: compare figures from one run.
 """
 
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 import torch
 from common import machine, matmul_peak, median_time
 from serve import MIXED
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import recurlm.network.cache as kv
 import recurlm.network.model as network
@@ -253,6 +255,45 @@ def read_crossover(checkpoint: str, rows: int, repeats: int) -> list[dict]:
     return out
 
 
+class CountOps(TorchDispatchMode):
+    """Counts the tensor operations run under it: on a model this small each one costs a few microseconds of
+    dispatch whatever it computes, so the count tracks a pass's time on any CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operations(checkpoint: str, steps: int = 20) -> dict:
+    """6. `ops`: tensor operations per decoding step (one pass, so one token of each r = 2 row) of 16 rows at r = 2
+    and of serve.py's mix, and per token generated: a figure no machine's speed moves."""
+    model, tok, configs = load_checkpoint(checkpoint)
+    model.eval()
+    examples, _ = test_examples(configs, len(MIXED))
+    prompts = [example_ids(tok, example_question(tok, ex)) for ex in examples]
+    base = configs.inference.override(exit="none")
+    cases = {"16 rows at r = 2": [base.override(recurrences=2)] * len(MIXED), "serve.py's mix": [
+        base.override(**m) for m in MIXED]}  # fmt: skip
+    engine, out = Engine(model, tok.digit_ids), {}
+    print(f"\n6. {checkpoint}: tensor operations per decoding step and per token, after {steps} warm-up steps")
+    for label, policies in cases.items():
+        loop = GenerationLoop(engine)
+        loop.add([Sequence(p, 3 * steps, q) for p, q in zip(prompts, policies, strict=True)])
+        for _ in range(steps):
+            loop.step()
+        tokens = 0
+        with CountOps() as counter:
+            for _ in range(steps):
+                tokens += len(loop.step())
+        out[label] = {"per_step": counter.count / steps, "per_token": counter.count / tokens}
+        print(f"  {label:<20} {out[label]['per_step']:>8.0f} per step {out[label]['per_token']:>6.0f} per token")
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="checkpoints/miniaxion-0.9m")
@@ -261,7 +302,7 @@ def main():
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--only", default="mixed,deep,prompt,checks,reads")
+    p.add_argument("--only", default="mixed,deep,prompt,checks,reads,ops")
     p.add_argument("--json")
     args = p.parse_args()
     print(machine())
@@ -279,6 +320,8 @@ def main():
             figures["checks"] = check_costs(repeats=args.repeats)
         if "reads" in only:
             figures["reads"] = read_crossover(args.checkpoint, args.rows, args.repeats)
+        if "ops" in only:
+            figures["ops"] = operations(args.checkpoint)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
