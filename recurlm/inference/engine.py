@@ -274,11 +274,12 @@ class Engine:
     def advance(
         self, state: DecodeState, iterations: int = 1
     ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
-        """Depth batching: up to `iterations` more recurrences of every token in flight, each at its own iteration,
-        before one coda and head call for the tokens that completed (their exit fired or their cap was reached; a
-        token that completes early in the pass waits for its end). Tokens whose next iteration reads and writes the
-        same cache slot and adapter (all of them, with KV budget 1 and no LoRA) share one core call. Returns the
-        rows whose token completed, their (n, V) logits and the recurrences each ran (n,)."""
+        """Depth batching: up to `iterations` more recurrences of every token in flight, each at its own iteration
+        (a fresh token under a KL-type exit one fewer, `_first_checks`), before one coda and head call for the tokens
+        that completed (their exit fired or their cap was reached; a token that completes early in the pass waits for
+        its end). Tokens whose next iteration reads and writes the same cache slot and adapter (all of them, with KV
+        budget 1 and no LoRA) share one core call. Returns the rows whose token completed, their (n, V) logits and
+        the recurrences each ran (n,)."""
         model, flight = self.model, state.flight
         index = flight.active.nonzero()[:, 0]
         if not len(index):
