@@ -20,7 +20,7 @@
 4. `checks`: what each exit criterion costs per check (every iteration of every token), at 1 and 16 rows.
 5. `reads`: attention of k of the cache's 16 rows (a pass's subset), the rows' keys and values gathered against
    every row's read in place: where reading in place starts to pay (`cache.IN_PLACE_SHARE`).
-6. `ops`: tensor operations per decoding step of 16 rows at r = 2 and of serve.py's mix (no timing).
+6. `ops`: tensor operations per decoding step of 16 rows at r = 2 and of serve.py's mix, and the steps' times.
 Shared CPUs drift: compare figures from one run.
 """
 
@@ -268,9 +268,11 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def operations(checkpoint: str, steps: int = 20) -> dict:
+def operations(checkpoint: str, steps: int = 20, repeats: int = 2) -> dict:
     """6. `ops`: tensor operations per decoding step (one pass, so one token of each r = 2 row) of 16 rows at r = 2
-    and of serve.py's mix, and per token generated: a figure no machine's speed moves."""
+    and of serve.py's mix, and per token generated: a figure no machine's speed moves. Then the step's time (the
+    best of `repeats` windows of `steps` steps): the mix's over 16 rows at r = 2 is what an r = 2 row's
+    inter-token time grows by beside the others, before the server's own work per token."""
     model, tok, configs = load_checkpoint(checkpoint)
     model.eval()
     examples, _ = test_examples(configs, len(MIXED))
@@ -279,18 +281,27 @@ def operations(checkpoint: str, steps: int = 20) -> dict:
     cases = {"16 rows at r = 2": [base.override(recurrences=2)] * len(MIXED), "serve.py's mix": [
         base.override(**m) for m in MIXED]}  # fmt: skip
     engine, out = Engine(model, tok.digit_ids), {}
-    print(f"\n6. {checkpoint}: tensor operations per decoding step and per token, after {steps} warm-up steps")
+    print(f"\n6. {checkpoint}: tensor operations and ms per decoding step, after {steps} warm-up steps")
     for label, policies in cases.items():
         loop = GenerationLoop(engine)
-        loop.add([Sequence(p, 3 * steps, q) for p, q in zip(prompts, policies, strict=True)])
+        loop.add([Sequence(p, (3 + repeats) * steps, q) for p, q in zip(prompts, policies, strict=True)])
         for _ in range(steps):
             loop.step()
         tokens = 0
         with CountOps() as counter:
             for _ in range(steps):
                 tokens += len(loop.step())
-        out[label] = {"per_step": counter.count / steps, "per_token": counter.count / tokens}
-        print(f"  {label:<20} {out[label]['per_step']:>8.0f} per step {out[label]['per_token']:>6.0f} per token")
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                loop.step()
+            times.append((time.perf_counter() - t0) / steps * 1e3)
+        out[label] = {"per_step": counter.count / steps, "per_token": counter.count / tokens, "ms": min(times)}
+        print(f"  {label:<20} {out[label]['per_step']:>8.0f} per step {out[label]['per_token']:>6.0f} per token"
+              f" {out[label]['ms']:>7.2f} ms per step")  # fmt: skip
+    shallow, mix = (out[label]["ms"] for label in cases)  # in the order of `cases`
+    print(f"  the mix's step against 16 rows at r = 2: {mix / shallow:.2f}x")
     return out
 
 
@@ -321,7 +332,7 @@ def main():
         if "reads" in only:
             figures["reads"] = read_crossover(args.checkpoint, args.rows, args.repeats)
         if "ops" in only:
-            figures["ops"] = operations(args.checkpoint)
+            figures["ops"] = operations(args.checkpoint, repeats=args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
