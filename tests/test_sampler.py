@@ -1,7 +1,7 @@
 import numpy as np
 
 from recurlm.config import RecurrenceConfig
-from recurlm.training.depth import sample_progressive, sample_recurrences
+from recurlm.training.depth import progressive_weight, sample_progressive, sample_recurrences
 
 
 def test_poisson_lognormal_mean_and_bounds():
@@ -37,3 +37,13 @@ def test_progressive_split_covers_every_start_and_stays_within_r():
     splits = {sample_progressive(0, step, 4) for step in range(2000)}
     assert splits == {(n, k) for n in range(4) for k in range(1, 5 - n)}  # n < r, 1 <= k <= r - n
     assert sample_progressive(3, 11, 6) == sample_progressive(3, 11, 6)
+
+
+def test_a_sampled_progressive_step_takes_one_loss_at_the_weights_rate():
+    mixed = RecurrenceConfig(progressive=0.3)
+    assert {progressive_weight(mixed, 0, step) for step in range(50)} == {0.3}
+    sampled = RecurrenceConfig(progressive=0.3, progressive_sampled=True)
+    weights = [progressive_weight(sampled, 0, step) for step in range(4000)]
+    assert set(weights) == {0.0, 1.0} and abs(np.mean(weights) - 0.3) < 0.03
+    assert weights[:50] == [progressive_weight(sampled, 0, step) for step in range(50)]  # a function of (seed, step)
+    assert weights[:50] != [progressive_weight(sampled, 1, step) for step in range(50)]

@@ -65,6 +65,17 @@ def test_progressive_loss_value_and_its_gradient_skips_the_free_iterations():
     assert any(not torch.allclose(only[n], full[n], atol=1e-6) for n in only)  # it is another objective
 
 
+def test_the_progressive_loss_alone_runs_only_its_own_iterations(monkeypatch):
+    model = tiny_model()
+    sup = Supervision(progressive=1.0, split=(1, 2))
+    calls = []
+    step = model.core_step
+    monkeypatch.setattr(model, "core_step", lambda *a, **k: calls.append(1) or step(*a, **k))
+    got = model(IDX, 6, targets=TARGETS, supervision=sup)
+    assert len(calls) == 3  # n + k, not the 6 of the full depth as well
+    assert torch.allclose(got, loss_after(model, 3, n_free=1), atol=1e-6)
+
+
 def test_a_plain_gpt_ignores_the_loop_objectives():
     plain = tiny_model(n_core=0, n_prelude=2)
     sup = Supervision(every=1, weight=0.5, progressive=0.5, split=(1, 1))

@@ -489,11 +489,12 @@ def test_loop_objectives_change_training_and_still_learn(tmp_path):
     """recurrence.progressive and supervise_every reach the trainer: other losses (same data, same r; a progressive
     split of n = 0, k = r is the full loss itself), and the loss still falls."""
     short = ["stage.curriculum.steps=12", "eval_every=0"]
-    runs = {"plain": [], "prog": ["recurrence.progressive=0.5"], "deep": ["recurrence.supervise_every=1"]}
+    runs = {"plain": [], "prog": ["recurrence.progressive=0.5"], "deep": ["recurrence.supervise_every=1"],
+            "sampled": ["recurrence.progressive=0.5", "recurrence.progressive_sampled=true"]}  # fmt: skip
     for name, extra in runs.items():
         train(tiny(*short, *extra), tmp_path / name)
     plain = losses(tmp_path / "plain")
-    for name in ("prog", "deep"):
+    for name in ("prog", "deep", "sampled"):
         got = losses(tmp_path / name)
         assert sum(a != b for a, b in zip(got, plain, strict=True)) >= 6 and got[-1] < 0.8 * got[0], name
 

@@ -603,7 +603,10 @@ class RecurrentGPT(nn.Module):
         if targets is None:
             return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
         sup = supervision or Supervision()
-        if self.exit_gate is not None and sup.gate != "off":
+        gated = self.exit_gate is not None and sup.gate != "off"
+        if sup.progressive == 1 and self.core and not (gated and sup.gate == "only"):
+            return self.progressive_loss(e, s0, ctx, bptt_k, targets, sup.split)  # the full depth's weight is 0
+        if gated:
             loss = self.gate_loss(e, s0, recurrences, ctx, bptt_k, targets, sup)
             if sup.gate == "only":
                 return loss
@@ -616,12 +619,17 @@ class RecurrentGPT(nn.Module):
             if early:  # deep supervision: the loop's intermediate outputs are answers too
                 loss = (1 - sup.weight) * loss + sup.weight * torch.stack(early).mean()
         if sup.progressive and self.core:
-            n, k = sup.split
-            with torch.no_grad():  # a state the loop did not make under gradient: it learns to improve any state
-                s = self.recur(e, s0, n, ctx) if n else s0
-            s = self.recur(e, s.detach(), k, ctx, bptt_k, start=n)
-            loss = (1 - sup.progressive) * loss + sup.progressive * self.loss(self.coda_out(s, ctx), targets)
+            progressive = self.progressive_loss(e, s0, ctx, bptt_k, targets, sup.split)
+            loss = (1 - sup.progressive) * loss + sup.progressive * progressive
         return loss
+
+    def progressive_loss(self, e, s0, ctx: Context, bptt_k: int, targets: torch.Tensor, split: tuple[int, int]):
+        """The loss after n iterations without gradient from the initial state, then k with it: (n, k) = split."""
+        n, k = split
+        with torch.no_grad():  # a state the loop did not make under gradient: it learns to improve any state
+            s = self.recur(e, s0, n, ctx) if n else s0
+        s = self.recur(e, s.detach(), k, ctx, bptt_k, start=n)
+        return self.loss(self.coda_out(s, ctx), targets)
 
     def gate_loss(self, e, s0, r: int, ctx: Context, bptt_k: int, targets: torch.Tensor, sup: Supervision):
         """The exit gate's objectives (Ouro), from each recurrence's per-token loss L_t (coda and head after every

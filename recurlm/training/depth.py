@@ -37,3 +37,11 @@ def sample_progressive(seed: int, step: int, r: int) -> tuple[int, int]:
     rng = np.random.default_rng([seed, step, 1])  # a stream of its own: r's draws do not change with the switch
     n = int(rng.integers(0, r))
     return n, int(rng.integers(1, r - n + 1))
+
+
+def progressive_weight(cfg: RecurrenceConfig, seed: int, step: int) -> float:
+    """The progressive loss's weight in step `step`: `cfg.progressive`, or with `progressive_sampled` 1 (the
+    progressive loss alone) with that probability and else 0 (the full-depth loss alone)."""
+    if not cfg.progressive_sampled:
+        return cfg.progressive
+    return float(np.random.default_rng([seed, step, 2]).random() < cfg.progressive)

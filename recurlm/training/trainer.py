@@ -28,7 +28,7 @@ from recurlm.network.model import Supervision, build_model, set_attention
 from recurlm.tasks.runs import stage_tasks
 from recurlm.training.corpus import TextStream, sample_texts
 from recurlm.training.data import TaskMixture
-from recurlm.training.depth import sample_progressive, sample_recurrences
+from recurlm.training.depth import progressive_weight, sample_progressive, sample_recurrences
 from recurlm.training.optim import build_optimizers, group_lr, lr_factor
 
 CKPT = "checkpoint"
@@ -270,9 +270,10 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                     for group in opt.param_groups:
                         group["lr"] = group_lr(opt, group, tcfg) * stage.lr_scale * factor
                 r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
-                split = sample_progressive(tcfg.seed, step, r) if rcfg.progressive else (0, 1)
+                progressive = progressive_weight(rcfg, tcfg.seed, step)
+                split = sample_progressive(tcfg.seed, step, r) if progressive else (0, 1)
                 supervision = Supervision(
-                    rcfg.supervise_every, rcfg.supervise_weight, rcfg.progressive, split, rcfg.gate_beta,
+                    rcfg.supervise_every, rcfg.supervise_weight, progressive, split, rcfg.gate_beta,
                     stage.exit_gate, rcfg.gate_gamma,
                 )  # fmt: skip
                 t0 = time.perf_counter()
