@@ -604,7 +604,7 @@ class RecurrentGPT(nn.Module):
             return self.unembed(self.coda_out(self.recur(e, s0, recurrences, ctx, bptt_k), ctx))
         sup = supervision or Supervision()
         gated = self.exit_gate is not None and sup.gate != "off"
-        if sup.progressive == 1 and self.core and not (gated and sup.gate == "only"):
+        if sup.progressive == 1 and self.core and not gated:  # (a gate's parameters must stay in DDP's graph)
             return self.progressive_loss(e, s0, ctx, bptt_k, targets, sup.split)  # the full depth's weight is 0
         if gated:
             loss = self.gate_loss(e, s0, recurrences, ctx, bptt_k, targets, sup)
