@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(not MINIAXION.exists(), reason="no shipped MiniA
 
 # bars a little under what the shipped weights score on these very samples (README), so that a change in loading,
 # tokenising or decoding shows, while the last-digit noise of another CPU does not
-MEAN_BAR, TASK_BAR = 0.75, 0.375  # measured: mean 0.893, lowest 0.625 (pattern: its held-out geometric sequence)
+MEAN_BAR, TASK_BAR = 0.75, 0.375  # measured: mean 0.893, lowest 0.75 (pattern: its held-out geometric sequence)
 
 
 def test_shipped_miniaxion_answers_a_fixed_sample_of_every_task():
     model, tok, configs = load_checkpoint(MINIAXION)
-    assert model.param_groups()["unique"] == 942_080  # the published shape
+    assert model.param_groups()["unique"] == 942_080 + 256  # the published shape, and the injection's decay rates
     accuracy, formats = {}, []
     for name in SUITE:
         task = get_task(name)
@@ -47,7 +47,7 @@ def test_shipped_miniaxion_solves_word_problems_about_people_and_things_it_never
         examples.append(Example(prompt, str(value), trace([f"{a} {op} {b}", *steps], value), "word_problem"))
     model, tok, configs = load_checkpoint(MINIAXION)
     res = evaluate(model, tok, examples, configs.inference, get_task("word_problem").max_new_tokens)
-    assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 1.0 here (the checkpoint before the wordings: 0.625)
+    assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 0.875 (add injection 1.0, before wordings 0.625)
 
 
 def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
