@@ -301,6 +301,8 @@ class StageConfig:
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
     # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
     canonical_share: float = 0.0  # with wording 'varied': the share of questions still asked in the canonical wording
+    nonce_share: float = 0.0  # with wording 'varied': the share of the others with a word that is not a cue made up
+    # (or a greeting or thanks around it), so that unseen words are no reason to change the answer
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'

@@ -292,9 +292,9 @@ def test_stage_wording_shapes_training_only():
     from recurlm.config import StageConfig
     from recurlm.tasks.runs import stage_tasks
 
-    stage = StageConfig(tasks="arithmetic,sorting", wording="varied")
-    assert [t.wording for t in stage_tasks(stage, training=True)] == ["varied", "varied"]
-    assert [t.wording for t in stage_tasks(stage)] == ["fixed", "fixed"]
+    stage = StageConfig(tasks="arithmetic,sorting", wording="varied", nonce_share=0.3)
+    assert [(t.wording, t.nonce_share) for t in stage_tasks(stage, training=True)] == [("varied", 0.3)] * 2
+    assert [(t.wording, t.nonce_share) for t in stage_tasks(stage)] == [("fixed", 0.0)] * 2
     with pytest.raises(UserError, match="wording"):
         StageConfig(tasks="arithmetic", wording="held_out")
 
@@ -323,3 +323,48 @@ def test_typed_questions_script_writes_held_out_test_questions(tmp_path):
     rows = read_jsonl(tmp_path / "sorting.jsonl")
     assert len(rows) == 20 and {r.difficulty for r in rows} == {1, 2, 3, 4}
     assert all(split_of(r.prompt) in ("train", "val", "test") and r.task == "sorting" for r in rows)
+
+
+def test_nonce_swaps_one_word_that_is_not_a_cue_or_wraps_the_question():
+    import random
+    import re
+
+    from recurlm.tasks.wording import CUES, with_nonce
+
+    text = "Ben has 5 apples. He gets 3 more. How many apples does Ben have now?"
+    words = re.findall(r"[A-Za-z]+|\d+", text)
+    swapped = wrapped = 0
+    for seed in range(300):
+        out = with_nonce(random.Random(seed), text)
+        if text in out:  # a greeting before or thanks after
+            wrapped += 1
+            continue
+        new = re.findall(r"[A-Za-z]+|\d+", out)
+        changed = [(a, b) for a, b in zip(words, new, strict=True) if a != b]
+        assert len(changed) == 1  # one word, never a number, a cue or a word said twice (a name, the things)
+        ((old, _),) = changed
+        assert old.lower() not in CUES and old not in ("Ben", "apples") and not old.isdigit()
+        swapped += 1
+    assert swapped > 100 and wrapped > 100
+
+
+def test_nonce_share_makes_up_words_in_that_share_of_varied_questions_only():
+    import random
+    import re
+
+    from recurlm.tasks.wording import FILLERS, FRAMES, Question, phrase
+
+    fields = dict(N="Ben", p="he", P="He", M="Tom", T="apples", a=5, b=3, o="him", has="has", gets="gets")
+    fields |= dict(gives="gives", buys="buys", does="does")
+    known = {w.lower() for text in FRAMES["gain"][1] + sum(FILLERS, []) for w in re.findall(r"[A-Za-z]+", text)}
+    known |= {str(v).lower() for v in fields.values()}
+
+    def share_made_up(nonce_share, wording="varied"):
+        rng, q = random.Random(0), Question("gain", fields)
+        texts = [phrase(rng, q, wording, nonce_share=nonce_share) for _ in range(1000)]
+        return sum(any(w.lower() not in known for w in re.findall(r"[A-Za-z]+", t)) for t in texts) / len(texts)
+
+    assert share_made_up(0.0) == 0 and share_made_up(1.0, wording="fixed") == 0
+    assert 0.15 < share_made_up(0.5) < 0.35 and 0.4 < share_made_up(1.0) < 0.6  # half of them swap a word
+    with pytest.raises(UserError, match="nonce_share"):
+        get_task("sorting", wording="varied", nonce_share=2.0)

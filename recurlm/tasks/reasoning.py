@@ -14,7 +14,7 @@ import re
 
 from recurlm.errors import UserError
 from recurlm.tasks import Example, Task, columns, wording
-from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS, WORDINGS, Question
+from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS, WORDINGS, Question, made_up_word
 
 TRACE = re.compile(r"<THINK>(<STEP>[^<]+</STEP>)+</THINK><ANS>[^<]+</ANS>")
 
@@ -36,12 +36,13 @@ class TraceTask(Task):
     prompt_template = "<INST>{}</INST>"
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
-    def __init__(self, wording: str = "fixed", canonical_share: float = 0.0):
+    def __init__(self, wording: str = "fixed", canonical_share: float = 0.0, nonce_share: float = 0.0):
         if wording not in WORDINGS:
             raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
-        if not 0 <= canonical_share <= 1:
-            raise UserError(f"canonical_share must be between 0 and 1, got {canonical_share}")
-        self.wording, self.canonical_share = wording, canonical_share
+        for name, share in (("canonical_share", canonical_share), ("nonce_share", nonce_share)):
+            if not 0 <= share <= 1:
+                raise UserError(f"{name} must be between 0 and 1, got {share}")
+        self.wording, self.canonical_share, self.nonce_share = wording, canonical_share, nonce_share
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[Question, list[str], object]:
         raise NotImplementedError
@@ -49,7 +50,8 @@ class TraceTask(Task):
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         question, steps, answer = self.problem(rng, difficulty)
         canonical = self.prompt_template.format(wording.canonical(question))
-        prompt = self.prompt_template.format(wording.phrase(rng, question, self.wording, self.canonical_share))
+        asked = wording.phrase(rng, question, self.wording, self.canonical_share, self.nonce_share)
+        prompt = self.prompt_template.format(asked)
         key = canonical if prompt != canonical else None  # the split is the problem's, whatever its wording
         return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty, key=key)
 
@@ -222,17 +224,6 @@ THINGS = [
     "bottles",
     "boxes",
 ]
-
-
-SYLLABLES = (
-    "ba be bi bo bu da de di do ka ke ki ko la le li lo ma me mi mo na ne ni no ra re ri ro sa se si ta te to va ve vi "
-    "ya yo za zu"
-).split()
-
-
-def made_up_word(rng: random.Random) -> str:
-    """A pronounceable nonsense word: training on these besides the lists makes the model ignore who and what."""
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
 
 
 class WordProblem(TraceTask):

@@ -29,7 +29,8 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
     options = {"addition": addition | ({"mixed_lengths": stage.mixed_lengths} if training else {})}
     if training:
-        options |= {name: {"wording": stage.wording, "canonical_share": stage.canonical_share} for name in SUITE}
+        wording = {"wording": stage.wording, "canonical_share": stage.canonical_share, "nonce_share": stage.nonce_share}
+        options |= dict.fromkeys(SUITE, wording)
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 

@@ -7,10 +7,13 @@ punctuation, no spaces around operators or after commas). Two disjoint sets of f
 - `varied`: what training draws from;
 - `held_out`: frames, names and objects no training example uses, kept to check that the model learned the task.
 `fixed` is each task's one canonical wording. Splits are drawn by the canonical question, so a test problem is
-never trained in another wording.
+never trained in another wording. Training can also swap a word that carries no cue for a made-up one
+(`nonce_share`), so that a word it never saw is no reason to change the answer.
 """
 
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 WORDINGS = ("fixed", "varied", "held_out")
@@ -267,13 +270,54 @@ HELD_OUT_NAMES = [("Zainab", "she"), ("Thibault", "he"), ("Ngozi", "she"), ("Ken
 HELD_OUT_THINGS = ["pebbles", "magnets", "feathers", "spoons", "badges", "ribbons", "pins", "bricks", "acorns"]
 
 
+# The words that say what is asked (the operation, the task, gaining or losing): never swapped for a made-up word.
+# What a word problem's verb means is left to its cues ("more", "left", "away", ...), since people's verbs are many.
+CUES = frozenset(
+    "plus minus times x multiplied multiply by add subtract from sum product take away remove of and to up less "
+    "even odd larger largest bigger biggest greater greatest more or "
+    "next pattern sequence continue continues complete term blank fill extend after "
+    "sort sorted ascending increasing order smallest largest lowest highest least most small big first arrange "
+    "left remain still out keep but total together altogether all already".split()
+)
+FILLERS = (
+    ["Hi, ", "Hey, ", "Question: ", "Quick question: ", "Can you help? ", "Q: ", "Math: ", "Homework: ", "Okay, "],
+    [" Thanks!", " Thank you.", " Please.", " thanks", " :)"],
+)
+SYLLABLES = (
+    "ba be bi bo bu da de di do ka ke ki ko la le li lo ma me mi mo na ne ni no ra re ri ro sa se si ta te to va ve vi "
+    "ya yo za zu"
+).split()
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable nonsense word, for names, things and the words a question can do without."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+
+
+def with_nonce(rng: random.Random, text: str) -> str:
+    """`text` with one word that is not a cue (nor said twice) swapped for a made-up word, or with a greeting or
+    thanks around it."""
+    if rng.random() < 0.5:
+        before, after = FILLERS
+        return rng.choice(before) + text if rng.random() < 0.5 else text + rng.choice(after)
+    words = list(re.finditer(r"[A-Za-z]+", text))
+    count = Counter(m.group().lower() for m in words)  # a name said twice stays: one made-up copy is someone else
+    free = [m for m in words if m.group().lower() not in CUES and count[m.group().lower()] == 1]
+    if not free:
+        return text
+    m = rng.choice(free)
+    word = made_up_word(rng)
+    return text[: m.start()] + (word.capitalize() if m.group()[0].isupper() else word) + text[m.end() :]
+
+
 def canonical(q: Question) -> str:
     return FRAMES[q.kind][0].format(**q.fields)
 
 
-def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0) -> str:
+def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0, nonce_share: float = 0.0):
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
-    the varied questions keeps the canonical wording (drawn only when > 0: other runs' data stay as they were)."""
+    the varied questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce` (each drawn
+    only when > 0: other runs' data stay as they were)."""
     if wording == "fixed" or (canonical_share > 0 and wording == "varied" and rng.random() < canonical_share):
         return canonical(q)
     held_out = wording == "held_out"
@@ -291,6 +335,8 @@ def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float
         signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
     text = rng.choice(frames).format(**f)
+    if nonce_share > 0 and wording == "varied" and rng.random() < nonce_share:
+        text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
 
 
