@@ -276,7 +276,7 @@ CUES = frozenset(
     "plus minus times x multiplied multiply by add subtract from sum product take away remove of and to up less "
     "even odd larger largest bigger biggest greater greatest more or "
     "next pattern sequence continue continues complete term blank fill extend after "
-    "sort sorted ascending increasing order smallest largest lowest highest least most small big first arrange "
+    "sort sorted ascending increasing order smallest lowest highest least most small big first arrange "
     "left remain still out keep but total together altogether all already".split()
 )
 FILLERS = (
