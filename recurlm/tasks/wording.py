@@ -314,7 +314,9 @@ def canonical(q: Question) -> str:
     return FRAMES[q.kind][0].format(**q.fields)
 
 
-def phrase(rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0, nonce_share: float = 0.0):
+def phrase(
+    rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0, nonce_share: float = 0.0
+) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
     the varied questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce` (each drawn
     only when > 0: other runs' data stay as they were)."""
