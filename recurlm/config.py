@@ -291,6 +291,8 @@ class StageConfig:
 
     steps: int = 100  # 0 leaves the stage out (--set stage.NAME.steps=0)
     lr_scale: float = 1.0
+    recurrences: int = 0  # > 0: every step of this stage runs that fixed r instead of [recurrence]'s draw (1 for a
+    # pretraining stage switches the loop on late: the core runs once, as a plain stack, until a later stage)
     tasks: str = ""  # comma-separated task names, each optionally weighted (name:2); uniform by default
     text: str = ""  # a text corpus (.txt, .jsonl with 'text', .parquet, a directory) instead of tasks
     seq_len: int = 0  # packed row length for text (0: model.seq_len)
@@ -321,9 +323,10 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 0 or self.buckets < 1 or self.pack < 1:
+        if self.steps < 0 or self.recurrences < 0 or self.buckets < 1 or self.pack < 1:
             raise UserError(
-                f"stage steps must be >= 0, buckets and pack >= 1, got {self.steps}, {self.buckets} and {self.pack}"
+                f"stage steps and recurrences must be >= 0, buckets and pack >= 1, got {self.steps}, "
+                f"{self.recurrences}, {self.buckets} and {self.pack}"
             )
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")

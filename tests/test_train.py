@@ -3,6 +3,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from recurlm.errors import UserError
 from recurlm.network.model import build_model
 from recurlm.text.tokenizer import Tokenizer
 from recurlm.training.data import TaskMixture
+from recurlm.training.depth import sample_recurrences
 from recurlm.training.optim import lr_factor
 from recurlm.training.trainer import train
 
@@ -537,6 +539,19 @@ def test_core_lr_scale_slows_only_the_shared_parameters(tmp_path, optimizer):
     assert {k.split(".")[0] for k in moved} >= {"prelude", "coda", "wte"}
     with pytest.raises(UserError, match="core_lr_scale"):
         tiny("core_lr_scale=0")
+
+
+def test_a_stage_can_fix_r_and_switch_the_loop_on_late(tmp_path):
+    """stage.NAME.recurrences = k runs every step of that stage at r = k; the stages after it draw r as before."""
+    configs = tiny("recurrence.schedule=uniform", "recurrence.mean=4", "stage.curriculum.steps=6", "eval_every=0")
+    configs.stages = {"early": replace(configs.stages["curriculum"], recurrences=1), **configs.stages}
+    train(configs, tmp_path / "late")
+    rows = map(json.loads, (tmp_path / "late" / "metrics.jsonl").read_text().splitlines())
+    logged = [row["r"] for row in rows if "r" in row]
+    drawn = [sample_recurrences(configs.recurrence, configs.train.seed, step) for step in range(6, 12)]
+    assert logged == [1] * 6 + drawn and len(set(drawn)) > 1
+    with pytest.raises(UserError, match="recurrences"):
+        tiny("stage.curriculum.recurrences=-1")
 
 
 def test_exit_gate_trains_with_the_network_then_alone(tmp_path):

@@ -269,7 +269,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                 for opt in optimizers:
                     for group in opt.param_groups:
                         group["lr"] = group_lr(opt, group, tcfg) * stage.lr_scale * factor
-                r = sample_recurrences(rcfg, tcfg.seed, step) if mcfg.n_core else 1  # the same r on every rank
+                # the same r on every rank (a draw is a function of seed and step)
+                r = (stage.recurrences or sample_recurrences(rcfg, tcfg.seed, step)) if mcfg.n_core else 1
                 progressive = progressive_weight(rcfg, tcfg.seed, step)
                 split = sample_progressive(tcfg.seed, step, r) if progressive else (0, 1)
                 supervision = Supervision(
