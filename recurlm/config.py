@@ -323,11 +323,12 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 0 or self.recurrences < 0 or self.buckets < 1 or self.pack < 1:
+        if self.steps < 0 or self.buckets < 1 or self.pack < 1:
             raise UserError(
-                f"stage steps and recurrences must be >= 0, buckets and pack >= 1, got {self.steps}, "
-                f"{self.recurrences}, {self.buckets} and {self.pack}"
+                f"stage steps must be >= 0, buckets and pack >= 1, got {self.steps}, {self.buckets} and {self.pack}"
             )
+        if self.recurrences < 0:
+            raise UserError(f"stage recurrences must be >= 0 (0: drawn as [recurrence] says), got {self.recurrences}")
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):
