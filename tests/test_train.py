@@ -39,9 +39,14 @@ def tiny(*extra):
     return load_config("rrslm-addition", overrides=[*TINY, *extra])
 
 
-def losses(out: Path) -> list[float]:
+def logged(out: Path, key: str) -> list:
+    """`key` of every training step's record in a run's metrics.jsonl (validation records have none)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if "loss" in row]
+    return [row[key] for row in rows if key in row]
+
+
+def losses(out: Path) -> list[float]:
+    return logged(out, "loss")
 
 
 def test_loss_goes_down_and_resume_is_exact(tmp_path):
@@ -546,10 +551,8 @@ def test_a_stage_can_fix_r_and_switch_the_loop_on_late(tmp_path):
     configs = tiny("recurrence.schedule=uniform", "recurrence.mean=4", "stage.curriculum.steps=6", "eval_every=0")
     configs.stages = {"early": replace(configs.stages["curriculum"], recurrences=1), **configs.stages}
     train(configs, tmp_path / "late")
-    rows = map(json.loads, (tmp_path / "late" / "metrics.jsonl").read_text().splitlines())
-    logged = [row["r"] for row in rows if "r" in row]
     drawn = [sample_recurrences(configs.recurrence, configs.train.seed, step) for step in range(6, 12)]
-    assert logged == [1] * 6 + drawn and len(set(drawn)) > 1
+    assert logged(tmp_path / "late", "r") == [1] * 6 + drawn and len(set(drawn)) > 1
     with pytest.raises(UserError, match="recurrences"):
         tiny("stage.curriculum.recurrences=-1")
 
