@@ -247,7 +247,8 @@ class TokenizerConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # the initialisation, r's draws and, unless data_seed is set, the data and the tokenizer
+    data_seed: int = -1  # the training data's and BPE tokenizer's own seed (-1: seed), as Hugging Face's data_seed
     batch_size: int = 32  # sequences per micro-step and rank
     grad_accum: int = 1
     optimizer: str = "adamw"  # 'adamw', or 'muon' (Muon for block matrices, AdamW for the rest, as nanochat)
@@ -283,6 +284,7 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.core_lr_scale) and self.core_lr_scale > 0):
             raise UserError(f"train.core_lr_scale must be a number > 0, got {self.core_lr_scale}")
+        _at_least("train", self, -1, ("data_seed",))
 
 
 @dataclass

@@ -557,6 +557,25 @@ def test_a_stage_can_fix_r_and_switch_the_loop_on_late(tmp_path):
         tiny("stage.curriculum.recurrences=-1")
 
 
+def test_data_seed_sets_the_data_and_seed_the_initialisation(tmp_path):
+    """train.data_seed draws the batches (and trains the tokenizer) on a stream of its own and leaves the
+    initialisation to seed; data_seed = seed is the default's run exactly."""
+
+    def run(*extra, steps=1):
+        out = tmp_path / f"{'-'.join(extra)}-{steps}"
+        model, _ = train(tiny(*extra), out, stop_after=steps)
+        return model.state_dict(), steps and logged(out, "loss")
+
+    weights, loss = run("seed=0", steps=0)[0], run("seed=0")[1]
+    assert run("seed=0", "data_seed=0")[1] == loss
+    assert run("seed=0", "data_seed=1")[1] != loss  # the same weights (below), other batches
+    other = run("seed=0", "data_seed=1", steps=0)[0]
+    assert all(torch.equal(v, other[k]) for k, v in weights.items())
+    assert not torch.equal(run("seed=1", "data_seed=0", steps=0)[0]["wte.weight"], weights["wte.weight"])
+    with pytest.raises(UserError, match="data_seed"):
+        tiny("data_seed=-2")
+
+
 def test_exit_gate_trains_with_the_network_then_alone(tmp_path):
     """model.exit_gate: the expected-loss objective trains every part and the loss goes down; a stage with
     `exit_gate = only` (Ouro's second stage) changes the gate's two parameters and nothing else, one with `off`

@@ -203,8 +203,9 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
     if master:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed)
+    data_seed = tcfg.seed if tcfg.data_seed < 0 else tcfg.data_seed
     if state is None:
-        tok = build_tokenizer(configs, tokenizer_texts(stages, tcfg.seed))
+        tok = build_tokenizer(configs, tokenizer_texts(stages, data_seed))
         model = build_model(mcfg, device)
         state = {"stage": 0, "stage_step": 0, "step": 0, "level": None, "tokens": 0, "elapsed": 0.0}
     else:
@@ -251,7 +252,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
     try:
         while state["stage"] < len(stages):
             name, stage = stages[state["stage"]]
-            mixture = TaskMixture(stage, tok, tcfg.seed * 1000 + state["stage"], mcfg.abacus, mcfg.seq_len)
+            mixture = TaskMixture(stage, tok, data_seed * 1000 + state["stage"], mcfg.abacus, mcfg.seq_len)
             if stage.text:
                 stream = TextStream(stage.text, tok, stage.seq_len or mcfg.seq_len, rank, world)
                 stream.skip(state["stage_step"] * tcfg.grad_accum * tcfg.batch_size)
