@@ -561,17 +561,21 @@ def test_data_seed_sets_the_data_and_seed_the_initialisation(tmp_path):
     """train.data_seed draws the batches (and trains the tokenizer) on a stream of its own and leaves the
     initialisation to seed; data_seed = seed is the default's run exactly."""
 
-    def run(*extra, steps=1):
-        out = tmp_path / f"{'-'.join(extra)}-{steps}"
-        model, _ = train(tiny(*extra), out, stop_after=steps)
-        return model.state_dict(), steps and logged(out, "loss")
+    def first_loss(*extra):
+        out = tmp_path / ("step-" + "-".join(extra))
+        train(tiny(*extra), out, stop_after=1)
+        return logged(out, "loss")
 
-    weights, loss = run("seed=0", steps=0)[0], run("seed=0")[1]
-    assert run("seed=0", "data_seed=0")[1] == loss
-    assert run("seed=0", "data_seed=1")[1] != loss  # the same weights (below), other batches
-    other = run("seed=0", "data_seed=1", steps=0)[0]
+    def initial_weights(*extra):
+        model, _ = train(tiny(*extra), tmp_path / ("init-" + "-".join(extra)), stop_after=0)
+        return model.state_dict()
+
+    loss, weights = first_loss("seed=0"), initial_weights("seed=0")
+    assert first_loss("seed=0", "data_seed=0") == loss
+    assert first_loss("seed=0", "data_seed=1") != loss  # the same weights (below), other batches
+    other = initial_weights("seed=0", "data_seed=1")
     assert all(torch.equal(v, other[k]) for k, v in weights.items())
-    assert not torch.equal(run("seed=1", "data_seed=0", steps=0)[0]["wte.weight"], weights["wte.weight"])
+    assert not torch.equal(initial_weights("seed=1", "data_seed=0")["wte.weight"], weights["wte.weight"])
     with pytest.raises(UserError, match="data_seed"):
         tiny("data_seed=-2")
 
