@@ -99,6 +99,7 @@ class ModelConfig:
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
     # 'contractive' (Parcae): lambda * s + e, lambda = exp(-exp(theta)) per channel, in (0, 1) by construction, so the
     # injected map shrinks the old state and the loop can settle
+    contractive_init: float = 0.5  # lambda at initialisation: near 1 the loop starts close to 'add'
     gate: bool = False  # RR-SLM refinement gate: s = g * s_new + (1 - g) * s
     state_init: str = "prelude"  # 'prelude' (s = e), 'zero' or 'random' (truncated normal, Huginn)
     recur_lora_rank: int = 0  # per-iteration LoRA on every core projection (0: off)
@@ -127,6 +128,8 @@ class ModelConfig:
             raise UserError("the model needs at least one block (n_prelude + n_core + n_coda >= 1)")
         if self.recur_lora_rank and not self.recur_lora_count:
             raise UserError("model.recur_lora_rank needs model.recur_lora_count (the number of adapters)")
+        if not 0 < self.contractive_init < 1:
+            raise UserError(f"model.contractive_init ({self.contractive_init}) must lie strictly between 0 and 1")
         if self.exit_gate and not self.n_core:
             raise UserError("model.exit_gate needs a looped core (n_core >= 1): a plain GPT has no steps to exit")
 

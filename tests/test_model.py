@@ -2,6 +2,7 @@ import pytest
 import torch
 from helpers import tiny_config, tiny_model
 
+from recurlm.errors import UserError
 from recurlm.network.model import build_model
 
 
@@ -239,6 +240,18 @@ def test_contractive_injection_shrinks_the_state_for_any_parameters():
         assert (gap <= (x - y).abs() + 1e-6).all()  # a contraction of the old state, channel by channel
     added = build_model(tiny_config(inject="add")).param_groups()["core_per_iteration"]
     assert model.param_groups()["core_per_iteration"] == added + model.cfg.d_model  # one theta per channel
+
+
+def test_contractive_init_sets_lambda_at_the_start_and_is_checked():
+    model = build_model(tiny_config(inject="contractive", contractive_init=0.9))
+    ctx = model.context(IDX.size(1))
+    with torch.no_grad():
+        e = model.embed(IDX, ctx)
+        s = model.init_state(e)
+        assert torch.allclose(model.core_step(e, s, 0, ctx), 0.9 * s + e, atol=1e-5)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(UserError, match="contractive_init"):
+            tiny_config(inject="contractive", contractive_init=bad)
 
 
 def test_sandwich_norm_bounds_what_each_sublayer_adds():

@@ -355,8 +355,8 @@ class RecurrentGPT(nn.Module):
             d = self.cfg.d_model
             self.inject.weight.zero_()
             self.inject.weight[:, :d].copy_(torch.eye(d))
-        if self.decay is not None:  # lambda = exp(-exp(theta)) starts at 1/2
-            self.decay.fill_(math.log(math.log(2)))
+        if self.decay is not None:  # lambda = exp(-exp(theta)) starts at model.contractive_init
+            self.decay.fill_(math.log(-math.log(self.cfg.contractive_init)))
         if self.gate is not None:  # g = sigmoid(4) ~ 0.98: the gate starts (almost) open
             self.gate.weight.zero_()
             self.gate_bias.fill_(4.0)
