@@ -305,6 +305,7 @@ class StageConfig:
     max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
+    mixed_share: float = 0.5  # with mixed_lengths: the share of sums with a shorter operand (the rest equal lengths)
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
     # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
     canonical_share: float = 0.0  # with wording 'varied': the share of questions still asked in the canonical wording
@@ -334,6 +335,8 @@ class StageConfig:
             )
         if self.recurrences < 0:
             raise UserError(f"stage recurrences must be >= 0 (0: drawn as [recurrence] says), got {self.recurrences}")
+        if not 0 <= self.mixed_share <= 1:
+            raise UserError(f"stage mixed_share must lie between 0 and 1, got {self.mixed_share}")
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):

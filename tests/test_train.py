@@ -451,6 +451,12 @@ def test_mixed_lengths_shape_training_data_only():
     evaluated = task_from_configs("addition", configs)  # evaluation keeps the task's definition: equal lengths
     assert not evaluated.mixed_lengths and stage_tasks(configs.stages["train"], training=True)[0].mixed_lengths
     assert all(len(set(map(len, ex.prompt[:-1].split("+")))) == 1 for ex in evaluated.generate("test", 50))
+    configs = load_config("addition-length", overrides=["stage.train.mixed_share=0.9"])  # more unequal lengths
+    mixture = TaskMixture(configs.stages["train"], build_tokenizer(configs), 0)
+    lengths = [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
+    assert sum(a != b for a, b in lengths) > 210  # 0.9 x 0.71 of them (d = 1 and a shorter operand of d are equal)
+    with pytest.raises(UserError, match="mixed_share"):
+        load_config("addition-length", overrides=["stage.train.mixed_share=1.5"])
 
 
 def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table():

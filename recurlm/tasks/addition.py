@@ -3,9 +3,10 @@
 Difficulty d = digits per operand (both operands have exactly d digits; d = 1 means 0-9). With `reverse`, the
 target is the sum written least-significant digit first, the order in which carries are computed, which small
 models learn far more easily; scoring always compares the true sum. With `mixed_lengths` (training data only),
-one example in two has one operand of d digits and the other of 1 to d, as McLeish et al. train: with equal lengths
-only, a model can learn to stop after len(A) + 1 digits instead of when both operands have run out, which fails on
-longer numbers (and on '7+45='); the other half keeps equal lengths, whose carries into a new digit are the hardest.
+one example in two (`mixed_share`) has one operand of d digits and the other of 1 to d, as McLeish et al. train:
+with equal lengths only, a model can learn to stop after len(A) + 1 digits instead of when both operands have run
+out, which fails on longer numbers (and on '7+45='); the rest keeps equal lengths, whose carries into a new digit
+are the hardest.
 """
 
 import random
@@ -19,9 +20,9 @@ PROMPT = re.compile(r"\d+\+\d+=")
 class Addition(Task):
     name = "addition"
 
-    def __init__(self, max_digits: int = 3, reverse: bool = False, mixed_lengths: bool = False):
+    def __init__(self, max_digits: int = 3, reverse: bool = False, mixed_lengths: bool = False, mixed_share=0.5):
         self.difficulties = tuple(range(1, max_digits + 1))
-        self.reverse, self.mixed_lengths = reverse, mixed_lengths
+        self.reverse, self.mixed_lengths, self.mixed_share = reverse, mixed_lengths, mixed_share
         self.max_new_tokens = max_digits + 2  # the longest sum and the end token
 
     def recognises(self, prompt: str) -> bool:
@@ -29,7 +30,7 @@ class Addition(Task):
 
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         a = number(rng, difficulty)
-        mixed = self.mixed_lengths and rng.random() < 0.5
+        mixed = self.mixed_lengths and rng.random() < self.mixed_share
         b = number(rng, rng.randint(1, difficulty) if mixed else difficulty)
         if mixed and rng.random() < 0.5:  # the shorter operand on either side
             a, b = b, a
