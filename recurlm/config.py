@@ -305,7 +305,7 @@ class StageConfig:
     max_difficulty: int = 3  # tasks with difficulties (addition digits) go up to this
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
-    mixed_share: float = 0.5  # with mixed_lengths: the share of sums with a shorter operand (the rest equal lengths)
+    mixed_share: float = 0.5  # with mixed_lengths: the share of sums whose other operand has 1 to d digits
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
     # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
     canonical_share: float = 0.0  # with wording 'varied': the share of questions still asked in the canonical wording
