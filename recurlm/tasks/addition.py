@@ -20,7 +20,9 @@ PROMPT = re.compile(r"\d+\+\d+=")
 class Addition(Task):
     name = "addition"
 
-    def __init__(self, max_digits: int = 3, reverse: bool = False, mixed_lengths: bool = False, mixed_share=0.5):
+    def __init__(
+        self, max_digits: int = 3, reverse: bool = False, mixed_lengths: bool = False, mixed_share: float = 0.5
+    ):
         self.difficulties = tuple(range(1, max_digits + 1))
         self.reverse, self.mixed_lengths, self.mixed_share = reverse, mixed_lengths, mixed_share
         self.max_new_tokens = max_digits + 2  # the longest sum and the end token
