@@ -442,18 +442,19 @@ def test_rows_longer_than_the_context_train_on_their_beginning():
 def test_mixed_lengths_shape_training_data_only():
     from recurlm.tasks.runs import stage_tasks, task_from_configs
 
+    def operand_lengths(configs):
+        mixture = TaskMixture(configs.stages["train"], build_tokenizer(configs), 0)
+        return [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
+
     configs = load_config("addition-length", overrides=["stage.train.mixed_lengths=true"])
-    mixture = TaskMixture(configs.stages["train"], build_tokenizer(configs), 0)
-    lengths = [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
+    lengths = operand_lengths(configs)
     assert all(max(pair) >= 1 and all(1 <= n <= 10 for n in pair) for pair in lengths)
     assert sum(a != b for a, b in lengths) > 120 and sum(a < b for a, b in lengths) > 50  # either side shorter
     assert sum(a == b for a, b in lengths) > 150  # and half of them of equal lengths, carries into a new digit
     evaluated = task_from_configs("addition", configs)  # evaluation keeps the task's definition: equal lengths
     assert not evaluated.mixed_lengths and stage_tasks(configs.stages["train"], training=True)[0].mixed_lengths
     assert all(len(set(map(len, ex.prompt[:-1].split("+")))) == 1 for ex in evaluated.generate("test", 50))
-    configs = load_config("addition-length", overrides=["stage.train.mixed_share=0.9"])  # more unequal lengths
-    mixture = TaskMixture(configs.stages["train"], build_tokenizer(configs), 0)
-    lengths = [tuple(map(len, ex.prompt[:-1].split("+"))) for ex in mixture.examples(400, 0, 0, 0, None)]
+    lengths = operand_lengths(load_config("addition-length", overrides=["stage.train.mixed_share=0.9"]))
     assert sum(a != b for a, b in lengths) > 210  # 0.9 x 0.71 of them (d = 1 and a shorter operand of d are equal)
     with pytest.raises(UserError, match="mixed_share"):
         load_config("addition-length", overrides=["stage.train.mixed_share=1.5"])

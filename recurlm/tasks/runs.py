@@ -26,10 +26,9 @@ def task_weights(stage: StageConfig) -> dict[str, float]:
 def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     """The stage's tasks, built with the stage's task options (those that only shape training data when
     `training`: evaluation keeps the task's own definition)."""
-    addition = dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)
-    options = {"addition": addition}
+    options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
     if training:
-        addition |= dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share)
+        options["addition"] |= dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share)
         wording = {"wording": stage.wording, "canonical_share": stage.canonical_share, "nonce_share": stage.nonce_share}
         options |= dict.fromkeys(SUITE, wording)
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
