@@ -306,11 +306,14 @@ class StageConfig:
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
     mixed_share: float = 0.5  # with mixed_lengths: the share of sums whose other operand has 1 to d digits
-    wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template) or 'varied' (many, with
-    # typing slips: recurlm.tasks.wording); evaluation asks the canonical wording unless told otherwise
-    canonical_share: float = 0.0  # with wording 'varied': the share of questions still asked in the canonical wording
-    nonce_share: float = 0.0  # with wording 'varied': the share of the others with a word that is not a cue made up
-    # (or a greeting or thanks around it), so that unseen words are no reason to change the answer
+    wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template), 'varied' (many, with
+    # typing slips: recurlm.tasks.wording) or 'wide' (twice as many frames, word problems put together from many
+    # verbs); evaluation asks the canonical wording unless told otherwise
+    canonical_share: float = 0.0  # with wording 'varied' or 'wide': the share of questions still asked canonically
+    nonce_share: float = 0.0  # with wording 'varied' or 'wide': the share of the others with a word that is not a cue
+    # made up (or a greeting or thanks around it), so that unseen words are no reason to change the answer
+    geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5
+    # makes ten sequences, which a model learns by heart instead of multiplying)
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'
@@ -345,8 +348,10 @@ class StageConfig:
             raise UserError("stage curriculum 'schedule' needs promote_every >= 1")
         if self.tasks and self.text:
             raise UserError("a stage trains on tasks or on text, not both: make two stages")
-        if self.wording not in ("fixed", "varied"):
-            raise UserError(f"stage wording must be fixed or varied, got {self.wording!r}")
+        if self.wording not in ("fixed", "varied", "wide"):
+            raise UserError(f"stage wording must be fixed, varied or wide, got {self.wording!r}")
+        if self.geometric_starts < 1:
+            raise UserError(f"stage geometric_starts must be >= 1, got {self.geometric_starts}")
         if self.exit_gate not in ("joint", "off", "only"):
             raise UserError(f"stage exit_gate must be joint, off or only, got {self.exit_gate!r}")
 

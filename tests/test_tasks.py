@@ -275,7 +275,7 @@ def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name):
 def test_held_out_wordings_share_no_frame_names_or_things_with_training(name):
     from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS
 
-    trained = {_shape(ex.prompt) for ex in get_task(name, wording="varied").generate("train", 3000, seed=2)}
+    trained = {_shape(ex.prompt) for ex in get_task(name, wording="wide").generate("train", 3000, seed=2)}
     held = get_task(name, wording="held_out").generate("test", 300, seed=2)
     assert held and all(ex.split == "test" and ex.key for ex in held)
     if name == "word_problem":  # who and what: only the held-out lists, none of which training draws
@@ -284,6 +284,8 @@ def test_held_out_wordings_share_no_frame_names_or_things_with_training(name):
         assert all(any(n.lower() in ex.prompt.lower() for n in names) or "shelf" in ex.prompt.lower() or
                    ex.prompt.lower().startswith("<inst>out of") for ex in held)  # fmt: skip
         assert not any(n.lower() in p for p in trained for n in names)
+        verbs = r"\b(owns?|owned|holds?|starts with|is given|buys|adds|sold|broke|shelf)\b"  # the held-out frames'
+        assert not any(re.search(verbs, p) for p in trained)
     else:
         assert not trained & {_shape(ex.prompt) for ex in held}
 
@@ -297,6 +299,41 @@ def test_stage_wording_shapes_training_only():
     assert [(t.wording, t.nonce_share) for t in stage_tasks(stage)] == [("fixed", 0.0)] * 2
     with pytest.raises(UserError, match="wording"):
         StageConfig(tasks="arithmetic", wording="held_out")
+
+
+def test_wide_word_problems_are_put_together_and_only_the_verb_tells_some_apart():
+    import random
+
+    from recurlm.tasks.wording import GAINED, LOST, story
+
+    task, fixed = get_task("word_problem", wording="wide"), get_task("word_problem")
+    for i in range(300):  # another wording of the same problem, in its split
+        ex, canonical = task.sample(random.Random(i), 1 + i % 2), fixed.sample(random.Random(i), 1 + i % 2)
+        assert (ex.answer, ex.completion, ex.split) == (canonical.answer, canonical.completion, canonical.split)
+    fields = dict(N="Ben", p="he", P="He", M="Tom", T="apples", a=5, b=3, o="him", has="has")
+    rng = random.Random(0)
+    told = {gain: [story(rng, fields, gain).split(". ") for _ in range(600)] for gain in (True, False)}
+    for gain, verbs, others in ((True, GAINED, LOST), (False, LOST, GAINED)):
+        events = [f" {s[1].lower()} " for s in told[gain]]
+        assert all(any(f" {v} " in e for e in events) for v in verbs)  # every verb of its side...
+        assert not any(f" {v} " in e for v in set(others) - set(verbs) for e in events)  # ...and none of the other's
+    asked = [{s[-1] for s in told[gain]} for gain in (True, False)]
+    assert len(asked[0] & asked[1]) >= 4  # questions both sides ask: the verb decides
+
+
+def test_geometric_starts_widen_training_patterns_only():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+
+    stage = StageConfig(tasks="pattern", wording="wide", geometric_starts=30)
+    (trained,), (evaluated,) = stage_tasks(stage, training=True), stage_tasks(stage)
+    starts = {int(re.findall(r"\d+", ex.key or ex.prompt)[0]) for ex in trained.generate("train", 400, 1, 2)}
+    assert max(starts) > 20 and len(starts) > 20  # ten sequences before
+    held = {ex.prompt for s in ("val", "test") for ex in evaluated.generate(s, 10, 0, 2)}
+    assert held and not held & {ex.key or ex.prompt for ex in trained.generate("train", 2000, 1, 2)}
+    assert {int(re.findall(r"\d+", p)[0]) for p in held} <= set(range(1, 6))  # evaluation keeps the task's own
+    with pytest.raises(UserError, match="geometric_starts"):
+        StageConfig(tasks="pattern", geometric_starts=0)
 
 
 def test_canonical_share_keeps_that_share_of_varied_questions_canonical():

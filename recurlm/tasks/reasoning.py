@@ -137,9 +137,14 @@ class Comparison(TraceTask):
 
 class Pattern(TraceTask):
     """'Complete the pattern: a, b, c, d, ?': arithmetic (start 0-60, step -9..9 except 0; difficulty 1) or
-    geometric (start 1-5, x2 or x3; difficulty 2)."""
+    geometric (start 1-5, x2 or x3; difficulty 2). `geometric_starts` > 5 widens the geometric starts of training
+    data: ten sequences are learned by heart, and the test split's are then never right."""
 
     name = "pattern"
+
+    def __init__(self, geometric_starts: int = 5, **wording):
+        super().__init__(**wording)
+        self.geometric_starts = geometric_starts
 
     def problem(self, rng, difficulty):
         if difficulty == 1:
@@ -154,7 +159,7 @@ class Pattern(TraceTask):
             ]
             work, _ = columns.signed(terms[3], "+" if step > 0 else "-", abs(step))
         else:
-            start, factor = rng.randint(1, 5), rng.choice([2, 3])
+            start, factor = rng.randint(1, self.geometric_starts), rng.choice([2, 3])
             terms = [start * factor**i for i in range(5)]
             rule = [f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."]
             work, _ = columns.multiply(terms[3], factor)

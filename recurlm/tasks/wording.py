@@ -5,6 +5,8 @@ own phrasing and 28.8% on other wordings of the same problems. Each question is 
 numbers), phrased by one of several frames, with the slips people make when typing (all lowercase, no final
 punctuation, no spaces around operators or after commas). Two disjoint sets of frames:
 - `varied`: what training draws from;
+- `wide`: `varied` and as many frames again, with word problems put together from an opening, one of many verbs of
+  gaining or losing, and a question (some questions fit either, so only the verb tells);
 - `held_out`: frames, names and objects no training example uses, kept to check that the model learned the task.
 `fixed` is each task's one canonical wording. Splits are drawn by the canonical question, so a test problem is
 never trained in another wording. Training can also swap a word that carries no cue for a made-up one
@@ -16,7 +18,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-WORDINGS = ("fixed", "varied", "held_out")
+WORDINGS = ("fixed", "varied", "wide", "held_out")
+TRAINED = ("varied", "wide")
 
 
 @dataclass
@@ -264,6 +267,125 @@ PHRASES = {
     ),
 }
 
+# `wide`: more frames for the tasks whose typed questions fail most (none is a held-out frame, nor uses a held-out
+# word problem's verb: owns, holds, starts with, is given, buys, adds, sold, broke)
+WIDE_FRAMES = {
+    "arithmetic": [
+        "{x} is what?",
+        "{x} is?",
+        "What number is {x}?",
+        "Find the value of {x}.",
+        "What is the result of {x}?",
+        "Figure out {x}.",
+        "Help me with {x}.",
+        "Do the math: {x}",
+        "Tell me {x}.",
+        "So what is {x}?",
+        "{x}, what is it?",
+        "Determine {x}.",
+        "{x} makes what?",
+        "I want to know {x}.",
+        "What comes out of {x}?",
+        "Do {x} for me.",
+        "{wide_phrase}",
+        "{wide_phrase}",
+    ],
+    "two_step": [
+        "Find the value of {x}.",
+        "{x} is what?",
+        "Work this out: {x}",
+        "Tell me {x}.",
+        "Figure out {x}.",
+        "What number is {x}?",
+        "{x} makes what?",
+        "What is the result of {x}?",
+        "{a}, {verb1} {b}, {verb2} {c}: what is the result?",
+        "Begin with {a}; {verb1} {b}; then {verb2} {c}. Result?",
+        "You have {a}. {verb1} {b}, then {verb2} {c}. What number is that?",
+    ],
+    "pattern": [
+        "Predict the next number: {s}, ?",
+        "Continue: {s}, ...",
+        "{s}, ___?",
+        "Find the missing next term: {s}, ?",
+        "Carry on the sequence {s}.",
+        "Which number should be next after {s}?",
+        "Next one in the pattern {s}?",
+        "Number pattern: {s}. Next?",
+        "Work out the next term of {s}.",
+        "{s} ... and then?",
+        "In the sequence {s}, what is the next number?",
+        "Tell me the next number: {s}",
+    ],
+    "sorting": [
+        "Sort this list: {s}",
+        "Sort them: {s}",
+        "Sort, smallest first: {s}",
+        "Reorder from smallest to biggest: {s}",
+        "Line these up from smallest to largest: {s}",
+        "{s} - sort them",
+        "Arrange {s} in ascending order.",
+        "Put {s} in order.",
+        "Please sort {s}",
+        "Sorted order of {s}?",
+        "What is {s} sorted?",
+        "Lowest first: {s}",
+        "Arrange these from the smallest up: {s}",
+        "{s}: put them in increasing order",
+        "Organise these numbers from small to large: {s}",
+        "Rearrange in ascending order: {s}",
+        "Write {s} in order, least first.",
+        "Order the numbers {s} from smallest to biggest.",
+    ],
+    "gain": ["{story}"] * 11,  # as many as the varied frames: half the word problems put together
+    "loss": ["{story}"] * 11,
+}
+WIDE_PHRASES = {
+    "+": ["What is {a} added to {b}?", "Sum {a} and {b}.", "{a} and {b} together make?", "Increase {a} by {b}."],
+    "-": ["Decrease {a} by {b}.", "How much is {b} less than {a}?", "Take {b} from {a}.", "{a} with {b} taken off?"],
+    "*": ["Multiply {a} and {b}.", "What is {a} groups of {b}?", "{a} lots of {b}?", "{a} multiplied with {b}?"],
+}
+# Word problems put together: an opening, what happened (past tense: any subject agrees), a question
+OPENINGS = [
+    "{N} {has} {a} {T}.", "{N} had {a} {T}.", "{N} keeps {a} {T} in a drawer.", "At first, {N} had {a} {T}.",
+    "{N} began the day with {a} {T}.", "{N} counted {a} {T}.", "{N} saved {a} {T}.", "{N} was carrying {a} {T}.",
+    "{N} collected {a} {T}.", "There were {a} {T} in {N}'s bag.",
+]  # fmt: skip
+GAINED = (
+    "found|won|received|earned|collected|picked up|gathered|made|baked|ordered|grabbed|caught|borrowed|got|dug up|"
+    "brought home|traded for|was sent|picked"
+).split("|")
+LOST = (
+    "lost|dropped|ate|used|spent|gave away|threw away|donated|lent out|traded away|handed out|misplaced|mailed off|"
+    "returned|left behind|recycled|used up|gave up"
+).split("|")
+GAINS = [
+    "{P} {v} {b} more.", "Then {p} {v} {b} more.", "Later {p} {v} another {b}.", "{P} {v} {b} more {T}.",
+    "{P} {v} {b} extra.", "{P} {v} {b} {T} too.", "{P} also {v} {b}.", "{M} handed {o} {b} more.",
+    "{b} more {T} arrived.", "{M} sent {o} {b} {T}.", "Next, {p} {v} {b} {T}.",
+]  # fmt: skip
+LOSSES = [
+    "{P} {v} {b}.", "Then {p} {v} {b} of them.", "Later {p} {v} {b} {T}.", "{P} {v} {b} of the {T}.",
+    "{M} took {b} of them.", "{b} of them rolled away.", "{b} {T} went to {M}.", "{P} handed {b} to {M}.",
+    "{b} of them went missing.", "Next, {p} {v} {b} {T}.",
+]  # fmt: skip
+ASKS = [
+    "How many {T} does {N} have now?", "How many {T} now?", "How many {T} are there now?",
+    "How many does {N} end up with?", "How many {T} does {N} have at the end?", "So how many {T} does {N} have?",
+]  # fmt: skip
+ASKS_GAIN = ["How many {T} in all?", "How many {T} altogether?", "How many {T} does {N} have in total?",
+             "How many {T} does {N} have after that?"]  # fmt: skip
+ASKS_LOSS = ["How many {T} are left?", "How many does {N} have left?", "How many {T} remain?",
+             "How many {T} does {N} still have?"]  # fmt: skip
+
+
+def story(rng: random.Random, f: dict, gain: bool) -> str:
+    """A word problem put together; half its questions fit gaining and losing alike, so the verb must be read."""
+    event = rng.choice(GAINS if gain else LOSSES).format(**f, v=rng.choice(GAINED if gain else LOST))
+    ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
+    return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
+
+
 # Who and what the held-out word problems are about: in none of the training lists
 HELD_OUT_NAMES = [("Zainab", "she"), ("Thibault", "he"), ("Ngozi", "she"), ("Kenji", "he"), ("Fatima", "she"),
                   ("Lars", "he"), ("Aiko", "she"), ("Diego", "he"), ("Robin", "they")]  # fmt: skip
@@ -318,16 +440,19 @@ def phrase(
     rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0, nonce_share: float = 0.0
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
-    the varied questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce` (each drawn
-    only when > 0: other runs' data stay as they were)."""
-    if wording == "fixed" or (canonical_share > 0 and wording == "varied" and rng.random() < canonical_share):
+    the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`
+    (each drawn only when > 0: other runs' data stay as they were)."""
+    trained = wording in TRAINED
+    if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
     held_out = wording == "held_out"
     f = dict(q.fields)
-    frames = FRAMES[q.kind][2 if held_out else 1]
+    frames = FRAMES[q.kind][2 if held_out else 1] + (WIDE_FRAMES.get(q.kind, []) if wording == "wide" else [])
     if q.kind == "arithmetic":
         f["x"] = f"{f['a']} {rng.choice(OPS[f['op']])} {f['b']}"
         f["phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)  # a sentence form of its own set
+        if wording == "wide":
+            f["wide_phrase"] = rng.choice(PHRASES[f["op"]][0] + WIDE_PHRASES[f["op"]]).format(**f)
     elif q.kind == "two_step":
         ops = [rng.choice(OPS[f["op1"]]), rng.choice(OPS[f["op2"]])]
         left = f"{f['a']} {ops[0]} {f['b']}"
@@ -336,8 +461,9 @@ def phrase(
     elif q.kind in ("pattern", "sorting"):
         signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
-    text = rng.choice(frames).format(**f)
-    if nonce_share > 0 and wording == "varied" and rng.random() < nonce_share:
+    frame = rng.choice(frames)
+    text = story(rng, f, q.kind == "gain") if frame == "{story}" else frame.format(**f)
+    if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
 
