@@ -380,7 +380,7 @@ ASKS_LOSS = ["How many {T} are left?", "How many does {N} have left?", "How many
 
 
 def story(rng: random.Random, f: dict, gain: bool) -> str:
-    """A word problem put together; half its questions fit gaining and losing alike, so the verb must be read."""
+    """A word problem put together; most of its questions fit gaining and losing alike, so the verb must be read."""
     event = rng.choice(GAINS if gain else LOSSES).format(**f, v=rng.choice(GAINED if gain else LOST))
     ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
     return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
