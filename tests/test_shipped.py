@@ -55,7 +55,7 @@ def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
     task = get_task("addition", reverse=True, max_digits=10)  # scored in normal digit order
     examples = task.generate("test", 20, seed=0, difficulty=30)
     res = evaluate(model, tok, examples, configs.inference, 33, task.score)
-    assert res["accuracy"] >= 0.85, res["accuracy"]  # 0.945 on 200 such problems
+    assert res["accuracy"] >= 0.85, res["accuracy"]  # measured 1.00 (the first checkpoint: 0.945 on 200 such)
 
 
 def test_shipped_miniaxion_answers_questions_in_wordings_it_never_trained_on():
@@ -82,7 +82,8 @@ def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
 def test_shipped_addition_length_adds_operands_of_different_lengths():
     """'37 digits + 5 digits', as a calculator's user types them: the first checkpoint (equal lengths in training)
     scored 2.7% on such sums up to 40 digits; on these 20 (a 40-digit operand) the one after it (mixed lengths, one
-    sum a row) 0.70, then rows of 1-3 sums on id ranges of their own, read at offset 1, 0.95; this one (1-5) 1.00."""
+    sum a row) 0.70, then rows of 1-3 sums on id ranges of their own, read at offset 1, 0.95; 1-5 sums 1.00; this one
+    (contractive, λ from 0.92) 0.95."""
     model, tok, configs = load_checkpoint(MINIAXION.parent / "addition-length")
     rng, examples = random.Random(3), []
     for _ in range(20):
@@ -91,7 +92,7 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
         examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
     task = get_task("addition", reverse=True, max_digits=10)
     res = evaluate(model, tok, examples, configs.inference, 43, task.score)
-    assert res["accuracy"] >= 0.9, res["accuracy"]
+    assert res["accuracy"] >= 0.85, res["accuracy"]
 
 
 RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"
