@@ -92,7 +92,7 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
         examples.append(Example(f"{a}+{b}=", str(a + b), task="addition"))
     task = get_task("addition", reverse=True, max_digits=10)
     res = evaluate(model, tok, examples, configs.inference, 43, task.score)
-    assert res["accuracy"] >= 0.85, res["accuracy"]
+    assert res["accuracy"] >= 0.9, res["accuracy"]
 
 
 RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"

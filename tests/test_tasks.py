@@ -248,11 +248,12 @@ def _shape(prompt: str) -> str:
     return re.sub(r"\s*([+\-*=,])\s*", r"\1", text)
 
 
+@pytest.mark.parametrize("wording", ["varied", "wide"])
 @pytest.mark.parametrize("name", SUITE[:-1])
-def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name):
+def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name, wording):
     import random
 
-    fixed, varied = get_task(name), get_task(name, wording="varied")
+    fixed, varied = get_task(name), get_task(name, wording=wording)
     prompts = set()
     for i in range(300):
         canonical, other = fixed.sample(random.Random(i), 1 + i % 2), varied.sample(random.Random(i), 1 + i % 2)
@@ -301,15 +302,11 @@ def test_stage_wording_shapes_training_only():
         StageConfig(tasks="arithmetic", wording="held_out")
 
 
-def test_wide_word_problems_are_put_together_and_only_the_verb_tells_some_apart():
+def test_wide_word_problems_are_put_together_so_that_only_the_verb_tells_some_apart():
     import random
 
     from recurlm.tasks.wording import GAINED, LOST, story
 
-    task, fixed = get_task("word_problem", wording="wide"), get_task("word_problem")
-    for i in range(300):  # another wording of the same problem, in its split
-        ex, canonical = task.sample(random.Random(i), 1 + i % 2), fixed.sample(random.Random(i), 1 + i % 2)
-        assert (ex.answer, ex.completion, ex.split) == (canonical.answer, canonical.completion, canonical.split)
     fields = dict(N="Ben", p="he", P="He", M="Tom", T="apples", a=5, b=3, o="him", has="has")
     rng = random.Random(0)
     told = {gain: [story(rng, fields, gain).split(". ") for _ in range(600)] for gain in (True, False)}
