@@ -300,6 +300,11 @@ def test_stage_wording_shapes_training_only():
     assert [(t.wording, t.nonce_share) for t in stage_tasks(stage)] == [("fixed", 0.0)] * 2
     with pytest.raises(UserError, match="wording"):
         StageConfig(tasks="arithmetic", wording="held_out")
+    stage = StageConfig(tasks="arithmetic,word_problem,pattern", wording="varied", wide_tasks="word_problem,pattern")
+    assert [t.wording for t in stage_tasks(stage, training=True)] == ["varied", "wide", "wide"]
+    assert [t.wording for t in stage_tasks(stage)] == ["fixed"] * 3
+    with pytest.raises(UserError, match="wide_tasks"):
+        stage_tasks(StageConfig(tasks="arithmetic", wording="varied", wide_tasks="addition"), training=True)
 
 
 def test_wide_word_problems_are_put_together_so_that_only_the_verb_tells_some_apart():

@@ -31,7 +31,11 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
         options["addition"] |= dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share)
         wording = {"wording": stage.wording, "canonical_share": stage.canonical_share, "nonce_share": stage.nonce_share}
         options |= dict.fromkeys(SUITE, wording)
-        options["pattern"] = wording | {"geometric_starts": stage.geometric_starts}
+        wide = [name.strip() for name in stage.wide_tasks.split(",") if name.strip()]
+        if unknown := sorted(set(wide) - set(SUITE)):
+            raise UserError(f"stage wide_tasks must name tasks of the reasoning suite ({', '.join(SUITE)}): {unknown}")
+        options |= {name: wording | {"wording": "wide"} for name in wide}
+        options["pattern"] = options["pattern"] | {"geometric_starts": stage.geometric_starts}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 
