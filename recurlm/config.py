@@ -313,7 +313,7 @@ class StageConfig:
     nonce_share: float = 0.0  # with wording 'varied' or 'wide': the share of the others with a word that is not a cue
     # made up (or a greeting or thanks around it), so that unseen words are no reason to change the answer
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
-    # keeping `wording` (word problems gain the most from it, the other tasks' canonical questions lose)
+    # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5
     # makes ten sequences, which a model learns by heart instead of multiplying)
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
