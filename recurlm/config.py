@@ -316,6 +316,8 @@ class StageConfig:
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5
     # makes ten sequences, which a model learns by heart instead of multiplying)
+    count_down: bool = False  # arithmetic, training traces: a product's counts numbered down to 1 from the larger
+    # factor, so that the trace shows where to stop, instead of up to that factor back in the question
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'
     promote_at: float = 0.95
     promote_every: int = 0  # steps per curriculum level with 'schedule'

@@ -183,13 +183,19 @@ def test_column_multiplication(a, k):
 @given(st.integers(0, 12), st.integers(0, 12))
 def test_times_table_counts_to_the_product(a, b):
     """Every count adds the smaller factor once, and there are as many counts as the larger factor."""
-    from recurlm.tasks.reasoning import times
+    from recurlm.tasks.reasoning import times, times_down
 
     *counting, result = times(a, b)
     assert result == f"{a} * {b} = {a * b}"
     if counting:
         pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
         assert [(int(i), int(v)) for i, v in pairs] == [(i, i * min(a, b)) for i in range(1, max(a, b) + 1)]
+    *counting, result = times_down(a, b)  # the same counts, numbered from the larger factor down to 1
+    assert result == f"{a} * {b} = {a * b}"
+    if counting:
+        pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
+        n = max(a, b)
+        assert [(int(i), int(v)) for i, v in pairs] == [(n + 1 - i, i * min(a, b)) for i in range(1, n + 1)]
 
 
 def test_split_digit_bpe_keeps_every_digit_a_token():
@@ -305,6 +311,9 @@ def test_stage_wording_shapes_training_only():
     assert [t.wording for t in stage_tasks(stage)] == ["fixed"] * 3
     with pytest.raises(UserError, match="wide_tasks"):
         stage_tasks(StageConfig(tasks="arithmetic", wording="varied", wide_tasks="addition"), training=True)
+    stage = StageConfig(tasks="arithmetic", wording="varied", count_down=True)
+    assert [t.count_down for t in stage_tasks(stage, training=True)] == [True]
+    assert [t.count_down for t in stage_tasks(stage)] == [False]
 
 
 def test_wide_word_problems_are_put_together_so_that_only_the_verb_tells_some_apart():

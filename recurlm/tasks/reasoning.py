@@ -58,9 +58,13 @@ class TraceTask(Task):
 
 class Arithmetic(TraceTask):
     """'What is A + B?' / 'What is A - B?' (0-99, negative results included; difficulty 1: 0-9), 'What is A * B?'
-    (0-12)."""
+    (0-12). `count_down`: products count down to 1 (`times_down`) instead of up to the larger factor."""
 
     name = "arithmetic"
+
+    def __init__(self, count_down: bool = False, **wording):
+        super().__init__(**wording)
+        self.count_down = count_down
 
     def problem(self, rng, difficulty):
         op = rng.choice("+-*")
@@ -68,7 +72,7 @@ class Arithmetic(TraceTask):
         a, b = rng.randint(0, hi), rng.randint(0, hi)
         question = Question("arithmetic", dict(a=a, op=op, b=b))
         if op == "*":
-            return question, times(a, b), a * b
+            return question, (times_down if self.count_down else times)(a, b), a * b
         steps, value = columns.signed(a, op, b)
         return question, steps, value
 
@@ -80,6 +84,17 @@ def times(a: int, b: int) -> list[str]:
     if step <= 1:
         return [f"{a} * {b} = {a * b}"]
     counted = ", ".join(f"{i}: {i * step}" for i in range(1, count + 1))
+    return [f"count by {step}: {counted}", f"{a} * {b} = {a * b}"]
+
+
+def times_down(a: int, b: int) -> list[str]:
+    """a * b (0-12) counted as `times` does, the counts numbered down from the larger factor: '7: 7, 6: 14, ...,
+    1: 49'. The first number is copied from the question and the count stops at 1, a stop the step itself shows;
+    counting up stops where the number matches a factor back in the question, which the model overshot (4 * 4 = 20)."""
+    step, count = min(a, b), max(a, b)
+    if step <= 1:
+        return [f"{a} * {b} = {a * b}"]
+    counted = ", ".join(f"{count + 1 - i}: {i * step}" for i in range(1, count + 1))
     return [f"count by {step}: {counted}", f"{a} * {b} = {a * b}"]
 
 

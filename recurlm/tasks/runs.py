@@ -36,6 +36,7 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
             raise UserError(f"stage wide_tasks must name tasks of the reasoning suite ({', '.join(SUITE)}): {unknown}")
         options |= {name: wording | {"wording": "wide"} for name in wide}
         options["pattern"] = options["pattern"] | {"geometric_starts": stage.geometric_starts}
+        options["arithmetic"] = options["arithmetic"] | {"count_down": stage.count_down}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
 
