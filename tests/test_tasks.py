@@ -182,20 +182,17 @@ def test_column_multiplication(a, k):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 12), st.integers(0, 12))
 def test_times_table_counts_to_the_product(a, b):
-    """Every count adds the smaller factor once, and there are as many counts as the larger factor."""
-    from recurlm.tasks.reasoning import times, times_down
+    """Every count adds the smaller factor once, and there are as many counts as the larger factor, numbered up
+    from 1 or down to 1."""
+    from recurlm.tasks.reasoning import times
 
-    *counting, result = times(a, b)
-    assert result == f"{a} * {b} = {a * b}"
-    if counting:
-        pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
-        assert [(int(i), int(v)) for i, v in pairs] == [(i, i * min(a, b)) for i in range(1, max(a, b) + 1)]
-    *counting, result = times_down(a, b)  # the same counts, numbered from the larger factor down to 1
-    assert result == f"{a} * {b} = {a * b}"
-    if counting:
-        pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
-        n = max(a, b)
-        assert [(int(i), int(v)) for i, v in pairs] == [(n + 1 - i, i * min(a, b)) for i in range(1, n + 1)]
+    n = max(a, b)
+    for down, numbers in ((False, range(1, n + 1)), (True, range(n, 0, -1))):
+        *counting, result = times(a, b, down)
+        assert result == f"{a} * {b} = {a * b}"
+        if counting:
+            pairs = [item.split(": ") for item in counting[0].removeprefix(f"count by {min(a, b)}: ").split(", ")]
+            assert [(int(k), int(v)) for k, v in pairs] == [(k, i * min(a, b)) for i, k in enumerate(numbers, 1)]
 
 
 def test_split_digit_bpe_keeps_every_digit_a_token():

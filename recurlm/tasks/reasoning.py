@@ -58,7 +58,7 @@ class TraceTask(Task):
 
 class Arithmetic(TraceTask):
     """'What is A + B?' / 'What is A - B?' (0-99, negative results included; difficulty 1: 0-9), 'What is A * B?'
-    (0-12). `count_down`: products count down to 1 (`times_down`) instead of up to the larger factor."""
+    (0-12). `count_down`: products counted down to 1 (`times`) instead of up to the larger factor."""
 
     name = "arithmetic"
 
@@ -72,29 +72,22 @@ class Arithmetic(TraceTask):
         a, b = rng.randint(0, hi), rng.randint(0, hi)
         question = Question("arithmetic", dict(a=a, op=op, b=b))
         if op == "*":
-            return question, (times_down if self.count_down else times)(a, b), a * b
+            return question, times(a, b, down=self.count_down), a * b
         steps, value = columns.signed(a, op, b)
         return question, steps, value
 
 
-def times(a: int, b: int) -> list[str]:
+def times(a: int, b: int, down: bool = False) -> list[str]:
     """a * b (0-12) by counting in steps of the smaller factor, each count numbered: '1: 7, 2: 14, ..., 7: 49'.
-    A held-out question such as 7 * 7 is a fact no training question states; counting reaches it with additions."""
+    A held-out question such as 7 * 7 is a fact no training question states; counting reaches it with additions.
+    `down` numbers the counts from the larger factor down to 1 ('7: 7, 6: 14, ..., 1: 49'): the first number is
+    copied from the question and the stop at 1 is in the step itself, where counting up stops at a factor back in
+    the question, which the model overshot (4 * 4 = 20)."""
     step, count = min(a, b), max(a, b)
     if step <= 1:
         return [f"{a} * {b} = {a * b}"]
-    counted = ", ".join(f"{i}: {i * step}" for i in range(1, count + 1))
-    return [f"count by {step}: {counted}", f"{a} * {b} = {a * b}"]
-
-
-def times_down(a: int, b: int) -> list[str]:
-    """a * b (0-12) counted as `times` does, the counts numbered down from the larger factor: '7: 7, 6: 14, ...,
-    1: 49'. The first number is copied from the question and the count stops at 1, a stop the step itself shows;
-    counting up stops where the number matches a factor back in the question, which the model overshot (4 * 4 = 20)."""
-    step, count = min(a, b), max(a, b)
-    if step <= 1:
-        return [f"{a} * {b} = {a * b}"]
-    counted = ", ".join(f"{count + 1 - i}: {i * step}" for i in range(1, count + 1))
+    numbers = range(count, 0, -1) if down else range(1, count + 1)
+    counted = ", ".join(f"{n}: {i * step}" for i, n in enumerate(numbers, 1))
     return [f"count by {step}: {counted}", f"{a} * {b} = {a * b}"]
 
 
