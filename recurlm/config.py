@@ -307,10 +307,11 @@ class StageConfig:
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
     mixed_share: float = 0.5  # with mixed_lengths: the share of sums whose other operand has 1 to d digits
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template), 'varied' (many, with
-    # typing slips: recurlm.tasks.wording) or 'wide' (twice as many frames, word problems put together from many
-    # verbs); evaluation asks the canonical wording unless told otherwise
-    canonical_share: float = 0.0  # with wording 'varied' or 'wide': the share of questions still asked canonically
-    nonce_share: float = 0.0  # with wording 'varied' or 'wide': the share of the others with a word that is not a cue
+    # typing slips: recurlm.tasks.wording), 'wide' (twice as many frames, word problems put together from many
+    # verbs) or 'crossed' ('wide' and settings two tasks share: only the question tells the task); evaluation asks
+    # the canonical wording unless told otherwise
+    canonical_share: float = 0.0  # with a wording of many frames: the share of questions still asked canonically
+    nonce_share: float = 0.0  # with a wording of many frames: the share of the others with a word that is not a cue
     # made up (or a greeting or thanks around it), so that unseen words are no reason to change the answer
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
     # keeping `wording`
@@ -352,8 +353,8 @@ class StageConfig:
             raise UserError("stage curriculum 'schedule' needs promote_every >= 1")
         if self.tasks and self.text:
             raise UserError("a stage trains on tasks or on text, not both: make two stages")
-        if self.wording not in ("fixed", "varied", "wide"):  # config sits below tasks: recurlm.tasks.wording's sets
-            raise UserError(f"stage wording must be fixed, varied or wide, got {self.wording!r}")
+        if self.wording not in ("fixed", "varied", "wide", "crossed"):  # config sits below tasks: wording's sets
+            raise UserError(f"stage wording must be fixed, varied, wide or crossed, got {self.wording!r}")
         if self.geometric_starts < 1:
             raise UserError(f"stage geometric_starts must be >= 1, got {self.geometric_starts}")
         if self.exit_gate not in ("joint", "off", "only"):

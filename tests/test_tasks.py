@@ -251,7 +251,7 @@ def _shape(prompt: str) -> str:
     return re.sub(r"\s*([+\-*=,])\s*", r"\1", text)
 
 
-@pytest.mark.parametrize("wording", ["varied", "wide"])
+@pytest.mark.parametrize("wording", ["varied", "wide", "crossed"])
 @pytest.mark.parametrize("name", SUITE[:-1])
 def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name, wording):
     import random
@@ -279,7 +279,7 @@ def test_varied_wordings_ask_the_canonical_problem_and_keep_its_split(name, word
 def test_held_out_wordings_share_no_frame_names_or_things_with_training(name):
     from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS
 
-    trained = {_shape(ex.prompt) for ex in get_task(name, wording="wide").generate("train", 3000, seed=2)}
+    trained = {_shape(ex.prompt) for ex in get_task(name, wording="crossed").generate("train", 3000, seed=2)}
     held = get_task(name, wording="held_out").generate("test", 300, seed=2)
     assert held and all(ex.split == "test" and ex.key for ex in held)
     if name == "word_problem":  # who and what: only the held-out lists, none of which training draws
@@ -327,6 +327,23 @@ def test_wide_word_problems_are_put_together_so_that_only_the_verb_tells_some_ap
         assert not any(f" {v} " in e for v in set(others) - set(verbs) for e in events)  # ...and none of the other's
     asked = [{s[-1] for s in told[gain]} for gain in (True, False)]
     assert len(asked[0] & asked[1]) >= 4  # questions both sides ask: the verb decides
+
+
+@pytest.mark.parametrize("pair", [("arithmetic", "comparison"), ("pattern", "sorting")])
+def test_crossed_wording_asks_two_tasks_in_the_same_settings(pair):
+    """The same setting ("take # and #.") opens questions of both tasks: only the question's words tell them apart."""
+    from recurlm.tasks.wording import LIST_SETTINGS, PAIR_SETTINGS
+
+    openings = {s.split("{")[0].lower() for s in PAIR_SETTINGS + LIST_SETTINGS if not s.startswith("{")}
+    opened = []
+    for name in pair:
+        asked = [_shape(ex.prompt) for ex in get_task(name, wording="crossed").generate("train", 2000, seed=3)]
+        opened.append({o for o in openings if any(p.startswith(o) for p in asked)})
+        share = sum(p.startswith(tuple(openings)) for p in asked) / len(asked)
+        assert 0.1 < share < 0.4, share  # about a third of the non-canonical questions, less those on no opening
+    assert len(opened[0] & opened[1]) >= 5
+    plain = [_shape(ex.prompt) for ex in get_task(pair[0], wording="wide").generate("train", 2000, seed=3)]
+    assert not any(p.startswith(("look at ", "consider ", "given ")) for p in plain)  # crossed's own
 
 
 def test_geometric_starts_widen_training_patterns_only():

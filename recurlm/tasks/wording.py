@@ -7,6 +7,9 @@ punctuation, no spaces around operators or after commas). Two disjoint sets of f
 - `varied`: what training draws from;
 - `wide`: `varied` and as many frames again, with word problems put together from an opening, one of many verbs of
   gaining or losing, and a question (some questions fit either, so only the verb tells);
+- `crossed`: `wide`, and settings that two tasks share, asked with either task's question ("Take 7 and 4. Which is
+  larger?" / "Take 7 and 4. What is their sum?", a list to continue or to sort), so that only the question's words
+  tell the task, as `wide`'s word problems do with verbs;
 - `held_out`: frames, names and objects no training example uses, kept to check that the model learned the task.
 `fixed` is each task's one canonical wording. Splits are drawn by the canonical question, so a test problem is
 never trained in another wording. Training can also swap a word that carries no cue for a made-up one
@@ -18,8 +21,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-WORDINGS = ("fixed", "varied", "wide", "held_out")
-TRAINED = ("varied", "wide")
+WORDINGS = ("fixed", "varied", "wide", "crossed", "held_out")
+TRAINED = ("varied", "wide", "crossed")
 
 
 @dataclass
@@ -386,6 +389,58 @@ def story(rng: random.Random, f: dict, gain: bool) -> str:
     return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
 
 
+# `crossed`: settings of two numbers (compared, or added, subtracted, multiplied) and of a list (continued, or
+# sorted), each asked with any of its tasks' questions. None uses a held-out frame's words ("between", "of a and b",
+# "greater", "comes next", "follows", "rank", "low to high", ...).
+PAIR_SETTINGS = [
+    "{a} and {b}: {q}", "Take {a} and {b}. {q}", "Look at {a} and {b}. {q}", "Given {a} and {b}, {q}",
+    "For {a} and {b}, {q}", "Here are {a} and {b}. {q}", "Two numbers, {a} and {b}. {q}", "{a}, {b}: {q}",
+    "I have {a} and {b}. {q}", "Consider {a} and {b}. {q}", "The numbers are {a} and {b}. {q}", "{a} and {b}. {q}",
+]  # fmt: skip
+LIST_SETTINGS = [
+    "{s}: {q}", "Here is a list: {s}. {q}", "Numbers: {s}. {q}", "Look at {s}. {q}", "Take {s}. {q}",
+    "Given {s}, {q}", "The numbers are {s}. {q}", "List: {s}. {q}", "I have {s}. {q}", "Consider {s}. {q}",
+]  # fmt: skip
+ASKED = {
+    "comparison": [
+        "which is larger?", "which is bigger?", "which one is larger?", "which is more?", "which is the bigger one?",
+        "which number is larger?", "which is higher?", "pick the larger one.", "name the bigger one.",
+        "what is the larger one?", "which is the largest?", "which one is biggest?",
+    ],
+    "+": ["what is their sum?", "what is the sum?", "add them.", "what do they add up to?", "what is their total?",
+          "add them up.", "what do they make together?", "what is the total?"],
+    "-": ["subtract the second from the first.", "what is the first minus the second?",
+          "take the second away from the first.", "what is the first take away the second?",
+          "what is left when you subtract the second from the first?"],
+    "*": ["multiply them.", "what is their product?", "what is the product?", "multiply them together.",
+          "what do they make multiplied?"],
+    "pattern": [
+        "what is the next number?", "which number is next?", "what should be next?", "continue it.",
+        "what is the next term?", "next one?", "continue the sequence.", "what would the next number be?",
+        "extend it by one number.",
+    ],
+    "sorting": [
+        "sort them.", "sort them ascending.", "put them in order, smallest first.",
+        "arrange them from smallest to largest.", "order them from lowest to highest.",
+        "sort them in increasing order.", "what are they in ascending order?", "sort from smallest to biggest.",
+        "put them smallest to largest.",
+    ],
+}  # fmt: skip
+# About a third of each task's `crossed` frames
+CROSSED_FRAMES = {"arithmetic": ["{crossed}"] * 14, "comparison": ["{crossed}"] * 8, "pattern": ["{crossed}"] * 12,
+                  "sorting": ["{crossed}"] * 14}  # fmt: skip
+
+
+def crossed(rng: random.Random, kind: str, f: dict) -> str:
+    """The question in a setting it shares with another task: only the question's words say which task it is."""
+    settings = PAIR_SETTINGS if kind in ("arithmetic", "comparison") else LIST_SETTINGS
+    setting = rng.choice(settings)
+    q = rng.choice(ASKED[f["op"] if kind == "arithmetic" else kind])
+    if ". {q}" in setting:
+        q = q[0].upper() + q[1:]
+    return setting.format(**f, q=q)
+
+
 # Who and what the held-out word problems are about: in none of the training lists
 HELD_OUT_NAMES = [("Zainab", "she"), ("Thibault", "he"), ("Ngozi", "she"), ("Kenji", "he"), ("Fatima", "she"),
                   ("Lars", "he"), ("Aiko", "she"), ("Diego", "he"), ("Robin", "they")]  # fmt: skip
@@ -447,11 +502,13 @@ def phrase(
         return canonical(q)
     held_out = wording == "held_out"
     f = dict(q.fields)
-    frames = FRAMES[q.kind][2 if held_out else 1] + (WIDE_FRAMES.get(q.kind, []) if wording == "wide" else [])
+    frames = FRAMES[q.kind][2 if held_out else 1]
+    if wording in ("wide", "crossed"):
+        frames = frames + WIDE_FRAMES.get(q.kind, []) + (CROSSED_FRAMES.get(q.kind, []) if wording == "crossed" else [])
     if q.kind == "arithmetic":
         f["x"] = f"{f['a']} {rng.choice(OPS[f['op']])} {f['b']}"
         f["phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)  # a sentence form of its own set
-        if wording == "wide":
+        if wording in ("wide", "crossed"):
             f["wide_phrase"] = rng.choice(PHRASES[f["op"]][0] + WIDE_PHRASES[f["op"]]).format(**f)
     elif q.kind == "two_step":
         ops = [rng.choice(OPS[f["op1"]]), rng.choice(OPS[f["op2"]])]
@@ -462,7 +519,10 @@ def phrase(
         signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
     frame = rng.choice(frames)
-    text = story(rng, f, q.kind == "gain") if frame == "{story}" else frame.format(**f)
+    if frame == "{story}":
+        text = story(rng, f, q.kind == "gain")
+    else:
+        text = crossed(rng, q.kind, f) if frame == "{crossed}" else frame.format(**f)
     if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
