@@ -502,13 +502,16 @@ def phrase(
         return canonical(q)
     held_out = wording == "held_out"
     f = dict(q.fields)
+    wide = wording in ("wide", "crossed")  # crossed: wide and more
     frames = FRAMES[q.kind][2 if held_out else 1]
-    if wording in ("wide", "crossed"):
-        frames = frames + WIDE_FRAMES.get(q.kind, []) + (CROSSED_FRAMES.get(q.kind, []) if wording == "crossed" else [])
+    if wide:
+        frames = frames + WIDE_FRAMES.get(q.kind, [])
+    if wording == "crossed":
+        frames = frames + CROSSED_FRAMES.get(q.kind, [])
     if q.kind == "arithmetic":
         f["x"] = f"{f['a']} {rng.choice(OPS[f['op']])} {f['b']}"
         f["phrase"] = rng.choice(PHRASES[f["op"]][held_out]).format(**f)  # a sentence form of its own set
-        if wording in ("wide", "crossed"):
+        if wide:
             f["wide_phrase"] = rng.choice(PHRASES[f["op"]][0] + WIDE_PHRASES[f["op"]]).format(**f)
     elif q.kind == "two_step":
         ops = [rng.choice(OPS[f["op1"]]), rng.choice(OPS[f["op2"]])]
@@ -521,8 +524,10 @@ def phrase(
     frame = rng.choice(frames)
     if frame == "{story}":
         text = story(rng, f, q.kind == "gain")
+    elif frame == "{crossed}":
+        text = crossed(rng, q.kind, f)
     else:
-        text = crossed(rng, q.kind, f) if frame == "{crossed}" else frame.format(**f)
+        text = frame.format(**f)
     if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
