@@ -330,6 +330,9 @@ class StageConfig:
     pack: int = 1  # rows of 1 to this many examples one after another (uniformly drawn). With abacus_offset the
     # examples of a row take id ranges that do not overlap: a lookup then learns to pass over digits whose ids lie
     # further away than one example spans, as every digit of a sum longer than trained must
+    pack_near: int = 0  # > 0: each further example's id range lies at most this many ids from another's of its row,
+    # so that the digits to pass over sit 1 to ~2 sums' lengths away, the distances a long operand's columns are
+    # from the end of a short one (0: anywhere free)
     # With model.exit_gate: 'joint' (Ouro's first stage: the expected loss over exit steps trains everything),
     # 'off' (the final iteration's loss as without a gate; the gate does not learn) or 'only' (Ouro's second stage:
     # only the gate learns, everything else frozen, taught to stop where one more recurrence improves a token's loss
@@ -337,9 +340,10 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 0 or self.buckets < 1 or self.pack < 1:
+        if self.steps < 0 or self.buckets < 1 or self.pack < 1 or self.pack_near < 0:
             raise UserError(
-                f"stage steps must be >= 0, buckets and pack >= 1, got {self.steps}, {self.buckets} and {self.pack}"
+                f"stage steps and pack_near must be >= 0, buckets and pack >= 1, got {self.steps}, {self.pack_near},"
+                f" {self.buckets} and {self.pack}"
             )
         if self.recurrences < 0:
             raise UserError(f"stage recurrences must be >= 0 (0: drawn as [recurrence] says), got {self.recurrences}")

@@ -25,15 +25,20 @@ def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus
     return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
 
 
-def offset(digits: list[int], top: int, rng: random.Random, n_prompt: int, taken=None) -> list[int] | None:
+def offset(
+    digits: list[int], top: int, rng: random.Random, n_prompt: int, taken=None, near: int = 0
+) -> list[int] | None:
     """Significance ids shifted by one random k for the whole example (`text.tokenizer.shifted`), the largest
     landing at most at `top`. With a list `taken` of the id ranges of a row's other examples, the range
-    [k, k + largest] avoids them and is added (None where no k is left). Inference reads numbers at one k,
-    model.abacus_shift."""
+    [k, k + largest] avoids them and is added (None where no k is left); with `near` > 0 it lies at most that many
+    ids from one of them where it can. Inference reads numbers at one k, model.abacus_shift."""
     m = max(digits, default=0)
     free = [k for k in range(max(top - m, 0) + 1) if all(k + m < a or k > b for a, b in taken or ())]
     if not free:
         return None
+    if near and taken:
+        close = [k for k in free if min(a - k - m if k + m < a else k - b for a, b in taken) <= near]
+        free = close or free
     k = rng.choice(free)
     if taken is not None:
         taken.append((k, k + m))
@@ -104,7 +109,8 @@ class TaskMixture:
             for ex in itertools.islice(examples, size):
                 ids, mask, digits = encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
                 if offsets is not None:
-                    digits = offset(digits, self.abacus, offsets, len(example_ids(self.tok, ex.prompt)), taken)
+                    n_prompt = len(example_ids(self.tok, ex.prompt))
+                    digits = offset(digits, self.abacus, offsets, n_prompt, taken, self.stage.pack_near)
                     if digits is None:  # no id range left in this row's table
                         continue
                 row[0].extend(ids)
