@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -288,7 +289,8 @@ def test_held_out_wordings_share_no_frame_names_or_things_with_training(name):
         assert all(any(n.lower() in ex.prompt.lower() for n in names) or "shelf" in ex.prompt.lower() or
                    ex.prompt.lower().startswith("<inst>out of") for ex in held)  # fmt: skip
         assert not any(n.lower() in p for p in trained for n in names)
-        verbs = r"\b(owns?|owned|holds?|starts with|is given|buys|adds|sold|broke|shelf)\b"  # the held-out frames'
+        # the held-out frames' verbs
+        verbs = r"\b(owns?|owned|holds?|starts with|is given|buys|adds|sold|broke|shelf|scoops|tosses|chewed|pile)\b"
         assert not any(re.search(verbs, p) for p in trained)
     else:
         assert not trained & {_shape(ex.prompt) for ex in held}
@@ -383,8 +385,14 @@ def test_typed_questions_script_writes_held_out_test_questions(tmp_path):
     script = Path(__file__).parent.parent / "scripts" / "typed_questions.py"
     subprocess.run([sys.executable, str(script), "--n", "5", "--out", str(tmp_path)], check=True, capture_output=True)
     rows = read_jsonl(tmp_path / "sorting.jsonl")
-    assert len(rows) == 20 and {r.difficulty for r in rows} == {1, 2, 3, 4}
-    assert all(split_of(r.prompt) in ("train", "val", "test") and r.task == "sorting" for r in rows)
+    assert len(rows) == 20 and {r.difficulty for r in rows} == {1, 2, 3, 4} and {r.task for r in rows} == {"sorting"}
+    # each test problem once: the split holds one geometric sequence, asked once rather than in 5 wordings
+    once = [json.loads(line) for line in (tmp_path / "pattern.jsonl").read_text().splitlines()]
+    assert all(split_of(r["key"]) == "test" for r in once) and len({r["key"] for r in once}) == len(once)
+    assert [r["difficulty"] for r in once].count(2) == 1
+    args = [sys.executable, str(script), "--n", "5", "--out", str(tmp_path), "--repeats"]
+    subprocess.run(args, check=True, capture_output=True)
+    assert [r.difficulty for r in read_jsonl(tmp_path / "pattern.jsonl")].count(2) == 5
 
 
 def test_nonce_swaps_one_word_that_is_not_a_cue_or_wraps_the_question():

@@ -77,9 +77,12 @@ class Task:
         """1.0 for a correct generation, else 0.0 (or partial credit, for tasks that give it)."""
         return float(self.extract(text) == ex.answer)
 
-    def generate(self, split: str, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
+    def generate(
+        self, split: str, n: int, seed: int = 0, difficulty: int | None = None, by_problem: bool = False
+    ) -> list[Example]:
         """n examples of `split` (all difficulties in turn unless one is given). Evaluation splits hold distinct
-        prompts, so a small problem space yields fewer than n."""
+        prompts, so a small problem space yields fewer than n; `by_problem` holds distinct problems, so that two
+        wordings of one problem count once."""
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         rng = random.Random(f"{self.name}/{split}/{seed}/{difficulty}")
@@ -88,9 +91,10 @@ class Task:
         while len(out) < n and tries < 50 * n + 1000:
             tries += 1
             ex = self.sample(rng, levels[tries % len(levels)])  # by tries: an exhausted level cannot block
-            if ex.split != split or (split != "train" and ex.prompt in seen):
+            seen_as = (ex.key or ex.prompt) if by_problem else ex.prompt
+            if ex.split != split or (split != "train" and seen_as in seen):
                 continue
-            seen.add(ex.prompt)
+            seen.add(seen_as)
             out.append(ex)
         return out
 

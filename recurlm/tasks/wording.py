@@ -72,6 +72,11 @@ FRAMES = {
             "What do you get for {x}?",
             "{x} equals what?",
             "I need the answer to {x}.",
+            "Could you tell me {x}?",
+            "{x} comes to?",
+            "What's the value of {x}?",
+            "Mind solving {x}?",
+            "Need help: {x}",
             "{phrase}",
         ],
     ),
@@ -101,6 +106,11 @@ FRAMES = {
             "Evaluate {x}.",
             "{x} equals what?",
             "Take {a}, {verb1} {b} and {verb2} {c}. What do you get?",
+            "Could you tell me {x}?",
+            "What's the value of {x}?",
+            "{x} comes to?",
+            "Mind solving {x}?",
+            "{a} to start, {verb1} {b}, next {verb2} {c}. Answer?",
         ],
     ),
     "even_odd": (
@@ -127,6 +137,11 @@ FRAMES = {
             "Is {n} even, or is it odd?",
             "{n} - odd or even?",
             "Check if {n} is even or odd.",
+            "{n}, is it even or odd?",
+            "Classify {n} as even or odd.",
+            "Which is {n}: odd or even?",
+            "Tell me whether {n} is odd or even.",
+            "Even number or odd number: {n}?",
         ],
     ),
     "comparison": (
@@ -154,6 +169,11 @@ FRAMES = {
             "Of {a} and {b}, which one is bigger?",
             "Is {a} or {b} the larger number?",
             "Tell me the greater of {a} and {b}.",
+            "{a} or {b}, which is larger?",
+            "What's bigger: {a} or {b}?",
+            "Show me the larger of {a} and {b}.",
+            "Out of {a} and {b}, which is more?",
+            "Find the maximum of {a} and {b}.",
         ],
     ),
     "pattern": (
@@ -179,6 +199,11 @@ FRAMES = {
             "{s}, what's next?",
             "Give the next term in the sequence {s}.",
             "Guess the next one: {s}, ...",
+            "What's the next number in {s}?",
+            "{s} - what follows?",
+            "Can you continue {s}?",
+            "Next in line: {s}, ?",
+            "Which term comes after {s}?",
         ],
     ),
     "sorting": (
@@ -206,6 +231,11 @@ FRAMES = {
             "Rank from least to greatest: {s}",
             "List {s} in increasing order.",
             "Order these: {s}",
+            "Sort these from least to most: {s}",
+            "Arrange {s} from lowest to highest.",
+            "Put {s} in order from smallest to biggest.",
+            "Low to high please: {s}",
+            "Can you order {s}, smallest first?",
         ],
     ),
     # Word problems: {N} the name, {p}/{P} its pronoun, {M} someone else, {T} the things; verbs agree with {p}. (The
@@ -229,6 +259,8 @@ FRAMES = {
             "{N} starts with {a} {T} and is given {b} more. What's the total?",
             "{N} owns {a} {T}. Then {p} {buys} {b} more. How many {T} does {N} own now?",
             "A shelf holds {a} {T}. Someone adds {b}. How many {T} are on the shelf?",
+            "{N} scoops up {a} {T} and later {b} more. What's the count now?",
+            "In a jar there are {a} {T}; {N} tosses in {b} more. How many {T} in the jar?",
         ],
     ),
     "loss": (
@@ -250,6 +282,8 @@ FRAMES = {
             "{N} has {a} {T} and gives {b} to {M}. How many {does} {p} have left?",
             "{N} owned {a} {T} but sold {b}. How many {T} {does} {p} still own?",
             "Out of {a} {T}, {b} broke. How many {T} are left?",
+            "{N} had {a} {T}; the dog chewed up {b}. How many {T} survive?",
+            "From a pile of {a} {T}, {N} pulls {b}. How many {T} stay in the pile?",
         ],
     ),
 }
@@ -258,15 +292,15 @@ FRAMES = {
 PHRASES = {
     "+": (
         ["Add {a} and {b}.", "What is the sum of {a} and {b}?", "What do {a} and {b} add up to?", "Add {b} to {a}."],
-        ["Find the total of {a} and {b}."],
+        ["Find the total of {a} and {b}.", "Put {a} and {b} together. How much?"],
     ),
     "-": (
         ["Subtract {b} from {a}.", "What is {a} take away {b}?", "Remove {b} from {a}.", "{a} subtract {b}?"],
-        ["Take {b} away from {a}.", "{a} less {b}?"],
+        ["Take {b} away from {a}.", "{a} less {b}?", "Start at {a} and go down {b}."],
     ),
     "*": (
         ["Multiply {a} by {b}.", "What is the product of {a} and {b}?", "{a} multiplied by {b} is?"],
-        ["What if you multiply {a} by {b}?"],
+        ["What if you multiply {a} by {b}?", "What are {b} sets of {a}?"],
     ),
 }
 
