@@ -301,8 +301,8 @@ def test_stage_wording_shapes_training_only():
     from recurlm.tasks.runs import stage_tasks
 
     stage = StageConfig(tasks="arithmetic,sorting", wording="varied", nonce_share=0.3)
-    assert [(t.wording, t.nonce_share) for t in stage_tasks(stage, training=True)] == [("varied", 0.3)] * 2
-    assert [(t.wording, t.nonce_share) for t in stage_tasks(stage)] == [("fixed", 0.0)] * 2
+    assert [(t.wording, t.shares["nonce_share"]) for t in stage_tasks(stage, training=True)] == [("varied", 0.3)] * 2
+    assert [(t.wording, t.shares["nonce_share"]) for t in stage_tasks(stage)] == [("fixed", 0.0)] * 2
     with pytest.raises(UserError, match="wording"):
         StageConfig(tasks="arithmetic", wording="held_out")
     stage = StageConfig(tasks="arithmetic,word_problem,pattern", wording="varied", wide_tasks="word_problem,pattern")
@@ -393,6 +393,20 @@ def test_typed_questions_script_writes_held_out_test_questions(tmp_path):
     args = [sys.executable, str(script), "--n", "5", "--out", str(tmp_path), "--repeats"]
     subprocess.run(args, check=True, capture_output=True)
     assert [r.difficulty for r in read_jsonl(tmp_path / "pattern.jsonl")].count(2) == 5
+
+
+def test_nonce_verbs_leave_word_problems_told_by_their_cue_words_alone():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+    from recurlm.tasks.wording import GAINED, LOST
+
+    (task,) = stage_tasks(StageConfig(tasks="word_problem", wording="varied", nonce_verbs=1.0), training=True)
+    known = GAINED + LOST + ["gets", "gives", "get", "give"]
+    for ex in task.generate("train", 300, seed=4):
+        opening, event, question = re.split(r"(?<=[.?])\s+", re.sub(r"</?INST>", "", ex.prompt.lower()))
+        assert not any(re.search(rf"\b{v}\b", event) for v in known)  # the verb is made up
+        gain = ex.difficulty == 1  # and only "more" or "away" tells adding from taking away
+        assert bool(re.search(r"\bmore\b", event)) == gain and bool(re.search(r"\baway\b", event)) != gain
 
 
 def test_nonce_swaps_one_word_that_is_not_a_cue_or_wraps_the_question():

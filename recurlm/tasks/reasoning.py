@@ -36,13 +36,16 @@ class TraceTask(Task):
     prompt_template = "<INST>{}</INST>"
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
-    def __init__(self, wording: str = "fixed", canonical_share: float = 0.0, nonce_share: float = 0.0):
+    def __init__(
+        self, wording: str = "fixed", canonical_share: float = 0.0, nonce_share: float = 0.0, nonce_verbs: float = 0.0
+    ):
         if wording not in WORDINGS:
             raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
-        for name, share in (("canonical_share", canonical_share), ("nonce_share", nonce_share)):
+        shares = {"canonical_share": canonical_share, "nonce_share": nonce_share, "nonce_verbs": nonce_verbs}
+        for name, share in shares.items():
             if not 0 <= share <= 1:
                 raise UserError(f"{name} must be between 0 and 1, got {share}")
-        self.wording, self.canonical_share, self.nonce_share = wording, canonical_share, nonce_share
+        self.wording, self.shares = wording, shares
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[Question, list[str], object]:
         raise NotImplementedError
@@ -50,7 +53,7 @@ class TraceTask(Task):
     def sample(self, rng: random.Random, difficulty: int) -> Example:
         question, steps, answer = self.problem(rng, difficulty)
         canonical = self.prompt_template.format(wording.canonical(question))
-        asked = wording.phrase(rng, question, self.wording, self.canonical_share, self.nonce_share)
+        asked = wording.phrase(rng, question, self.wording, **self.shares)
         prompt = self.prompt_template.format(asked)
         key = canonical if prompt != canonical else None  # the split is the problem's, whatever its wording
         return Example(prompt, str(answer), trace(steps, answer), self.name, difficulty, key=key)

@@ -423,6 +423,21 @@ def story(rng: random.Random, f: dict, gain: bool) -> str:
     return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
 
 
+# Word problems whose verb is made up, told by their cue words alone ("more" gaining; "away", "left", "remain"
+# losing): a verb never trained is then no reason to subtract, as the shipped checkpoint did for every held-out verb
+# of gaining ("buys 9 more", "is given 46 more")
+CUE_GAINS = ["{P} {v} {b} more.", "Then {p} {v} {b} more.", "{P} {v} {b} more {T}.", "Later {p} {v} {b} more."]
+CUE_LOSSES = ["{P} {v} away {b}.", "Then {p} {v} {b} away.", "{P} {v} away {b} {T}.", "Later {p} {v} {b} of them away."]
+
+
+def cue_story(rng: random.Random, f: dict, gain: bool) -> str:
+    """A word problem whose verb is a made-up word: only "more" or "away" (and a losing question) tell the sign."""
+    verb = made_up_word(rng) + rng.choice(["s", "ed"])
+    event = rng.choice(CUE_GAINS if gain else CUE_LOSSES).format(**f, v=verb)
+    ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
+    return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
+
+
 # `crossed`: settings of two numbers (compared, or added, subtracted, multiplied) and of a list (continued, or
 # sorted), each asked with any of its tasks' questions. None uses a held-out frame's words ("between", "of a and b",
 # "greater", "comes next", "follows", "rank", "low to high", ...).
@@ -526,11 +541,17 @@ def canonical(q: Question) -> str:
 
 
 def phrase(
-    rng: random.Random, q: Question, wording: str, canonical_share: float = 0.0, nonce_share: float = 0.0
+    rng: random.Random,
+    q: Question,
+    wording: str,
+    canonical_share: float = 0.0,
+    nonce_share: float = 0.0,
+    nonce_verbs: float = 0.0,
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
-    the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`
-    (each drawn only when > 0: other runs' data stay as they were)."""
+    the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
+    a `nonce_verbs` share of the word problems is a `cue_story` (each drawn only when > 0: other runs' data stay as
+    they were)."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -556,7 +577,9 @@ def phrase(
         signs = any(v < 0 for v in f["values"])  # '1 -2 -5' would read as a subtraction
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
     frame = rng.choice(frames)
-    if frame == "{story}":
+    if nonce_verbs > 0 and trained and q.kind in ("gain", "loss") and rng.random() < nonce_verbs:
+        text = cue_story(rng, f, q.kind == "gain")
+    elif frame == "{story}":
         text = story(rng, f, q.kind == "gain")
     elif frame == "{crossed}":
         text = crossed(rng, q.kind, f)
