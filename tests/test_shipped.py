@@ -64,7 +64,7 @@ def test_shipped_miniaxion_answers_questions_in_wordings_it_never_trained_on():
     model, tok, configs = load_checkpoint(MINIAXION)
     examples = [ex for name in SUITE for ex in get_task(name, wording="held_out").generate("test", 6, seed=1)]
     res = evaluate(model, tok, examples, configs.inference, 192)
-    assert res["accuracy"] >= 0.55, res["accuracy"]  # measured 0.81 on these 42 (0.76 on 874 such, README)
+    assert res["accuracy"] >= 0.55, res["accuracy"]  # measured 0.71 on these 42 (0.81 on 719 such, README)
 
 
 def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
