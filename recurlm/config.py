@@ -342,11 +342,12 @@ class StageConfig:
     exit_gate: str = "joint"
 
     def __post_init__(self):
-        if self.steps < 0 or self.buckets < 1 or self.pack < 1 or self.pack_near < 0:
+        if self.steps < 0 or self.buckets < 1 or self.pack < 1:
             raise UserError(
-                f"stage steps and pack_near must be >= 0, buckets and pack >= 1, got {self.steps}, {self.pack_near},"
-                f" {self.buckets} and {self.pack}"
+                f"stage steps must be >= 0, buckets and pack >= 1, got {self.steps}, {self.buckets} and {self.pack}"
             )
+        if self.pack_near < 0:
+            raise UserError(f"stage pack_near must be >= 0 (0: anywhere free), got {self.pack_near}")
         if self.recurrences < 0:
             raise UserError(f"stage recurrences must be >= 0 (0: drawn as [recurrence] says), got {self.recurrences}")
         if not 0 <= self.mixed_share <= 1:

@@ -507,6 +507,8 @@ def test_packed_rows_hold_several_examples_on_id_ranges_of_their_own():
     stage.pack_near = 6
     x, _, pos = TaskMixture(stage, tok, 0, abacus=110).batch(64, 5, 0, 0, None)
     assert 0 < max(gaps(x, pos)) <= 6  # each further sum beside one before it
+    with pytest.raises(UserError, match="pack_near"):
+        load_config("addition-length", overrides=["stage.train.pack_near=-1"])
     stage.pack = 1
     x, _, _ = TaskMixture(stage, tok, 0, abacus=110).batch(64, 5, 0, 0, None)
     assert bool(((x == bos).sum(1) == 1).all())
