@@ -21,7 +21,7 @@ def main():
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--split", default="test", choices=("val", "test"), help="val to choose settings, test to report")
     p.add_argument("--out", required=True, help="directory for <task>.jsonl")
-    p.add_argument("--repeats", action="store_true", help="a problem may come back in other wordings (the sets before)")
+    p.add_argument("--repeats", action="store_true", help="a problem may come back in other wordings, as before")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
