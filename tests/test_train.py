@@ -486,22 +486,24 @@ def test_packed_rows_hold_several_examples_on_id_ranges_of_their_own():
     stage, tok = configs.stages["train"], build_tokenizer(configs)
     bos = tok.bos_ids[0]
 
-    def gaps(x, pos):  # ids between each further sum's range and the nearest range before it in its row
-        out = []
+    def id_ranges(x, pos):  # per row, the (lowest, highest) digit id of each of its sums
         for row, ids in zip(x, pos, strict=True):
             starts = (row == bos).nonzero().flatten().tolist() + [len(row)]
-            ranges = [(min(s), max(s)) for s in (set(ids[a:b].tolist()) - {0} for a, b in itertools.pairwise(starts))]
-            out += [min(a - d if d < a else c - b for c, d in ranges[:i]) for i, (a, b) in enumerate(ranges) if i]
-        return out
+            yield [(min(s), max(s)) for s in (set(ids[a:b].tolist()) - {0} for a, b in itertools.pairwise(starts))]
+
+    def gaps(x, pos):  # ids between each further sum's range and the nearest range before it in its row
+        return [
+            min(a - d if d < a else c - b for c, d in ranges[:i])
+            for ranges in id_ranges(x, pos)
+            for i, (a, b) in enumerate(ranges)
+            if i
+        ]
 
     x, y, pos = TaskMixture(stage, tok, 0, abacus=110).batch(64, 5, 0, 0, None)
     per_row = (x == bos).sum(1)
     assert per_row.min() == 1 and per_row.max() == 3 and 1.7 < per_row.float().mean() < 2.3
     assert int((y == tok.eos_id).sum()) == int(per_row.sum())  # every example's answer is trained, to its end
-    for row, ids in zip(x, pos, strict=True):
-        starts = (row == bos).nonzero().flatten().tolist() + [len(row)]
-        spans = [set(ids[a:b].tolist()) - {0} for a, b in itertools.pairwise(starts)]
-        ranges = [(min(s), max(s)) for s in spans]
+    for ranges in id_ranges(x, pos):
         assert all(b1 < a2 or b2 < a1 for (a1, b1), (a2, b2) in itertools.combinations(ranges, 2))
     assert max(gaps(x, pos)) > 30  # anywhere free: other sums' digits mostly far away
     stage.pack_near = 6

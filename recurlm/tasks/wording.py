@@ -416,24 +416,21 @@ ASKS_LOSS = ["How many {T} are left?", "How many does {N} have left?", "How many
              "How many {T} does {N} still have?"]  # fmt: skip
 
 
-def story(rng: random.Random, f: dict, gain: bool) -> str:
-    """A word problem put together; most of its questions fit gaining and losing alike, so the verb must be read."""
-    event = rng.choice(GAINS if gain else LOSSES).format(**f, v=rng.choice(GAINED if gain else LOST))
-    ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
-    return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
-
-
-# Word problems whose verb is made up, told by their cue words alone ("more" gaining; "away", "left", "remain"
-# losing): a verb never trained is then no reason to subtract, as the shipped checkpoint did for every held-out verb
-# of gaining ("buys 9 more", "is given 46 more")
+# Events around a made-up verb, told by their cue words alone ("more" gaining; "away", "left", "remain" losing): a
+# verb never trained is then no reason to subtract, as the shipped checkpoint did for every held-out verb of gaining
+# ("buys 9 more", "is given 46 more")
 CUE_GAINS = ["{P} {v} {b} more.", "Then {p} {v} {b} more.", "{P} {v} {b} more {T}.", "Later {p} {v} {b} more."]
 CUE_LOSSES = ["{P} {v} away {b}.", "Then {p} {v} {b} away.", "{P} {v} away {b} {T}.", "Later {p} {v} {b} of them away."]
 
 
-def cue_story(rng: random.Random, f: dict, gain: bool) -> str:
-    """A word problem whose verb is a made-up word: only "more" or "away" (and a losing question) tell the sign."""
-    verb = made_up_word(rng) + rng.choice(["s", "ed"])
-    event = rng.choice(CUE_GAINS if gain else CUE_LOSSES).format(**f, v=verb)
+def story(rng: random.Random, f: dict, gain: bool, made_up_verb: bool = False) -> str:
+    """A word problem put together; most of its questions fit gaining and losing alike, so the verb must be read.
+    With `made_up_verb` the verb is a made-up word, and only "more" or "away" (and a losing question) tell the sign."""
+    if made_up_verb:
+        verb = made_up_word(rng) + rng.choice(["s", "ed"])
+        event = rng.choice(CUE_GAINS if gain else CUE_LOSSES).format(**f, v=verb)
+    else:
+        event = rng.choice(GAINS if gain else LOSSES).format(**f, v=rng.choice(GAINED if gain else LOST))
     ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
     return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
 
@@ -550,8 +547,8 @@ def phrase(
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
     the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
-    a `nonce_verbs` share of the word problems is a `cue_story` (each drawn only when > 0: other runs' data stay as
-    they were)."""
+    a `nonce_verbs` share of the word problems is a `story` with a made-up verb (each drawn only when > 0: other
+    runs' data stay as they were)."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -578,7 +575,7 @@ def phrase(
         f["s"] = rng.choice([", ", ","] if signs else [", ", ",", " "]).join(map(str, f["values"]))
     frame = rng.choice(frames)
     if nonce_verbs > 0 and trained and q.kind in ("gain", "loss") and rng.random() < nonce_verbs:
-        text = cue_story(rng, f, q.kind == "gain")
+        text = story(rng, f, q.kind == "gain", made_up_verb=True)
     elif frame == "{story}":
         text = story(rng, f, q.kind == "gain")
     elif frame == "{crossed}":
