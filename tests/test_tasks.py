@@ -402,11 +402,20 @@ def test_nonce_verbs_leave_word_problems_told_by_their_cue_words_alone():
 
     (task,) = stage_tasks(StageConfig(tasks="word_problem", wording="varied", nonce_verbs=1.0), training=True)
     known = GAINED + LOST + ["gets", "gives", "get", "give"]
-    for ex in task.generate("train", 300, seed=4):
+    told = {"event": 0, "question": 0}
+    for ex in task.generate("train", 400, seed=4):
         opening, event, question = re.split(r"(?<=[.?])\s+", re.sub(r"</?INST>", "", ex.prompt.lower()))
         assert not any(re.search(rf"\b{v}\b", event) for v in known)  # the verb is made up
-        gain = ex.difficulty == 1  # and only "more" or "away" tells adding from taking away
-        assert bool(re.search(r"\bmore\b", event)) == gain and bool(re.search(r"\baway\b", event)) != gain
+        gain = ex.difficulty == 1  # only "more", "away" or the question tells adding from taking away
+        more, away = bool(re.search(r"\bmore\b", event)), bool(re.search(r"\baway\b", event))
+        asks_gain = bool(re.search(r"in\s+all|altogether|in\s+total|after\s+that", question))  # ASKS_GAIN's words
+        if more or away:
+            assert more == gain and away != gain
+            told["event"] += 1
+        else:  # an event without a cue: a gain is asked by a question of gaining, a loss never is
+            assert asks_gain == gain, ex.prompt
+            told["question"] += 1
+    assert told["event"] > 150 and told["question"] > 150
 
 
 def test_nonce_swaps_one_word_that_is_not_a_cue_or_wraps_the_question():

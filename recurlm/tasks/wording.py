@@ -416,22 +416,30 @@ ASKS_LOSS = ["How many {T} are left?", "How many does {N} have left?", "How many
              "How many {T} does {N} still have?"]  # fmt: skip
 
 
-# Events around a made-up verb, told by their cue words alone ("more" gaining; "away", "left", "remain" losing): a
-# verb never trained is then no reason to subtract, as the shipped checkpoint did for every held-out verb of gaining
-# ("buys 9 more", "is given 46 more")
+# Events around a made-up verb, told by their cue words alone: "more" gaining, "away" losing, or, with no cue in
+# the event, the question ("in all" gaining; "left", "remain", "still" or none of them losing). A verb never trained
+# is then no reason to subtract, as the shipped checkpoint did for every held-out verb of gaining ("buys 9 more"),
+# nor to add when only the question says what was lost ("sold 9. How many does she still own?")
 CUE_GAINS = ["{P} {v} {b} more.", "Then {p} {v} {b} more.", "{P} {v} {b} more {T}.", "Later {p} {v} {b} more."]
 CUE_LOSSES = ["{P} {v} away {b}.", "Then {p} {v} {b} away.", "{P} {v} away {b} {T}.", "Later {p} {v} {b} of them away."]
+UNCUED = ["{P} {v} {b}.", "Then {p} {v} {b}.", "Later {p} {v} {b} {T}.", "Next, {p} {v} {b} {T}."]
 
 
 def story(rng: random.Random, f: dict, gain: bool, made_up_verb: bool = False) -> str:
     """A word problem put together; most of its questions fit gaining and losing alike, so the verb must be read.
-    With `made_up_verb` the verb is a made-up word, and only "more" or "away" (and a losing question) tell the sign."""
+    With `made_up_verb` the verb is a made-up word: half the events say "more" or "away", the other half nothing,
+    and then a gain is asked by a question of gaining, and a loss by any other."""
+    asks = ASKS + (ASKS_GAIN if gain else ASKS_LOSS)
     if made_up_verb:
         verb = made_up_word(rng) + rng.choice(["s", "ed"])
-        event = rng.choice(CUE_GAINS if gain else CUE_LOSSES).format(**f, v=verb)
+        if rng.random() < 0.5:
+            event = rng.choice(CUE_GAINS if gain else CUE_LOSSES).format(**f, v=verb)
+        else:
+            event = rng.choice(UNCUED).format(**f, v=verb)
+            asks = ASKS_GAIN if gain else asks
     else:
         event = rng.choice(GAINS if gain else LOSSES).format(**f, v=rng.choice(GAINED if gain else LOST))
-    ask = rng.choice(ASKS + (ASKS_GAIN if gain else ASKS_LOSS))
+    ask = rng.choice(asks)
     return " ".join([rng.choice(OPENINGS).format(**f), event[0].upper() + event[1:], ask.format(**f)])
 
 
