@@ -50,6 +50,16 @@ def test_cache_with_budget_r_equals_full_forward(r, variant):
     assert cached.tokens == uncached.tokens and len(cached.tokens[0]) == 8
 
 
+def test_cache_with_budget_above_r_equals_full_forward():
+    """The addition-length policy keeps 16 slots and runs r = 4 by default: slots beyond r stay unused."""
+    model = tiny_model(**VARIANTS["nope-logn"])
+    with torch.no_grad():
+        full = model(IDX, 3)
+    got = cached_logits(Engine(model), IDX, policy(3, kv_budget=16), prefix=2)
+    assert (got - full[:, 1:]).abs().max() <= 1e-4
+    assert (cached_logits(Engine(model), IDX, policy(3, kv_budget=1), prefix=2) - full[:, 1:]).abs().max() > 1e-3
+
+
 def test_plain_gpt_ignores_warm_start():
     """A plain GPT has no state to carry between tokens: a warm-start policy (a recursive run's, given to its
     plain baseline or an imported model) must decode as the full forward does, not hand a token its predecessor."""
