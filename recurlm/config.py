@@ -314,7 +314,7 @@ class StageConfig:
     nonce_share: float = 0.0  # with a wording of many frames: the share of the others with a word that is not a cue
     # made up (or a greeting or thanks around it), so that unseen words are no reason to change the answer
     nonce_verbs: float = 0.0  # with a wording of many frames: the share of word problems whose verb is made up, so
-    # that only "more" or "away" and "left" tell adding from taking away (`recurlm.tasks.wording.story`)
+    # that only "more" or "away", or else the question, tell adding from taking away (`recurlm.tasks.wording.story`)
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5
