@@ -315,6 +315,9 @@ class StageConfig:
     # made up (or a greeting or thanks around it), so that unseen words are no reason to change the answer
     nonce_verbs: float = 0.0  # with a wording of many frames: the share of word problems whose verb is made up, so
     # that only "more" or "away", or else the question, tell adding from taking away (`recurlm.tasks.wording.story`)
+    nonce_frames: float = 0.0  # with a wording of many frames: the share of the questions whose numbers tell the task
+    # (an expression, a pattern, a list to sort) with every word but the operators made up, so that a frame of words
+    # never trained is read by what its numbers show
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5

@@ -461,3 +461,24 @@ def test_nonce_share_makes_up_words_in_that_share_of_varied_questions_only():
     assert 0.15 < share_made_up(0.5) < 0.35 and 0.4 < share_made_up(1.0) < 0.6  # half of them swap a word
     with pytest.raises(UserError, match="nonce_share"):
         get_task("sorting", wording="varied", nonce_share=2.0)
+
+
+def test_nonce_frames_leave_only_the_numbers_and_operators_to_tell_the_task():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+    from recurlm.tasks.wording import OPERATOR_WORDS, SYLLABLES
+
+    made_up = re.compile(rf"(?:{'|'.join(SYLLABLES)}){{1,3}}")
+    for name in ("arithmetic", "pattern", "sorting", "comparison"):
+        drawn = {}
+        for share in (0.0, 1.0):
+            (task,) = stage_tasks(StageConfig(tasks=name, wording="varied", nonce_frames=share), training=True)
+            drawn[share] = task.generate("train", 300, seed=5)
+        words = [re.findall(r"[A-Za-z]+", re.sub(r"</?INST>", "", ex.prompt)) for ex in drawn[1.0]]
+        unknown = [all(made_up.fullmatch(w.lower()) or w.lower() in OPERATOR_WORDS for w in ws) for ws in words]
+        if name == "comparison":  # two numbers tell no task: its frames keep their words
+            assert not any(unknown) and [ex.prompt for ex in drawn[0.0]] == [ex.prompt for ex in drawn[1.0]]
+        elif name == "arithmetic":  # the sentence forms ("Add 7 and 4.") say the operation in words: kept
+            assert 150 < sum(unknown) < 300
+        else:
+            assert all(unknown)

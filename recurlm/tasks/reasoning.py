@@ -37,11 +37,18 @@ class TraceTask(Task):
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
     def __init__(
-        self, wording: str = "fixed", canonical_share: float = 0.0, nonce_share: float = 0.0, nonce_verbs: float = 0.0
+        self,
+        wording: str = "fixed",
+        canonical_share: float = 0.0,
+        nonce_share: float = 0.0,
+        nonce_verbs: float = 0.0,
+        nonce_frames: float = 0.0,
     ):
         if wording not in WORDINGS:
             raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
-        shares = {"canonical_share": canonical_share, "nonce_share": nonce_share, "nonce_verbs": nonce_verbs}
+        shares = dict(
+            canonical_share=canonical_share, nonce_share=nonce_share, nonce_verbs=nonce_verbs, nonce_frames=nonce_frames
+        )
         for name, share in shares.items():
             if not 0 <= share <= 1:
                 raise UserError(f"{name} must be between 0 and 1, got {share}")

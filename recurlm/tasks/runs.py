@@ -29,7 +29,8 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
     if training:
         options["addition"] |= dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share)
-        wording = {name: getattr(stage, name) for name in ("wording", "canonical_share", "nonce_share", "nonce_verbs")}
+        shares = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames")
+        wording = {name: getattr(stage, name) for name in ("wording", *shares)}
         options |= dict.fromkeys(SUITE, wording)
         wide = [name.strip() for name in stage.wide_tasks.split(",") if name.strip()]
         if unknown := sorted(set(wide) - set(SUITE)):

@@ -541,6 +541,16 @@ def with_nonce(rng: random.Random, text: str) -> str:
     return text[: m.start()] + (word.capitalize() if m.group()[0].isupper() else word) + text[m.end() :]
 
 
+# The words that make an expression: kept when the rest of a question's words are made up
+OPERATOR_WORDS = frozenset(w for names in OPS.values() for name in names for w in name.split() if w.isalpha())
+
+
+def with_made_up_frame(rng: random.Random, text: str) -> str:
+    """`text` with every word but the operators' made up: what is asked must then be read from the numbers (an
+    expression, a progression, a list in no order), as it must when a person's words were never trained."""
+    return re.sub(r"[A-Za-z]+", lambda m: m.group() if m.group().lower() in OPERATOR_WORDS else made_up_word(rng), text)
+
+
 def canonical(q: Question) -> str:
     return FRAMES[q.kind][0].format(**q.fields)
 
@@ -552,11 +562,13 @@ def phrase(
     canonical_share: float = 0.0,
     nonce_share: float = 0.0,
     nonce_verbs: float = 0.0,
+    nonce_frames: float = 0.0,
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
     the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
     a `nonce_verbs` share of the word problems is a `story` with a made-up verb (each drawn only when > 0: other
-    runs' data stay as they were)."""
+    runs' data stay as they were); a `nonce_frames` share of the questions whose numbers alone tell the task (an
+    expression with its operators, a pattern, a list to sort) gets `with_made_up_frame`."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -590,6 +602,9 @@ def phrase(
         text = crossed(rng, q.kind, f)
     else:
         text = frame.format(**f)
+    told_by_numbers = q.kind in ("pattern", "sorting") or (q.kind in ("arithmetic", "two_step") and "{x}" in frame)
+    if nonce_frames > 0 and trained and told_by_numbers and rng.random() < nonce_frames:
+        text = with_made_up_frame(rng, text)
     if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
