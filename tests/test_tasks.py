@@ -375,6 +375,8 @@ def test_canonical_share_keeps_that_share_of_varied_questions_canonical():
     assert none < 150 and 900 < half < 1200 and every == 2000
     with pytest.raises(UserError, match="canonical_share"):
         get_task("sorting", wording="varied", canonical_share=1.5)
+    with pytest.raises(UserError, match="unknown wording options"):
+        get_task("sorting", wording="varied", canonical_shar=0.5)
 
 
 def test_typed_questions_script_writes_held_out_test_questions(tmp_path):

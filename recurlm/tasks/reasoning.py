@@ -14,7 +14,7 @@ import re
 
 from recurlm.errors import UserError
 from recurlm.tasks import Example, Task, columns, wording
-from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS, WORDINGS, Question, made_up_word
+from recurlm.tasks.wording import HELD_OUT_NAMES, HELD_OUT_THINGS, SHARES, WORDINGS, Question, made_up_word
 
 TRACE = re.compile(r"<THINK>(<STEP>[^<]+</STEP>)+</THINK><ANS>[^<]+</ANS>")
 
@@ -36,23 +36,15 @@ class TraceTask(Task):
     prompt_template = "<INST>{}</INST>"
     max_new_tokens = 192  # the preset's whole context: the longest reference traces run ~150 tokens with digits split
 
-    def __init__(
-        self,
-        wording: str = "fixed",
-        canonical_share: float = 0.0,
-        nonce_share: float = 0.0,
-        nonce_verbs: float = 0.0,
-        nonce_frames: float = 0.0,
-    ):
+    def __init__(self, wording: str = "fixed", **shares: float):
         if wording not in WORDINGS:
             raise UserError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
-        shares = dict(
-            canonical_share=canonical_share, nonce_share=nonce_share, nonce_verbs=nonce_verbs, nonce_frames=nonce_frames
-        )
+        if unknown := sorted(set(shares) - set(SHARES)):
+            raise UserError(f"unknown wording options {unknown}: the shares are {', '.join(SHARES)}")
         for name, share in shares.items():
             if not 0 <= share <= 1:
                 raise UserError(f"{name} must be between 0 and 1, got {share}")
-        self.wording, self.shares = wording, shares
+        self.wording, self.shares = wording, dict.fromkeys(SHARES, 0.0) | shares
 
     def problem(self, rng: random.Random, difficulty: int) -> tuple[Question, list[str], object]:
         raise NotImplementedError

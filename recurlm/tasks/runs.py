@@ -5,6 +5,7 @@ from recurlm.config import RunConfig, StageConfig
 from recurlm.errors import UserError
 from recurlm.tasks import Task, get_task
 from recurlm.tasks.reasoning import SUITE
+from recurlm.tasks.wording import SHARES
 
 
 def task_weights(stage: StageConfig) -> dict[str, float]:
@@ -29,8 +30,7 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
     if training:
         options["addition"] |= dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share)
-        shares = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames")
-        wording = {name: getattr(stage, name) for name in ("wording", *shares)}
+        wording = {name: getattr(stage, name) for name in ("wording", *SHARES)}
         options |= dict.fromkeys(SUITE, wording)
         wide = [name.strip() for name in stage.wide_tasks.split(",") if name.strip()]
         if unknown := sorted(set(wide) - set(SUITE)):

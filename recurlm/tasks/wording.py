@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 WORDINGS = ("fixed", "varied", "wide", "crossed", "held_out")
 TRAINED = ("varied", "wide", "crossed")
+SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames")  # `phrase`'s shares, as stages name them
 
 
 @dataclass
