@@ -318,6 +318,8 @@ class StageConfig:
     nonce_frames: float = 0.0  # with a wording of many frames: the share of the questions whose numbers tell the task
     # (an expression, a pattern, a list to sort) with every word but the operators made up, so that a frame of words
     # never trained is read by what its numbers show
+    nonce_comparisons: float = 0.0  # likewise for comparisons, keeping the comparative ("larger", "more"): two numbers
+    # in words never trained are compared when a comparative says so, not summed or sorted
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5

@@ -484,3 +484,25 @@ def test_nonce_frames_leave_only_the_numbers_and_operators_to_tell_the_task():
             assert 150 < sum(unknown) < 300
         else:
             assert all(unknown)
+
+
+def test_nonce_comparisons_leave_the_numbers_and_the_comparative():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+    from recurlm.tasks.wording import COMPARATIVES, SYLLABLES
+
+    made_up = re.compile(rf"(?:{'|'.join(SYLLABLES)}){{1,3}}")
+    drawn = {}
+    for share in (0.0, 0.5, 1.0):
+        (task,) = stage_tasks(StageConfig(tasks="comparison", wording="varied", nonce_comparisons=share), training=True)
+        drawn[share] = [re.sub(r"</?INST>", "", ex.prompt) for ex in task.generate("train", 300, seed=5)]
+    (task,) = stage_tasks(StageConfig(tasks="comparison", wording="varied"), training=True)
+    assert drawn[0.0] == [re.sub(r"</?INST>", "", ex.prompt) for ex in task.generate("train", 300, seed=5)]
+
+    def made_up_only(text):
+        words = [w.lower() for w in re.findall(r"[A-Za-z]+", text)]
+        return all(made_up.fullmatch(w) or w in COMPARATIVES for w in words) and any(w in COMPARATIVES for w in words)
+
+    assert not any(map(made_up_only, drawn[0.0])) and all(map(made_up_only, drawn[1.0]))
+    assert 100 < sum(map(made_up_only, drawn[0.5])) < 200
+    assert all(len(re.findall(r"\d+", text)) == 2 for text in drawn[1.0])  # the two numbers stay

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 WORDINGS = ("fixed", "varied", "wide", "crossed", "held_out")
 TRAINED = ("varied", "wide", "crossed")
-SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames")  # `phrase`'s shares, as stages name them
+# `phrase`'s shares, as stages name them
+SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames", "nonce_comparisons")
 
 
 @dataclass
@@ -546,10 +547,15 @@ def with_nonce(rng: random.Random, text: str) -> str:
 OPERATOR_WORDS = frozenset(w for names in OPS.values() for name in names for w in name.split() if w.isalpha())
 
 
-def with_made_up_frame(rng: random.Random, text: str) -> str:
-    """`text` with every word but the operators' made up: what is asked must then be read from the numbers (an
-    expression, a progression, a list in no order), as it must when a person's words were never trained."""
-    return re.sub(r"[A-Za-z]+", lambda m: m.group() if m.group().lower() in OPERATOR_WORDS else made_up_word(rng), text)
+# the words that tell a comparison from a sum of two numbers or a list of two to sort
+COMPARATIVES = frozenset({"larger", "bigger", "greater", "more"})
+
+
+def with_made_up_frame(rng: random.Random, text: str, keep: frozenset[str] = OPERATOR_WORDS) -> str:
+    """`text` with every word but those it must `keep` (the operators) made up: what is asked must then be read from
+    the numbers (an expression, a progression, a list in no order), as it must when a person's words were never
+    trained."""
+    return re.sub(r"[A-Za-z]+", lambda m: m.group() if m.group().lower() in keep else made_up_word(rng), text)
 
 
 def canonical(q: Question) -> str:
@@ -564,12 +570,14 @@ def phrase(
     nonce_share: float = 0.0,
     nonce_verbs: float = 0.0,
     nonce_frames: float = 0.0,
+    nonce_comparisons: float = 0.0,
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
     the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
     a `nonce_verbs` share of the word problems is a `story` with a made-up verb (each drawn only when > 0: other
     runs' data stay as they were); a `nonce_frames` share of the questions whose numbers alone tell the task (an
-    expression with its operators, a pattern, a list to sort) gets `with_made_up_frame`."""
+    expression with its operators, a pattern, a list to sort) gets `with_made_up_frame`, and a `nonce_comparisons`
+    share of the comparisons the same with their comparative kept ("zuka 32 rimo 70 bigger")."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -606,6 +614,8 @@ def phrase(
     told_by_numbers = q.kind in ("pattern", "sorting") or (q.kind in ("arithmetic", "two_step") and "{x}" in frame)
     if nonce_frames > 0 and trained and told_by_numbers and rng.random() < nonce_frames:
         text = with_made_up_frame(rng, text)
+    elif nonce_comparisons > 0 and trained and q.kind == "comparison" and rng.random() < nonce_comparisons:
+        text = with_made_up_frame(rng, text, keep=COMPARATIVES)
     if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
