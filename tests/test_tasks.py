@@ -496,8 +496,6 @@ def test_nonce_comparisons_leave_the_numbers_and_the_comparative():
     for share in (0.0, 0.5, 1.0):
         (task,) = stage_tasks(StageConfig(tasks="comparison", wording="varied", nonce_comparisons=share), training=True)
         drawn[share] = [re.sub(r"</?INST>", "", ex.prompt) for ex in task.generate("train", 300, seed=5)]
-    (task,) = stage_tasks(StageConfig(tasks="comparison", wording="varied"), training=True)
-    assert drawn[0.0] == [re.sub(r"</?INST>", "", ex.prompt) for ex in task.generate("train", 300, seed=5)]
 
     def made_up_only(text):
         words = [w.lower() for w in re.findall(r"[A-Za-z]+", text)]
