@@ -320,6 +320,8 @@ class StageConfig:
     # never trained is read by what its numbers show
     nonce_comparisons: float = 0.0  # likewise for comparisons, keeping the comparative ("larger", "more"): two numbers
     # in words never trained are compared when a comparative says so, not summed or sorted
+    nonce_stories: float = 0.0  # likewise for word problems whose sign a cue word tells ("more", "in all", "away",
+    # "left"): every other word made up, so that people, things and verbs never trained do not change the sum
     wide_tasks: str = ""  # comma-separated suite tasks whose training questions take the 'wide' wording, the others
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5

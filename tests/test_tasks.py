@@ -512,3 +512,25 @@ def test_nonce_comparisons_leave_the_numbers_and_the_comparative():
     assert not any(map(made_up_only, drawn[0.0])) and all(map(made_up_only, drawn[1.0]))
     assert 100 < sum(map(made_up_only, drawn[0.5])) < 200
     assert all(len(re.findall(r"\d+", text)) == 2 for text in drawn[1.0])  # the two numbers stay
+
+
+def test_nonce_stories_leave_the_numbers_and_the_cue_of_their_sign():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+    from recurlm.tasks.wording import GAIN_CUES, LOSS_CUES
+
+    drawn = {}
+    for share in (0.0, 0.5, 1.0):
+        (task,) = stage_tasks(StageConfig(tasks="word_problem", wording="varied", nonce_stories=share), training=True)
+        drawn[share] = task.generate("train", 300, seed=5)
+
+    def made_up(ex):
+        return made_up_but(ex.prompt, GAIN_CUES | LOSS_CUES)
+
+    assert not any(map(made_up, drawn[0.0]))
+    assert 60 < sum(map(made_up, drawn[0.5])) < sum(map(made_up, drawn[1.0])) < 300  # verbs alone tell the others
+    for ex in filter(made_up, drawn[1.0]):
+        a, b = map(int, re.findall(r"\d+", ex.prompt))  # the two numbers stay, in their order
+        words = set(question_words(ex.prompt))
+        gain = not words.isdisjoint(GAIN_CUES)
+        assert gain == words.isdisjoint(LOSS_CUES) and int(ex.answer) == (a + b if gain else a - b)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 WORDINGS = ("fixed", "varied", "wide", "crossed", "held_out")
 TRAINED = ("varied", "wide", "crossed")
 # `phrase`'s shares, as stages name them
-SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames", "nonce_comparisons")
+SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames", "nonce_comparisons", "nonce_stories")
 
 
 @dataclass
@@ -558,6 +558,22 @@ def with_made_up_frame(rng: random.Random, text: str, keep: frozenset[str] = OPE
     return re.sub(r"[A-Za-z]+", lambda m: m.group() if m.group().lower() in keep else made_up_word(rng), text)
 
 
+# the words that tell a word problem's sign: gaining, and taking away (no word is in both)
+GAIN_CUES = frozenset("more another extra all total together altogether".split())
+LOSS_CUES = frozenset("away left remain still keep out".split())
+
+
+def with_made_up_story(rng: random.Random, text: str, gain: bool) -> str:
+    """`text`, a word problem, with every word but the sign's cues made up, where its own sign's cue and no other is
+    there ("ka 17 bo. ri 46 more. zu total?"): who, what and the verbs are then no reason to read the numbers
+    otherwise. Others, told by the verb alone, stay as they are."""
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
+    own, other = (GAIN_CUES, LOSS_CUES) if gain else (LOSS_CUES, GAIN_CUES)
+    if words.isdisjoint(own) or not words.isdisjoint(other):
+        return text
+    return with_made_up_frame(rng, text, keep=GAIN_CUES | LOSS_CUES)
+
+
 def canonical(q: Question) -> str:
     return FRAMES[q.kind][0].format(**q.fields)
 
@@ -571,13 +587,15 @@ def phrase(
     nonce_verbs: float = 0.0,
     nonce_frames: float = 0.0,
     nonce_comparisons: float = 0.0,
+    nonce_stories: float = 0.0,
 ) -> str:
     """The question in one of the `wording` set's frames, with typing slips drawn at random; a `canonical_share` of
     the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
     a `nonce_verbs` share of the word problems is a `story` with a made-up verb (each drawn only when > 0: other
     runs' data stay as they were); a `nonce_frames` share of the questions whose numbers alone tell the task (an
     expression with its operators, a pattern, a list to sort) gets `with_made_up_frame`, and a `nonce_comparisons`
-    share of the comparisons the same with their comparative kept ("zuka 32 rimo 70 bigger")."""
+    share of the comparisons the same with their comparative kept ("zuka 32 rimo 70 bigger"), and a `nonce_stories`
+    share of the word problems `with_made_up_story`."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -616,6 +634,8 @@ def phrase(
         text = with_made_up_frame(rng, text)
     elif nonce_comparisons > 0 and trained and q.kind == "comparison" and rng.random() < nonce_comparisons:
         text = with_made_up_frame(rng, text, keep=COMPARATIVES)
+    elif nonce_stories > 0 and trained and q.kind in ("gain", "loss") and rng.random() < nonce_stories:
+        text = with_made_up_story(rng, text, q.kind == "gain")
     if nonce_share > 0 and trained and rng.random() < nonce_share:
         text = with_nonce(rng, text)
     return typing_slips(rng, text, doubled_space=not held_out)
