@@ -47,7 +47,7 @@ def test_shipped_miniaxion_solves_word_problems_about_people_and_things_it_never
         examples.append(Example(prompt, str(value), trace([f"{a} {op} {b}", *steps], value), "word_problem"))
     model, tok, configs = load_checkpoint(MINIAXION)
     res = evaluate(model, tok, examples, configs.inference, get_task("word_problem").max_new_tokens)
-    assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 1.0 (as the one before; before it 0.875, before wordings 0.625)
+    assert res["accuracy"] >= 0.5, res["accuracy"]  # measured 1.0 (before: 1.0, 0.875, 0.625)
 
 
 def test_shipped_addition_length_adds_30_digit_numbers_after_training_on_10():
@@ -64,7 +64,7 @@ def test_shipped_miniaxion_answers_questions_in_wordings_it_never_trained_on():
     model, tok, configs = load_checkpoint(MINIAXION)
     examples = [ex for name in SUITE for ex in get_task(name, wording="held_out").generate("test", 6, seed=1)]
     res = evaluate(model, tok, examples, configs.inference, 192)
-    assert res["accuracy"] >= 0.7, res["accuracy"]  # measured 0.88 on these 42, as the one before (README: 0.897 on 719)
+    assert res["accuracy"] >= 0.7, res["accuracy"]  # measured 0.88 on these 42 (README: 0.897 on 719)
 
 
 def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
@@ -76,7 +76,7 @@ def test_shipped_miniaxion_does_not_collapse_when_it_thinks_longer():
     for r in (2, 8):
         policy = configs.inference.override(recurrences=r, exit="none")
         accuracy[r] = evaluate(model, tok, examples, policy, 192)["accuracy"]
-    assert accuracy[8] >= accuracy[2] - 0.1 and accuracy[2] >= 0.7, accuracy  # measured 0.93 and 0.93 (the one before 0.90 and 0.93)
+    assert accuracy[8] >= accuracy[2] - 0.1 and accuracy[2] >= 0.7, accuracy  # measured 0.93 and 0.93
 
 
 def test_shipped_addition_length_adds_operands_of_different_lengths():
