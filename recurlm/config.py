@@ -318,6 +318,8 @@ class StageConfig:
     nonce_frames: float = 0.0  # with a wording of many frames: the share of the questions whose numbers tell the task
     # (an expression, a pattern, a list to sort) with every word but the operators made up, so that a frame of words
     # never trained is read by what its numbers show
+    nonce_shapes: float = 0.0  # of those made-up frames of a list (pattern, sorting): the share whose made-up words
+    # stand before and after the list in a shape drawn at random, so that where a list stands is no cue to the task
     nonce_comparisons: float = 0.0  # likewise for comparisons, keeping the comparative ("larger", "more"): two numbers
     # in words never trained are compared when a comparative says so, not summed or sorted
     nonce_stories: float = 0.0  # likewise for word problems whose sign a cue word tells ("more", "in all", "away",

@@ -534,3 +534,27 @@ def test_nonce_stories_leave_the_numbers_and_the_cue_of_their_sign():
         words = set(question_words(ex.prompt))
         gain = not words.isdisjoint(GAIN_CUES)
         assert gain == words.isdisjoint(LOSS_CUES) and int(ex.answer) == (a + b if gain else a - b)
+
+
+def test_nonce_shapes_move_the_list_among_made_up_words():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+
+    for name in ("pattern", "sorting"):
+        drawn = {}
+        for shapes in (0.0, 1.0):
+            stage = StageConfig(tasks=name, wording="varied", nonce_frames=1.0, nonce_shapes=shapes)
+            (task,) = stage_tasks(stage, training=True)
+            drawn[shapes] = task.generate("train", 300, seed=5)
+        plain = StageConfig(tasks=name, wording="varied", nonce_frames=1.0)
+        (task,) = stage_tasks(plain, training=True)
+        assert [ex.prompt for ex in task.generate("train", 300, seed=5)] == [ex.prompt for ex in drawn[0.0]]
+        where = set()
+        for ex in drawn[1.0]:
+            question = re.sub(r"</?INST>", "", ex.prompt)
+            assert made_up_but(ex.prompt, frozenset())
+            listed = re.search(r"-?\d+(?:[, ]+-?\d+)+", question)  # the list stays whole, in its order
+            shown = [int(n) for n in re.findall(r"-?\d+", listed.group())]
+            assert shown == [int(n) for n in re.findall(r"-?\d+", question)] and len(shown) >= 3
+            where.add((listed.start() == 0, listed.end() >= len(question.rstrip("?.")) - 1))
+        assert where == {(True, True), (True, False), (False, True), (False, False)}  # first, last, alone, between

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 WORDINGS = ("fixed", "varied", "wide", "crossed", "held_out")
 TRAINED = ("varied", "wide", "crossed")
 # `phrase`'s shares, as stages name them
-SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames", "nonce_comparisons", "nonce_stories")
+SHARES = ("canonical_share", "nonce_share", "nonce_verbs", "nonce_frames", "nonce_shapes", "nonce_comparisons",
+          "nonce_stories")  # fmt: skip
 
 
 @dataclass
@@ -547,6 +548,21 @@ def with_nonce(rng: random.Random, text: str) -> str:
 OPERATOR_WORDS = frozenset(w for names in OPS.values() for name in names for w in name.split() if w.isalpha())
 
 
+def made_up_shape(rng: random.Random, numbers: str) -> str:
+    """`numbers` (a list) among made-up words in a shape drawn at random: none to four words before it and after it,
+    and the punctuation between. Trained frames put a list to sort last and a pattern's before ", ?" more often than
+    not, and a model learns that as the task ("Can you order 4 10 40, smallest first?" was continued as a pattern):
+    in these, where the list stands tells nothing."""
+
+    def words(k: int) -> str:
+        return " ".join(made_up_word(rng) for _ in range(k))
+
+    before, after = rng.randint(0, 4), rng.randint(0, 4)
+    text = (words(before) + rng.choice([" ", ": ", ", "]) if before else "") + numbers
+    text += (rng.choice([" ", ", ", ". ", "? "]) + words(after)) if after else ""
+    return text + rng.choice(["", "?", "."])
+
+
 # the words that tell a comparison from a sum of two numbers or a list of two to sort
 COMPARATIVES = frozenset({"larger", "bigger", "greater", "more"})
 
@@ -586,6 +602,7 @@ def phrase(
     nonce_share: float = 0.0,
     nonce_verbs: float = 0.0,
     nonce_frames: float = 0.0,
+    nonce_shapes: float = 0.0,
     nonce_comparisons: float = 0.0,
     nonce_stories: float = 0.0,
 ) -> str:
@@ -593,9 +610,10 @@ def phrase(
     the trained wordings' questions keeps the canonical wording, a `nonce_share` of the others gets `with_nonce`, and
     a `nonce_verbs` share of the word problems is a `story` with a made-up verb (each drawn only when > 0: other
     runs' data stay as they were); a `nonce_frames` share of the questions whose numbers alone tell the task (an
-    expression with its operators, a pattern, a list to sort) gets `with_made_up_frame`, and a `nonce_comparisons`
-    share of the comparisons the same with their comparative kept ("zuka 32 rimo 70 bigger"), and a `nonce_stories`
-    share of the word problems `with_made_up_story`."""
+    expression with its operators, a pattern, a list to sort) gets `with_made_up_frame` (a `nonce_shapes` share of
+    those of a list `made_up_shape` instead), a `nonce_comparisons` share of the comparisons the same with their
+    comparative kept ("zuka 32 rimo 70 bigger"), and a `nonce_stories` share of the word problems
+    `with_made_up_story`."""
     trained = wording in TRAINED
     if wording == "fixed" or (canonical_share > 0 and trained and rng.random() < canonical_share):
         return canonical(q)
@@ -631,7 +649,9 @@ def phrase(
         text = frame.format(**f)
     told_by_numbers = q.kind in ("pattern", "sorting") or (q.kind in ("arithmetic", "two_step") and "{x}" in frame)
     if nonce_frames > 0 and trained and told_by_numbers and rng.random() < nonce_frames:
-        text = with_made_up_frame(rng, text)
+        listed = q.kind in ("pattern", "sorting")
+        shaped = nonce_shapes > 0 and listed and rng.random() < nonce_shapes
+        text = made_up_shape(rng, f["s"]) if shaped else with_made_up_frame(rng, text)
     elif nonce_comparisons > 0 and trained and q.kind == "comparison" and rng.random() < nonce_comparisons:
         text = with_made_up_frame(rng, text, keep=COMPARATIVES)
     elif nonce_stories > 0 and trained and q.kind in ("gain", "loss") and rng.random() < nonce_stories:
