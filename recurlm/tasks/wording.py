@@ -647,9 +647,9 @@ def phrase(
         text = crossed(rng, q.kind, f)
     else:
         text = frame.format(**f)
-    told_by_numbers = q.kind in ("pattern", "sorting") or (q.kind in ("arithmetic", "two_step") and "{x}" in frame)
+    listed = q.kind in ("pattern", "sorting")
+    told_by_numbers = listed or (q.kind in ("arithmetic", "two_step") and "{x}" in frame)
     if nonce_frames > 0 and trained and told_by_numbers and rng.random() < nonce_frames:
-        listed = q.kind in ("pattern", "sorting")
         shaped = nonce_shapes > 0 and listed and rng.random() < nonce_shapes
         text = made_up_shape(rng, f["s"]) if shaped else with_made_up_frame(rng, text)
     elif nonce_comparisons > 0 and trained and q.kind == "comparison" and rng.random() < nonce_comparisons:
