@@ -552,3 +552,18 @@ def test_nonce_shapes_move_the_list_among_made_up_words():
             assert shown == [int(n) for n in re.findall(r"-?\d+", question)] and len(shown) >= 3
             where.add((listed.start() == 0, listed.end() >= len(question.rstrip("?.")) - 1))
         assert where == {(True, True), (True, False), (False, True), (False, False)}  # first, last, alone, between
+
+
+def test_depth_by_token_marks_the_results_of_a_trace_and_not_its_tags_or_copied_numbers():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "depth_by_token.py"
+    spec = importlib.util.spec_from_file_location("depth_by_token", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    trace = "<THINK><STEP>7 + 8 = 15</STEP><STEP>69 > 17</STEP><STEP>51, 3 -> 3</STEP></THINK><ANS>15</ANS>"
+    assert [trace[a:b] for a, b in script.result_spans(trace)] == ["15", ">", "3"]
+    # tokens "7 + 8 = ", "1", "5", "</STEP>": only the digits of the sum are results
+    ends = [trace.index("= ") + 2, trace.index("15") + 1, trace.index("15") + 2, trace.index("</STEP>") + 7]
+    assert script.token_is_result(ends, script.result_spans(trace)) == [False, True, True, False]
