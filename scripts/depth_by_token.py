@@ -8,6 +8,7 @@ into more tokens of the same kind, so a mean over all tokens hides where the ext
 
 import argparse
 import re
+import sys
 
 import torch
 
@@ -27,10 +28,7 @@ def token_is_result(ends: list[int], spans: list[tuple[int, int]]) -> list[bool]
 
 
 def main():
-    from recurlm.checkpoint import load_checkpoint
-    from recurlm.evaluation.scoring import task_sets
-    from recurlm.inference.engine import Engine
-    from recurlm.text.prompting import example_ids, example_question
+    from recurlm.errors import UserError
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -40,6 +38,18 @@ def main():
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--tasks", default="arithmetic,two_step,comparison,sorting")
     args = ap.parse_args()
+    try:
+        report(args)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+
+def report(args):
+    from recurlm.checkpoint import load_checkpoint
+    from recurlm.evaluation.scoring import task_sets
+    from recurlm.inference.engine import Engine
+    from recurlm.text.prompting import example_ids, example_question
+
     model, tok, cfg = load_checkpoint(args.checkpoint)
     model.eval()
     policy = cfg.inference.override(temperature=0.0)
