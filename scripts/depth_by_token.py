@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-RESULT = re.compile(r"(?:=|->)\s*(-?\d+)|(?<!-)([<>])(?!/)")
+RESULT = re.compile(r"(?:=|->)\s*(-?\d+)|(?<!-)([<>])")  # on a trace whose tags are blanked
 
 
 def result_spans(text: str) -> list[tuple[int, int]]:
@@ -52,8 +52,7 @@ def report(args):
 
     model, tok, cfg = load_checkpoint(args.checkpoint)
     model.eval()
-    policy = cfg.inference.override(temperature=0.0)
-    policy = policy.override(recurrences=args.recurrences or policy.recurrences, exit=args.exit or policy.exit)
+    policy = cfg.inference.override(temperature=0.0, recurrences=args.recurrences, exit=args.exit)  # None: the run's
     engine = Engine(model, tok.digit_ids)
     print(f"exit {policy.exit}, cap r = {policy.recurrences}; steps per token: result tokens / others; per problem")
     for s in task_sets(args.tasks.split(","), cfg, args.split, args.limit):
