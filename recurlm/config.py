@@ -328,6 +328,8 @@ class StageConfig:
     # keeping `wording`
     geometric_starts: int = 5  # pattern, training data: geometric sequences start at 1 to this (the task's own 5
     # makes ten sequences, which a model learns by heart instead of multiplying)
+    check_step: bool = False  # pattern, training traces: the first step checked on the third term before the rule is
+    # named ('6 + 3 = 9, not 12: ... multiplied by 2'), where the rule was named from the first two terms alone
     count_down: bool = False  # arithmetic, training traces: a product's counts numbered down to 1 from the larger
     # factor, so that the trace shows where to stop, instead of up to that factor back in the question
     curriculum: str = "none"  # 'none', 'accuracy' (promote when val accuracy >= promote_at) or 'schedule'

@@ -363,6 +363,26 @@ def test_geometric_starts_widen_training_patterns_only():
         StageConfig(tasks="pattern", geometric_starts=0)
 
 
+def test_check_step_tests_the_first_step_on_the_third_term_before_naming_the_rule():
+    from recurlm.config import StageConfig
+    from recurlm.tasks.runs import stage_tasks
+
+    stage = StageConfig(tasks="pattern", wording="varied", geometric_starts=30, check_step=True)
+    (trained,), (evaluated,) = stage_tasks(stage, training=True), stage_tasks(stage)
+    for difficulty in (1, 2):
+        for ex in trained.generate("train", 100, 1, difficulty):
+            terms = [int(t) for t in re.findall(r"-?\d+", (ex.key or ex.prompt).split(":")[1])]
+            step = terms[1] - terms[0]
+            check = f"{terms[1]} {'+' if step > 0 else '-'} {abs(step)} = {terms[1] + step}"
+            rule = re.search(r"<STEP>([^<]*so each term[^<]*)</STEP>", ex.completion).group(1)
+            assert rule.startswith(check)  # worked out, then checked on the third term
+            assert (f", not {terms[2]}: " in rule) == (difficulty == 2)  # only a geometric sequence fails the check
+            following = terms[3] * terms[1] // terms[0] if difficulty == 2 else terms[3] + step
+            assert ex.answer == str(following) and ("multiplied" in rule) == (difficulty == 2)
+    plain = evaluated.generate("val", 20, 0, 2)[0].completion  # evaluation keeps the task's own traces
+    assert re.match(r"<THINK><STEP>\d+ \* [23] = \d+, so each term is multiplied", plain)
+
+
 def test_canonical_share_keeps_that_share_of_varied_questions_canonical():
     from recurlm.config import StageConfig
     from recurlm.tasks.runs import stage_tasks

@@ -148,33 +148,40 @@ class Comparison(TraceTask):
 class Pattern(TraceTask):
     """'Complete the pattern: a, b, c, d, ?': arithmetic (start 0-60, step -9..9 except 0; difficulty 1) or
     geometric (start 1-5, x2 or x3; difficulty 2). `geometric_starts` > 5 widens the geometric starts of training
-    data: ten sequences are learned by heart, and the test split's are then never right."""
+    data: ten sequences are learned by heart, and the test split's are then never right. `check_step`: every trace
+    works out the first step and checks it on the third term ('6 + 3 = 9, not 12') before naming the rule, which
+    otherwise is named from the first two terms alone, where many geometric sequences look like arithmetic ones."""
 
     name = "pattern"
 
-    def __init__(self, geometric_starts: int = 5, **wording):
+    def __init__(self, geometric_starts: int = 5, check_step: bool = False, **wording):
         super().__init__(**wording)
-        self.geometric_starts = geometric_starts
+        self.geometric_starts, self.check_step = geometric_starts, check_step
 
     def problem(self, rng, difficulty):
         if difficulty == 1:
             start, step = rng.randint(0, 60), rng.choice([s for s in range(-9, 10) if s])
             terms = [start + i * step for i in range(5)]
-            a, b = terms[1], terms[0]  # the step, worked out like any difference (b may be negative)
-            diff, _ = columns.signed(a, "-", b) if b >= 0 else columns.signed(a, "+", -b)
-            rule = [
-                f"{a} - {b}",
-                *diff,
-                f"so each term adds {step}." if step > 0 else f"so each term subtracts {-step}.",
-            ]
+            rule = f"so each term adds {step}." if step > 0 else f"so each term subtracts {-step}."
             work, _ = columns.signed(terms[3], "+" if step > 0 else "-", abs(step))
         else:
             start, factor = rng.randint(1, self.geometric_starts), rng.choice([2, 3])
             terms = [start * factor**i for i in range(5)]
-            rule = [f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."]
+            rule = f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."
             work, _ = columns.multiply(terms[3], factor)
+        a, b = terms[1], terms[0]  # the step, worked out like any difference (b may be negative)
+        diff, step = columns.signed(a, "-", b) if b >= 0 else columns.signed(a, "+", -b)
+        steps = [f"{a} - {b}", *diff]
+        if self.check_step:
+            third = terms[1] + step
+            check = f"{terms[1]} {'+' if step > 0 else '-'} {abs(step)} = {third}"
+            steps.append(f"{check}, {rule}" if third == terms[2] else f"{check}, not {terms[2]}: {rule}")
+        elif difficulty == 1:
+            steps.append(rule)
+        else:  # named from the first two terms, the step not worked out
+            steps = [rule]
         shown = ", ".join(map(str, terms[:4]))
-        return Question("pattern", dict(s=shown, values=terms[:4])), [*rule, *work], terms[4]
+        return Question("pattern", dict(s=shown, values=terms[:4])), [*steps, *work], terms[4]
 
 
 NAMES = [

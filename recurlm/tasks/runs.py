@@ -36,7 +36,9 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
         if unknown := sorted(set(wide) - set(SUITE)):
             raise UserError(f"stage wide_tasks must name tasks of the reasoning suite ({', '.join(SUITE)}): {unknown}")
         options |= {name: wording | {"wording": "wide"} for name in wide}
-        options["pattern"] = options["pattern"] | {"geometric_starts": stage.geometric_starts}
+        options["pattern"] = options["pattern"] | dict(
+            geometric_starts=stage.geometric_starts, check_step=stage.check_step
+        )
         options["arithmetic"] = options["arithmetic"] | {"count_down": stage.count_down}
     return [get_task(name, **options.get(name, {})) for name in task_weights(stage)]
 
