@@ -169,17 +169,16 @@ class Pattern(TraceTask):
             terms = [start * factor**i for i in range(5)]
             rule = f"{terms[0]} * {factor} = {terms[1]}, so each term is multiplied by {factor}."
             work, _ = columns.multiply(terms[3], factor)
-        a, b = terms[1], terms[0]  # the step, worked out like any difference (b may be negative)
-        diff, step = columns.signed(a, "-", b) if b >= 0 else columns.signed(a, "+", -b)
-        steps = [f"{a} - {b}", *diff]
-        if self.check_step:
-            third = terms[1] + step
-            check = f"{terms[1]} {'+' if step > 0 else '-'} {abs(step)} = {third}"
-            steps.append(f"{check}, {rule}" if third == terms[2] else f"{check}, not {terms[2]}: {rule}")
-        elif difficulty == 1:
-            steps.append(rule)
-        else:  # named from the first two terms, the step not worked out
-            steps = [rule]
+        if difficulty == 2 and not self.check_step:
+            steps = [rule]  # named from the first two terms, the step not worked out
+        else:
+            a, b = terms[1], terms[0]  # the step, worked out like any difference (b may be negative)
+            diff, step = columns.signed(a, "-", b) if b >= 0 else columns.signed(a, "+", -b)
+            steps = [f"{a} - {b}", *diff, rule]
+            if self.check_step:
+                third = terms[1] + step
+                check = f"{terms[1]} {'+' if step > 0 else '-'} {abs(step)} = {third}"
+                steps[-1] = f"{check}, {rule}" if third == terms[2] else f"{check}, not {terms[2]}: {rule}"
         shown = ", ".join(map(str, terms[:4]))
         return Question("pattern", dict(s=shown, values=terms[:4])), [*steps, *work], terms[4]
 
