@@ -1,5 +1,6 @@
 """Checkpoints (docs/design.md §5): a directory with config.json, model.safetensors, tokenizer.json
-(and, for resuming, optimizer.pt and trainer_state.json), written to a temporary directory and renamed into place
+(and, for resuming, optimizer.pt, trainer_state.json and, when the model saved is a moving average of the weights,
+training_weights.safetensors), written to a temporary directory and renamed into place
 so that a crash never leaves a half-written checkpoint."""
 
 import json
@@ -14,6 +15,8 @@ from recurlm.config import RunConfig, build_configs, merge, migrate
 from recurlm.errors import UserError
 from recurlm.network.model import RecurrentGPT, build_model
 from recurlm.text.tokenizer import Tokenizer
+
+TRAINING_WEIGHTS = "training_weights.safetensors"
 
 
 def build_tokenizer(configs: RunConfig, texts=()) -> Tokenizer:
@@ -35,6 +38,7 @@ def save_checkpoint(
     configs: RunConfig,
     optimizer_state: dict | None = None,
     trainer_state: dict | None = None,
+    training_weights: dict | None = None,
 ):
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +48,8 @@ def save_checkpoint(
     (tmp / "config.json").write_text(json.dumps(configs.to_dict(), indent=2))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     tokenizer.save(tmp / "tokenizer.json")
+    if training_weights is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in training_weights.items()}, tmp / TRAINING_WEIGHTS)
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     if trainer_state is not None:

@@ -265,6 +265,9 @@ class TrainConfig:
     warmdown_frac: float = 0.3  # the last fraction of each stage decays the lr linearly to final_lr_frac
     final_lr_frac: float = 0.05
     grad_clip: float = 1.0  # 0: off
+    # an exponential moving average of the weights with this decay per step (0: off): the checkpoint's model (and
+    # periodic validation) is the average; the weights training goes on from are kept beside it for --resume
+    ema: float = 0.0
     dtype: str = "auto"  # 'auto' (bf16 on CUDA and on CPUs with AMX or AVX512-BF16), 'bf16' or 'fp32'
     compile: bool = False  # torch.compile each block; the recurrence loop stays eager (no recompile per r)
     # CPU bf16 causal attention: 'auto' times the written-out form and the flash kernel on the first batch (eager
@@ -288,6 +291,8 @@ class TrainConfig:
         if not (math.isfinite(self.core_lr_scale) and self.core_lr_scale > 0):
             raise UserError(f"train.core_lr_scale must be a number > 0, got {self.core_lr_scale}")
         _at_least("train", self, -1, ("data_seed",))
+        if not 0 <= self.ema < 1:
+            raise UserError(f"train.ema must be in [0, 1), got {self.ema}")
 
 
 @dataclass

@@ -66,6 +66,30 @@ def test_loss_goes_down_and_resume_is_exact(tmp_path):
     assert all(torch.equal(v, full_model.state_dict()[k]) for k, v in saved.state_dict().items())
 
 
+def test_ema_checkpoints_the_average_leaves_training_alone_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    plain, _ = train(tiny("attention=flash"), tmp_path / "plain")
+    averaged, _ = train(tiny("attention=flash", "ema=0.8"), tmp_path / "ema")
+    raw = load_file(tmp_path / "ema" / "checkpoint" / "training_weights.safetensors")
+    # the average only watches: the weights trained are the plain run's, bit for bit
+    assert all(torch.equal(raw[k], v) for k, v in plain.state_dict().items())
+    saved, _, _ = load_checkpoint(tmp_path / "ema")  # the checkpoint's model is the average, not the last step
+    assert all(torch.equal(v, averaged.state_dict()[k]) for k, v in saved.state_dict().items())
+    # an average of the last few steps (decay 0.8): near the trained weights, yet not them
+    init, _ = train(tiny("attention=flash"), tmp_path / "init", stop_after=0)
+    for name, v in raw.items():
+        if v.is_floating_point() and v.dim() == 2:
+            gap, travelled = (saved.state_dict()[name] - v).norm(), (init.state_dict()[name] - v).norm()
+            assert 0 < gap < 0.5 * travelled, name
+
+    train(tiny("attention=flash", "ema=0.8"), tmp_path / "split", stop_after=7)
+    resumed, _ = train(tiny("attention=flash", "ema=0.8"), tmp_path / "split", resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "ema")
+    for (k, a), b in zip(averaged.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_attention_kernel_is_timed_once_and_kept_on_resume(tmp_path, monkeypatch):
     import recurlm.network.model as model
     import recurlm.training.trainer as trainer

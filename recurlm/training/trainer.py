@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from recurlm.checkpoint import build_tokenizer, load_checkpoint, read_file, save_checkpoint
+from recurlm.checkpoint import TRAINING_WEIGHTS, build_tokenizer, load_checkpoint, read_file, save_checkpoint
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
@@ -217,6 +219,16 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
             kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= state["step"]]
             (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in kept))
         torch.set_rng_state(torch.tensor(bytearray.fromhex(state["torch_rng"]), dtype=torch.uint8))
+    average = None
+    if tcfg.ema:  # the checkpoint's model is the average; the weights training goes on from are kept beside it
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema))
+        if state["step"]:  # resuming: the model loaded is the average, the training weights are the other file
+            average.n_averaged.fill_(state["step"])  # > 0: the next update averages instead of copying
+            path = out / CKPT / TRAINING_WEIGHTS
+            if not path.is_file():
+                raise UserError(f"{out / CKPT} has no {TRAINING_WEIGHTS}: it was trained without train.ema")
+            model.load_state_dict(read_file(path, lambda p: load_file(p, device=str(device))))
+    shipped = average.module if average is not None else model  # what validation runs and the checkpoint holds
     optimizers = build_optimizers(model, tcfg)
     if (out / CKPT / "optimizer.pt").is_file() and state["step"]:
         saved = read_file(out / CKPT / "optimizer.pt", lambda p: torch.load(p, map_location=device))
@@ -246,7 +258,9 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
     def save():
         if master:
             state["torch_rng"] = torch.get_rng_state().numpy().tobytes().hex()
-            save_checkpoint(out / CKPT, model, tok, configs, [o.state_dict() for o in optimizers], dict(state))
+            optimizer_state = [o.state_dict() for o in optimizers]
+            weights = model.state_dict() if average is not None else None
+            save_checkpoint(out / CKPT, shipped, tok, configs, optimizer_state, dict(state), weights)
 
     steps_this_call, t_start, elapsed0 = 0, time.perf_counter(), state["elapsed"]
     try:
@@ -262,7 +276,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
             while state["stage_step"] < stage.steps:
                 if stop_after is not None and steps_this_call >= stop_after:
                     save()
-                    return model, state
+                    return shipped, state
                 s, step = state["stage_step"], state["step"]
                 if stage.curriculum == "schedule":
                     level = state["level"] = min(mixture.max_level, 1 + s // stage.promote_every)
@@ -309,6 +323,8 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                 for opt in optimizers:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update_parameters(model)
                 dt = time.perf_counter() - t0
                 state["stage_step"], state["step"] = s + 1, step + 1
                 state["tokens"] += n_tok * world
@@ -342,7 +358,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
                     )
                 at_end = state["stage_step"] == stage.steps
                 if (tcfg.eval_every and state["step"] % tcfg.eval_every == 0) or at_end:
-                    level = state["level"] = periodic_eval(model, tok, configs, mixture, name, level, state, progress)
+                    level = state["level"] = periodic_eval(shipped, tok, configs, mixture, name, level, state, progress)
                 if state["step"] % tcfg.ckpt_every == 0:
                     save()
             state["stage"] += 1
@@ -353,7 +369,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
         raise Interrupted(f"interrupted at step {state['step']}: checkpoint saved; continue with --resume") from None
     finally:
         progress.close()
-    return model, state
+    return shipped, state
 
 
 def tokenizer_texts(stages, seed: int, n_per_task: int = 2000) -> list[str]:
