@@ -16,7 +16,7 @@ from recurlm.errors import UserError
 from recurlm.network.model import RecurrentGPT, build_model
 from recurlm.text.tokenizer import Tokenizer
 
-TRAINING_WEIGHTS = "training_weights.safetensors"
+TRAINING_WEIGHTS = "training_weights.safetensors"  # beside the model when that is a moving average
 
 
 def build_tokenizer(configs: RunConfig, texts=()) -> Tokenizer:
@@ -46,10 +46,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (tmp / "config.json").write_text(json.dumps(configs.to_dict(), indent=2))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file(_cpu(model.state_dict()), tmp / "model.safetensors")
     tokenizer.save(tmp / "tokenizer.json")
     if training_weights is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in training_weights.items()}, tmp / TRAINING_WEIGHTS)
+        save_file(_cpu(training_weights), tmp / TRAINING_WEIGHTS)
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     if trainer_state is not None:
@@ -59,6 +59,18 @@ def save_checkpoint(
         out.rename(old)
     tmp.rename(out)  # the only moment the checkpoint changes: before it the old one is whole, after it the new
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def load_training_weights(ckpt_dir: Path, device) -> dict:
+    """The weights a run trains, where the checkpoint's model is their moving average (`train.ema`)."""
+    path = ckpt_dir / TRAINING_WEIGHTS
+    if not path.is_file():
+        raise UserError(f"{ckpt_dir} has no {TRAINING_WEIGHTS}: it was trained without train.ema")
+    return read_file(path, lambda p: load_file(p, device=str(device)))
 
 
 def resolve(ckpt_dir: str | Path) -> Path:

@@ -88,6 +88,10 @@ def test_ema_checkpoints_the_average_leaves_training_alone_and_resumes_exactly(t
     assert losses(tmp_path / "split") == losses(tmp_path / "ema")
     for (k, a), b in zip(averaged.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+    # switched on mid-run there are no trained weights beside the model to go on from
+    train(tiny("attention=flash"), tmp_path / "half", stop_after=7)
+    with pytest.raises(UserError, match="no training_weights.safetensors"):
+        train(tiny("attention=flash", "ema=0.8"), tmp_path / "half", resume=True)
 
 
 def test_attention_kernel_is_timed_once_and_kept_on_resume(tmp_path, monkeypatch):

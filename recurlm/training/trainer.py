@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from recurlm.checkpoint import TRAINING_WEIGHTS, build_tokenizer, load_checkpoint, read_file, save_checkpoint
+from recurlm.checkpoint import build_tokenizer, load_checkpoint, load_training_weights, read_file, save_checkpoint
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
@@ -224,10 +223,7 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema))
         if state["step"]:  # resuming: the model loaded is the average, the training weights are the other file
             average.n_averaged.fill_(state["step"])  # > 0: the next update averages instead of copying
-            path = out / CKPT / TRAINING_WEIGHTS
-            if not path.is_file():
-                raise UserError(f"{out / CKPT} has no {TRAINING_WEIGHTS}: it was trained without train.ema")
-            model.load_state_dict(read_file(path, lambda p: load_file(p, device=str(device))))
+            model.load_state_dict(load_training_weights(out / CKPT, device))
     shipped = average.module if average is not None else model  # what validation runs and the checkpoint holds
     optimizers = build_optimizers(model, tcfg)
     if (out / CKPT / "optimizer.pt").is_file() and state["step"]:
