@@ -67,11 +67,11 @@ def test_loss_goes_down_and_resume_is_exact(tmp_path):
 
 
 def test_ema_checkpoints_the_average_leaves_training_alone_and_resumes_exactly(tmp_path):
-    from safetensors.torch import load_file
+    from recurlm.checkpoint import load_training_weights
 
     plain, _ = train(tiny("attention=flash"), tmp_path / "plain")
     averaged, _ = train(tiny("attention=flash", "ema=0.8"), tmp_path / "ema")
-    raw = load_file(tmp_path / "ema" / "checkpoint" / "training_weights.safetensors")
+    raw = load_training_weights(tmp_path / "ema" / "checkpoint", "cpu")
     # the average only watches: the weights trained are the plain run's, bit for bit
     assert all(torch.equal(raw[k], v) for k, v in plain.state_dict().items())
     saved, _, _ = load_checkpoint(tmp_path / "ema")  # the checkpoint's model is the average, not the last step
@@ -88,6 +88,11 @@ def test_ema_checkpoints_the_average_leaves_training_alone_and_resumes_exactly(t
     assert losses(tmp_path / "split") == losses(tmp_path / "ema")
     for (k, a), b in zip(averaged.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+    # switched off mid-run, training goes on from the trained weights, not from their average
+    train(tiny("attention=flash", "ema=0.8"), tmp_path / "off", stop_after=7)
+    resumed, _ = train(tiny("attention=flash"), tmp_path / "off", resume=True)
+    assert losses(tmp_path / "off") == losses(tmp_path / "plain")
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in resumed.state_dict().items())
     # switched on mid-run there are no trained weights beside the model to go on from
     train(tiny("attention=flash"), tmp_path / "half", stop_after=7)
     with pytest.raises(UserError, match="no training_weights.safetensors"):

@@ -20,7 +20,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from recurlm.checkpoint import build_tokenizer, load_checkpoint, load_training_weights, read_file, save_checkpoint
+from recurlm.checkpoint import (
+    TRAINING_WEIGHTS,
+    build_tokenizer,
+    load_checkpoint,
+    load_training_weights,
+    read_file,
+    save_checkpoint,
+)
 from recurlm.config import InferencePolicy, RunConfig
 from recurlm.errors import Interrupted, UserError
 from recurlm.evaluation.scoring import evaluate
@@ -218,12 +225,13 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
             kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= state["step"]]
             (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in kept))
         torch.set_rng_state(torch.tensor(bytearray.fromhex(state["torch_rng"]), dtype=torch.uint8))
-    average = None
-    if tcfg.ema:  # the checkpoint's model is the average; the weights training goes on from are kept beside it
-        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema))
-        if state["step"]:  # resuming: the model loaded is the average, the training weights are the other file
+    # under train.ema the checkpoint's model is the average (copied here as it was loaded) and the weights training
+    # goes on from are the file beside it, which a resumed run goes on from whether or not it still averages
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tcfg.ema)) if tcfg.ema else None
+    if state["step"] and (average is not None or (out / CKPT / TRAINING_WEIGHTS).is_file()):
+        model.load_state_dict(load_training_weights(out / CKPT, device))
+        if average is not None:
             average.n_averaged.fill_(state["step"])  # > 0: the next update averages instead of copying
-            model.load_state_dict(load_training_weights(out / CKPT, device))
     shipped = average.module if average is not None else model  # what validation runs and the checkpoint holds
     optimizers = build_optimizers(model, tcfg)
     if (out / CKPT / "optimizer.pt").is_file() and state["step"]:
