@@ -311,6 +311,7 @@ class StageConfig:
     reverse_answer: bool = False  # addition: write the sum least-significant digit first
     mixed_lengths: bool = False  # addition, training data: the second operand has 1 to d digits
     mixed_share: float = 0.5  # with mixed_lengths: the share of sums whose other operand has 1 to d digits
+    mixed_short: float = 0.0  # of those, the share whose other operand has 1 to d/3 digits (long one-operand stretches)
     wording: str = "fixed"  # the reasoning suite's training questions: 'fixed' (one template), 'varied' (many, with
     # typing slips: recurlm.tasks.wording), 'wide' (twice as many frames, word problems put together from many
     # verbs) or 'crossed' ('wide' and settings two tasks share: only the question tells the task); evaluation asks
@@ -366,8 +367,9 @@ class StageConfig:
             raise UserError(f"stage pack_near must be >= 0 (0: anywhere free), got {self.pack_near}")
         if self.recurrences < 0:
             raise UserError(f"stage recurrences must be >= 0 (0: drawn as [recurrence] says), got {self.recurrences}")
-        if not 0 <= self.mixed_share <= 1:
-            raise UserError(f"stage mixed_share must lie between 0 and 1, got {self.mixed_share}")
+        for name in ("mixed_share", "mixed_short"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"stage {name} must lie between 0 and 1, got {getattr(self, name)}")
         if self.loss not in ("completion", "all"):
             raise UserError(f"stage loss must be completion or all, got {self.loss!r}")
         if self.curriculum not in ("none", "accuracy", "schedule"):

@@ -491,6 +491,12 @@ def test_mixed_lengths_shape_training_data_only():
     assert sum(a != b for a, b in lengths) > 210  # 0.9 x 0.71 of them (d = 1 and a shorter operand of d are equal)
     with pytest.raises(UserError, match="mixed_share"):
         load_config("addition-length", overrides=["stage.train.mixed_share=1.5"])
+    # mixed_short: stretches where only one operand has digits for 7-9 columns, 4% of the sums (17), grow to 14% (57)
+    for short, bar in ((0.0, lambda n: n < 30), (1.0, lambda n: n > 45)):
+        configs = load_config("addition-length", overrides=[f"stage.train.mixed_short={short}"])
+        assert bar(sum(abs(a - b) >= 7 for a, b in operand_lengths(configs)))
+    with pytest.raises(UserError, match="mixed_short"):
+        load_config("addition-length", overrides=["stage.train.mixed_short=-0.1"])
 
 
 def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table():
