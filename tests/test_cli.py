@@ -26,6 +26,9 @@ def run_cli(capsys, *argv):
         (["generate", "--preset", "rrslm-addition", "--prompt", "1+1=", "--no-cache", "--exit", "latent:0.1"], "cache"),
         (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "checkpoint directory not found"),
         (["nope"], "invalid choice"),
+        (["eval", "--checkpoint", "x", "--task", "addition", "--json", "/nonexistent/out.json"], "no directory"),
+        (["eval", "--checkpoint", "x", "--task", "addition", "--samples", "."], "is a directory"),
+        (["data", "export", "--task", "addition", "--out", "/nonexistent/x.jsonl"], "no directory"),
     ],
 )
 def test_bad_input_is_one_line(capsys, argv, message):
@@ -33,6 +36,13 @@ def test_bad_input_is_one_line(capsys, argv, message):
     assert code == 2
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: ")
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")  # a run directory under a file cannot be made
+    code, out = run_cli(capsys, "train", "--preset", "rrslm-addition", "--out", str(tmp_path / "file" / "run"))
+    lines = out.err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: Not a directory")
 
 
 def test_no_traceback_from_the_real_command():

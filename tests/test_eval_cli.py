@@ -64,10 +64,16 @@ def test_export_then_eval_data(run_dir, tmp_path, capsys):
     examples = read_jsonl(path)
     assert len(examples) == 12 and all(split_of(ex.prompt) == "test" for ex in examples)
     assert examples == get_task("addition").generate("test", 12, seed=3)  # deterministic
-    out = tmp_path / "eval.json"
-    main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--json", str(out)])
+    out, samples = tmp_path / "eval.json", tmp_path / "samples.jsonl"
+    main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--json", str(out), "--samples", str(samples)])
     res = json.loads(out.read_text())["results"]
     assert [r["difficulty"] for r in res] == [1, 2, 3] and sum(r["n"] for r in res) == 12  # a row per difficulty
+    logged = [json.loads(line) for line in samples.read_text().splitlines()]  # each problem once, as it was scored
+    assert sorted((s["prompt"], s["answer"]) for s in logged) == sorted((ex.prompt, ex.answer) for ex in examples)
+    for row in res:
+        mine = [s for s in logged if s["difficulty"] == row["difficulty"]]
+        assert sum(s["correct"] for s in mine) / len(mine) == row["accuracy"] and "samples" not in row
+        assert all(s["recurrences"] == row["recurrences"] and isinstance(s["output"], str) for s in mine)
     ones = tmp_path / "ones.jsonl"
     write_jsonl([ex for ex in examples if ex.difficulty == 1], ones)
     main(["eval", "--checkpoint", str(run_dir), "--data", str(path), "--data", str(ones), "--json", str(out)])

@@ -34,6 +34,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # the file system's answer (a directory that cannot be made, a full disk): one line too
+        print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        sys.exit(1)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(130)

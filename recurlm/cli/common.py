@@ -1,6 +1,8 @@
 """What the commands share: one-line argument errors, argument types, and the inference policy as flags."""
 
 import argparse
+import os
+from pathlib import Path
 
 from recurlm.config import EXIT_HELP, InferencePolicy
 from recurlm.errors import UserError
@@ -21,6 +23,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def output_file(text: str) -> str:
+    """A file to write results to, checked before the work that fills it: a wrong path fails at once with one
+    line, not with a traceback after an hour's evaluation."""
+    path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no directory {parent} to write {path.name} in")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: permission denied")
+    return text
 
 
 def parse_int_list(text: str) -> list[int]:

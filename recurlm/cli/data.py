@@ -2,7 +2,7 @@
 
 import sys
 
-from recurlm.cli.common import positive_int
+from recurlm.cli.common import output_file, positive_int
 from recurlm.errors import UserError
 from recurlm.tasks import get_task, write_jsonl
 
@@ -17,7 +17,7 @@ def register(sub, parser_class):
     s.add_argument("--n", type=positive_int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--difficulty", type=positive_int, help="only this difficulty (default: all, in turn)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=output_file)
     s.set_defaults(func=run)
 
 

@@ -1,10 +1,11 @@
 """`recurlm eval`: score a checkpoint on tasks or JSONL files, swept over r, exits and decoding methods."""
 
 import argparse
+import contextlib
 import json
 
 from recurlm.checkpoint import load_checkpoint
-from recurlm.cli.common import add_policy_flags, parse_int_list, policy_from, positive_int
+from recurlm.cli.common import add_policy_flags, output_file, parse_int_list, policy_from, positive_int
 from recurlm.config import EXIT_HELP
 from recurlm.errors import UserError
 from recurlm.evaluation.metrics import aggregate, chatcore
@@ -53,7 +54,14 @@ def register(sub):
         help="also trace the prompt pass to 4x the run's r (or the largest --recurrences): per iteration, the mean "
         "change of the state and of the next-token distribution (does the recurrence settle or drift?)",
     )
-    s.add_argument("--json", help="write the results here")
+    s.add_argument("--json", type=output_file, help="write the results here")
+    s.add_argument(
+        "--samples",
+        type=output_file,
+        metavar="FILE.jsonl",
+        help="write every example's prompt, answer, output, credit and steps here, a line each with its row's task, "
+        "difficulty, r, exit and decoding (which problems fail, and how)",
+    )
     s.set_defaults(func=run)
 
 
@@ -82,17 +90,24 @@ def run(args):
         f"{'max':>4} {'tok/s':>8} format"
     )
     results = []
-    for row in sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size, args.draft):
-        results.append(row)
-        diff = row["difficulty"] if row["difficulty"] is not None else "-"
-        fmt = "-" if row["format"] is None else f"{row['format']:.3f}"
-        print(
-            f"{row['task']:<24} {diff:>4} {row['recurrences']:>3} {row['exit']:<12} {row['decode']:<6} "
-            f"{row['accuracy']:>8.3f} {row['n']:>5} {row['mean_steps']:>6.2f} {row['max_steps']:>4} "
-            f"{row['tokens_per_s']:>8.0f} {fmt}"
-            + (f" acceptance {row['acceptance']:.2f}" if row["acceptance"] is not None else ""),
-            flush=True,
-        )
+    logged = bool(args.samples)
+    rows = sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size, args.draft, logged)
+    with open(args.samples, "w") if args.samples else contextlib.nullcontext() as samples:
+        for row in rows:
+            if samples:  # written as each row ends, so that a long sweep's first rows can be read
+                where = {k: row[k] for k in ("task", "difficulty", "recurrences", "exit", "decode")}
+                samples.writelines(json.dumps(where | sample) + "\n" for sample in row.pop("samples"))
+                samples.flush()
+            results.append(row)
+            diff = row["difficulty"] if row["difficulty"] is not None else "-"
+            fmt = "-" if row["format"] is None else f"{row['format']:.3f}"
+            print(
+                f"{row['task']:<24} {diff:>4} {row['recurrences']:>3} {row['exit']:<12} {row['decode']:<6} "
+                f"{row['accuracy']:>8.3f} {row['n']:>5} {row['mean_steps']:>6.2f} {row['max_steps']:>4} "
+                f"{row['tokens_per_s']:>8.0f} {fmt}"
+                + (f" acceptance {row['acceptance']:.2f}" if row["acceptance"] is not None else ""),
+                flush=True,
+            )
     settings: dict[tuple, list[dict]] = {}
     for row in results:
         settings.setdefault((row["exit"], row["decode"]), []).append(row)

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from recurlm.cli.common import parse_int_list, positive_int
+from recurlm.cli.common import output_file, parse_int_list, positive_int
 
 
 def register(sub):
@@ -24,7 +24,7 @@ def register(sub):
     s.add_argument("--recurrences", type=parse_int_list, default=[2, 4, 8, 16])
     s.add_argument("--limit", type=positive_int, default=200, help="examples per task and difficulty")
     s.add_argument("--batch-size", type=positive_int, default=128)
-    s.add_argument("--out", help="also write the tables here (markdown)")
+    s.add_argument("--out", type=output_file, help="also write the tables here (markdown)")
     s.set_defaults(func=compare)
 
 

@@ -161,9 +161,11 @@ def sweep(
     beams: int = 1,
     batch_size: int = 128,
     draft: tuple[int, int] | None = None,
+    samples: bool = False,
 ) -> Iterator[dict]:
     """One result row per (r, exit, decoding, set) under `policy` with r and the exit replaced (None: the
-    policy's own exit): greedy always, beam search too when beams > 1, self-speculative too with a draft (r, k)."""
+    policy's own exit): greedy always, beam search too when beams > 1, self-speculative too with a draft (r, k).
+    With `samples`, each row also holds its examples' prompt, answer, output, credit and steps ('samples')."""
     decodes = [("greedy", 1, None)] + ([(f"beam{beams}", beams, None)] if beams > 1 else [])
     decodes += [(f"draft{draft[0]}x{draft[1]}", 1, draft)] if draft else []
     for r in recurrences:
@@ -175,7 +177,7 @@ def sweep(
                 for s in sets:
                     res = evaluate(model, tok, s.examples, run, s.max_new_tokens, s.score, batch_size, width, spec)
                     examples = res.pop("examples")
-                    yield {
+                    row = {
                         "task": s.task,
                         "difficulty": s.difficulty,
                         "recurrences": r,
@@ -184,3 +186,9 @@ def sweep(
                         **res,
                         "steps_by_example": [e["steps"] for e in examples],
                     }
+                    if samples:
+                        row["samples"] = [
+                            {"prompt": ex.prompt, "answer": ex.answer} | e
+                            for ex, e in zip(s.examples, examples, strict=True)
+                        ]
+                    yield row
