@@ -29,7 +29,7 @@ def output_file(text: str) -> str:
     """A file to write results to, checked before the work that fills it: a wrong path fails at once with one
     line, not with a traceback after an hour's evaluation."""
     path = Path(text)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent  # '.' for a bare name
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
     if not parent.is_dir():
