@@ -90,8 +90,9 @@ def run(args):
         f"{'max':>4} {'tok/s':>8} format"
     )
     results = []
-    logged = bool(args.samples)
-    rows = sweep(model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size, args.draft, logged)
+    rows = sweep(
+        model, tok, sets, policy, recurrences, exits, args.beam, args.batch_size, args.draft, bool(args.samples)
+    )
     with open(args.samples, "w") if args.samples else contextlib.nullcontext() as samples:
         for row in rows:
             if samples:  # written as each row ends, so that a long sweep's first rows can be read

@@ -43,7 +43,8 @@ class Addition(Task):
         mixed = self.mixed_lengths and rng.random() < self.mixed_share
         # the draw for mixed_short only where it is asked for, so that other runs' data stay as they were
         short = mixed and self.mixed_short > 0 and rng.random() < self.mixed_short
-        b = number(rng, rng.randint(1, max(1, difficulty // 3) if short else difficulty) if mixed else difficulty)
+        shorter = max(1, difficulty // 3) if short else difficulty  # the shorter operand's most digits
+        b = number(rng, rng.randint(1, shorter) if mixed else difficulty)
         if mixed and rng.random() < 0.5:  # the shorter operand on either side
             a, b = b, a
         total = str(a + b)

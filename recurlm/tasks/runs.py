@@ -29,8 +29,7 @@ def stage_tasks(stage: StageConfig, training: bool = False) -> list[Task]:
     `training`: evaluation keeps the task's own definition)."""
     options = {"addition": dict(max_digits=stage.max_difficulty, reverse=stage.reverse_answer)}
     if training:
-        mixed = dict(mixed_lengths=stage.mixed_lengths, mixed_share=stage.mixed_share, mixed_short=stage.mixed_short)
-        options["addition"] |= mixed
+        options["addition"] |= {name: getattr(stage, name) for name in ("mixed_lengths", "mixed_share", "mixed_short")}
         wording = {name: getattr(stage, name) for name in ("wording", *SHARES)}
         options |= dict.fromkeys(SUITE, wording)
         wide = [name.strip() for name in stage.wide_tasks.split(",") if name.strip()]
