@@ -1,4 +1,5 @@
 import json
+import math
 
 import matplotlib.image
 import pytest
@@ -8,6 +9,7 @@ from recurlm.analysis.report import scaling_table, write_report
 from recurlm.checkpoint import load_checkpoint
 from recurlm.cli import main
 from recurlm.config import load_config
+from recurlm.evaluation.metrics import standard_error
 from recurlm.network.model import build_model
 
 
@@ -95,7 +97,11 @@ def test_compare_trains_both_baselines_on_the_same_tokens(run_dir, tmp_path):
     # the runs side by side, tasks pooled over difficulties: one row per task, a column per run and r
     side = md.split("### Side by side")[1].split("\n\n")[1].splitlines()
     assert side[0] == "| task | tiny r=1 | tiny r=2 | plain-3L |"
-    assert [line.split(" |")[0] for line in side[2:]] == ["| addition", "| mean over tasks"]
+    assert [line.split(" |")[0] for line in side[2:]] == [
+        "| addition",
+        "| mean over tasks",
+        "| ± standard error of the mean",
+    ]
     for png in ("accuracy_vs_r.png", "aggregate_vs_r.png"):
         assert_real_png(out / png)
 
@@ -119,8 +125,19 @@ def test_scaling_table_centres_guessable_tasks_on_chance():
             {"task": "sorting", "difficulty": 1, "accuracy": 0.3, "n": 10},
         ]
     }
-    *_, mean, centred = scaling_table(rows).splitlines()
+    *_, mean, error, centred = scaling_table(rows).splitlines()
     assert mean == "| mean over tasks | 0.400 |" and centred == "| mean over tasks, centred on chance | 0.150 |"
+    # each task's sample variance over its 10 credits, the two tasks independent: sqrt(.25/9 + .21/9) / 2
+    assert error == f"| ± standard error of the mean | {math.sqrt(0.25 / 9 + 0.21 / 9) / 2:.3f} |"
+
+
+def test_standard_error_pools_difficulties_and_shrinks_with_examples():
+    rows = [{"task": "a", "difficulty": d, "accuracy": 0.9, "n": 50} for d in (1, 2)]
+    assert standard_error(rows) == pytest.approx(math.sqrt(0.9 * 0.1 / 99))  # one task of 100 examples
+    quadrupled = [dict(r, n=200) for r in rows]
+    assert standard_error(quadrupled) == pytest.approx(math.sqrt(0.9 * 0.1 / 399))  # about half
+    assert standard_error([dict(r, accuracy=1.0) for r in rows]) == 0.0
+    assert standard_error([]) is None
 
 
 def test_plots_keep_every_line_visible_with_integer_ticks_accuracy_from_zero_and_legends_outside(run_dir, tmp_path):

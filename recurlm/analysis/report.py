@@ -17,7 +17,15 @@ from recurlm.checkpoint import load_checkpoint
 from recurlm.config import EXIT_CRITERIA
 from recurlm.errors import UserError
 from recurlm.evaluation.dynamics import default_depths, settle_or_drift
-from recurlm.evaluation.metrics import aggregate, centred_mean, chance, chatcore, in_chatcore, pooled
+from recurlm.evaluation.metrics import (
+    aggregate,
+    centred_mean,
+    chance,
+    chatcore,
+    in_chatcore,
+    pooled,
+    standard_error,
+)
 from recurlm.evaluation.scoring import sweep, task_sets
 from recurlm.tasks.runs import trained_task_names
 
@@ -40,14 +48,16 @@ def row_label(row: dict) -> str:
 
 def scaling_table(columns: dict[str, list[dict]]) -> str:
     """Accuracy with tasks (and difficulties) as rows and one column per setting (e.g. 'r=4': its result rows),
-    plus the aggregates: the mean task accuracy (and, when some task can be guessed, that mean centred on chance:
-    ChatCORE's rule over every task) unless all tasks are ChatCORE's, and ChatCORE over those of its tasks present."""
+    plus the aggregates: the mean task accuracy and its standard error (and, when some task can be guessed, that mean
+    centred on chance: ChatCORE's rule over every task) unless all tasks are ChatCORE's, and ChatCORE over those of
+    its tasks present."""
     labels = list(dict.fromkeys(row_label(r) for rows in columns.values() for r in rows))
     cells = {name: {row_label(r): r["accuracy"] for r in rows} for name, rows in columns.items()}
     table = [[label] + [cells[name].get(label) for name in columns] for label in labels]
     accuracy = [aggregate(rows) for rows in columns.values()]
     if not all(in_chatcore(t) for a in accuracy for t in a):
         table.append(["mean over tasks"] + [sum(a.values()) / len(a) if a else None for a in accuracy])
+        table.append(["± standard error of the mean"] + [standard_error(rows) for rows in columns.values()])
         if any(chance(t) for a in accuracy for t in a):
             table.append(["mean over tasks, centred on chance"] + [centred_mean(a) for a in accuracy])
     core = [chatcore(a) for a in accuracy]
