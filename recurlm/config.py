@@ -94,6 +94,11 @@ class ModelConfig:
     # at k = 0 the '=' that predicts the units takes id 0, every non-digit token's, which training shows in only 1%
     # of examples (addition-length: 0 -> 1 took 30-digit sums 0.88 -> 1.00 and unequal lengths 0.90 -> 0.98, val)
     abacus_shift: int = 0
+    # prompt digits also embed which number they belong to (1 = the prompt's first, up to this many; later ones share
+    # the last): both operands of a sum share significance ids, and past the shorter one's last digit a model that
+    # must tell them apart by its own means read the longer operand's digit twice (addition-length's wrong unequal
+    # sums, README); 0: off
+    abacus_operands: int = 0
     logn_attention: bool = False  # queries scaled by a learned per-head gain x log(position + 2) (scalable softmax,
     # Nakanishi 2025): QK-norm caps attention logits, so a lookup's weight fades as keys multiply; log n keeps it
     inject: str = "concat_linear"  # 'add': e + s; 'concat_linear': W [e; s] with W initialised to [I | 0]
@@ -117,6 +122,7 @@ class ModelConfig:
         _one_of("model", self, "state_init", ("prelude", "zero", "random"))
         _at_least("model", self, 1, ("vocab_size", "seq_len", "d_model", "n_head"))
         names = ("n_kv_head", "n_prelude", "n_core", "n_coda", "mlp_hidden", "proj_rank", "abacus", "abacus_shift")
+        names += ("abacus_operands",)
         _at_least("model", self, 0, (*names, "recur_lora_rank", "recur_lora_count"))
         if self.d_model % self.n_head or self.head_dim % 2:
             raise UserError(f"model.d_model ({self.d_model}) must be n_head ({self.n_head}) times an even head dim")
@@ -124,6 +130,8 @@ class ModelConfig:
             raise UserError(f"model.n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.abacus_shift and self.abacus_shift >= self.abacus:
             raise UserError(f"model.abacus_shift ({self.abacus_shift}) must be below model.abacus ({self.abacus})")
+        if self.abacus_operands and not self.abacus:
+            raise UserError("model.abacus_operands needs model.abacus (digit-significance ids)")
         if self.n_prelude + self.n_core + self.n_coda == 0:
             raise UserError("the model needs at least one block (n_prelude + n_core + n_coda >= 1)")
         if self.recur_lora_rank and not self.recur_lora_count:

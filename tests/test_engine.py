@@ -316,9 +316,9 @@ def test_stop_tokens_streaming_and_context_limit():
         engine.generate([IDX[0].tolist()], 3, policy(3, exit="kl:0.1"), use_cache=False)
 
 
-@pytest.mark.parametrize("shift", [0, 1])
-def test_abacus_ids_and_cached_decoding(shift):
-    from recurlm.text.tokenizer import Tokenizer, significance_ids
+@pytest.mark.parametrize("shift,operands", [(0, 0), (1, 0), (1, 1)])
+def test_abacus_ids_and_cached_decoding(shift, operands):
+    from recurlm.text.tokenizer import OPERAND_STRIDE, Tokenizer, significance_ids
 
     tok = Tokenizer.char("0123456789+=", "pad")
     ids = tok.encode("123+45=") + tok.encode("861")
@@ -326,12 +326,17 @@ def test_abacus_ids_and_cached_decoding(shift):
     assert significance_ids(ids, 7, tok.digit_ids) == [3, 2, 1, 0, 2, 1, 0, 1, 2, 3]
     # shifted: digits by k, and the '=' before the units takes k (as training's offsets write them)
     assert significance_ids(ids, 7, tok.digit_ids, 2) == [5, 4, 3, 0, 4, 3, 2, 3, 4, 5]
-    model = tiny_model(vocab_size=13, abacus=5, abacus_shift=shift)
+    # with operands n, the i-th prompt number's digits carry min(i, n) times the stride; nothing else does
+    codes = significance_ids(ids + tok.encode("+7"), 7, tok.digit_ids, 2, 2)
+    assert [c // OPERAND_STRIDE for c in codes] == [1, 1, 1, 0, 2, 2, 0, 0, 0, 0, 0, 0]
+    assert [c % OPERAND_STRIDE for c in codes] == [5, 4, 3, 0, 4, 3, 2, 3, 4, 5, 0, 3]
+    assert significance_ids(tok.encode("1+2+3="), 6, tok.digit_ids, 0, 2)[4] == 1 + 2 * OPERAND_STRIDE  # 3rd: 2nd's
+    model = tiny_model(vocab_size=13, abacus=5, abacus_shift=shift, abacus_operands=operands)
     digits = tok.digit_ids
     with pytest.raises(UserError, match="digit"):
         Engine(model)
     seq = torch.tensor([tok.encode("123+45=861+7")])
-    full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift)]))
+    full = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift, operands)]))
     got = cached_logits(Engine(model, digits), seq, policy(3, kv_budget=3), prefix=7)
     assert (got - full[:, 6:]).abs().max() <= 1e-4
     state, _, _ = Engine(model, digits).start(seq[:, :7].tolist(), policy(3, kv_budget=3))
@@ -343,10 +348,9 @@ def test_abacus_ids_and_cached_decoding(shift):
     assert cached.tokens == uncached.tokens
     other = full.clone()
     with torch.no_grad():
-        model.abacus.weight[1:].normal_()  # the ids matter
-    assert not torch.allclose(
-        model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift)])), other, atol=1e-4
-    )
+        (model.operands if operands else model.abacus).weight[1:].normal_()  # the ids matter
+    again = model(seq, 3, digit_pos=torch.tensor([significance_ids(seq[0].tolist(), 7, digits, shift, operands)]))
+    assert not torch.allclose(again, other, atol=1e-4)
 
 
 # batch 1 is the path whose projections are written as multiply-and-sum (model._product)

@@ -27,7 +27,7 @@ ARCHITECTURES = {
                                                    "tie_embeddings=false", "logit_softcap=15", "state_init=zero",
                                                    "exit_gate=true"]),
     "lora-random-state": ("miniaxion-0.9m", ["recur_lora_rank=2", "recur_lora_count=2", "state_init=random"]),
-    "gate-abacus": ("rrslm-addition", ["n_core=1", "abacus_shift=1"]),
+    "gate-abacus": ("rrslm-addition", ["n_core=1", "abacus_shift=1", "abacus_operands=2"]),
     "contractive-sandwich": ("miniaxion-0.9m", ["inject=contractive", "sandwich_norm=true", "recurrences=3"]),
     "plain-nope-logn": ("miniaxion-0.9m", ["n_core=0", "n_prelude=2", "n_coda=1", "rope=false", "logn_attention=true"]),
 }  # fmt: skip
@@ -133,7 +133,8 @@ def test_exported_model_computes_what_recurlm_computes(exported, name):
     assert ids[:1] == ([bos] if bos is not None else ids[:1])  # the tokenizer puts BOS first, as recurlm does
     digit_pos = None
     if configs.model.abacus:
-        digit_pos = torch.tensor([significance_ids(ids, len(ids), tok.digit_ids, configs.model.abacus_shift)])
+        shift, operands = configs.model.abacus_shift, configs.model.abacus_operands
+        digit_pos = torch.tensor([significance_ids(ids, len(ids), tok.digit_ids, shift, operands)])
     default_r = configs.inference.recurrences
     assert res["default_r"] == default_r
     for r in (1, 2):

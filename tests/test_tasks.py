@@ -587,3 +587,23 @@ def test_depth_by_token_marks_the_results_of_a_trace_and_not_its_tags_or_copied_
     # tokens "7 + 8 = ", "1", "5", "</STEP>": only the digits of the sum are results
     ends = [trace.index("= ") + 2, trace.index("15") + 1, trace.index("15") + 2, trace.index("</STEP>") + 7]
     assert script.token_is_result(ends, script.result_spans(trace)) == [False, True, True, False]
+
+
+def test_addition_errors_find_the_longer_operands_digit_counted_twice():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "addition_errors.py"
+    spec = importlib.util.spec_from_file_location("addition_errors", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    first = script.first_wrong_column
+    # 9735 + 18 = 9753, units first 3579: the hundreds (7, no carry in) written as 7 + 7 = 14 -> 4
+    assert first("9735+18=", "9753", "3549") == {"column": 2, "shorter": 2, "where": "right after", "kind": "twice"}
+    # the tens carry into the hundreds: 9785 + 18 = 9803 -> 3089; 7 + 7 + 1 = 15 -> 5 written at column 2
+    assert first("18+9785=", "9803", "3059")["kind"] == "twice"
+    assert first("9735+18=", "9753", "3589")["kind"] == "other"  # 8: neither the right digit nor twice
+    assert first("9735+18=", "9753", "3571")["where"] == "further"
+    assert first("9735+18=", "9753", "3479")["where"] == "inside"
+    assert first("9735+18=", "9753", "357")["kind"] == "length"
+    assert first("9735+18=", "9753", "3579") is None and first("12+34=", "46", "74") is None

@@ -520,6 +520,33 @@ def test_abacus_offsets_shift_each_examples_digit_ids_together_within_the_table(
     assert plain.max() <= 4 and not torch.equal(plain, fixed) and bool((plain[fixed > 0] > 0).all())
 
 
+def test_operand_ids_ride_with_significance_through_offsets():
+    """model.abacus_operands: each prompt digit's id also carries its number's order (times OPERAND_STRIDE); the
+    random offset shifts the significance and leaves the order, the answer's digits have none."""
+    from recurlm.text.tokenizer import OPERAND_STRIDE
+
+    configs = load_config("addition-length", overrides=["model.abacus_operands=2"])
+    stage, tok = configs.stages["train"], build_tokenizer(configs)
+    x, _, pos = TaskMixture(stage, tok, 0, 110, operands=2).batch(16, 0, 0, 0, None)
+    _, _, plain = TaskMixture(stage, tok, 0, 110).batch(16, 0, 0, 0, None)
+    assert torch.equal(pos % OPERAND_STRIDE, plain)  # the same draws and offsets, significance unchanged
+    (plus, equals), bos = (tok.encode(c)[-1] for c in "+="), tok.bos_ids[0]
+    for row, ids in zip(x.tolist(), (pos // OPERAND_STRIDE).tolist(), strict=True):
+        number = 0
+        for t, (token, order) in enumerate(zip(row, ids, strict=True)):
+            if token == bos:
+                number = 1
+            elif token == equals:
+                number = 0  # the answer, written after '=', is no operand
+            elif token == plus:
+                number = 2
+            want = number if token in tok.digit_ids else 0
+            assert order == want, (t, row)
+    assert (pos // OPERAND_STRIDE == 1).any() and (pos // OPERAND_STRIDE == 2).any()
+    with pytest.raises(UserError, match="abacus_operands needs model.abacus"):
+        load_config("rrslm-addition", overrides=["model.abacus=0", "model.abacus_operands=2"])
+
+
 def test_packed_rows_hold_several_examples_on_id_ranges_of_their_own():
     configs = load_config("addition-length", overrides=["stage.train.pack=3"])
     stage, tok = configs.stages["train"], build_tokenizer(configs)

@@ -25,16 +25,16 @@ class RecurLMConfig(PretrainedConfig):
         self,
         vocab_size=256, seq_len=256, d_model=256, n_head=4, n_kv_head=0, n_prelude=2, n_core=4, n_coda=2,
         mlp="relu2", mlp_hidden=0, tie_embeddings=False, logit_softcap=0.0, proj_rank=0, rope_theta=10000.0, rope=True,
-        abacus=0, abacus_shift=0, digit_token_ids=(), inject="concat_linear", gate=False, state_init="prelude",
-        recur_lora_rank=0, recur_lora_count=0, num_steps=1, exit="none", min_steps=1, logn_attention=False,
-        sandwich_norm=False, exit_gate=False, kv_budget=1, warm_start=False, **kwargs,
+        abacus=0, abacus_shift=0, abacus_operands=0, digit_token_ids=(), inject="concat_linear", gate=False,
+        state_init="prelude", recur_lora_rank=0, recur_lora_count=0, num_steps=1, exit="none", min_steps=1,
+        logn_attention=False, sandwich_norm=False, exit_gate=False, kv_budget=1, warm_start=False, **kwargs,
     ):  # fmt: skip
         self.vocab_size, self.seq_len, self.d_model, self.n_head = vocab_size, seq_len, d_model, n_head
         self.n_kv_head, self.n_prelude, self.n_core, self.n_coda = n_kv_head or n_head, n_prelude, n_core, n_coda
         self.mlp, self.mlp_hidden, self.logit_softcap = mlp, mlp_hidden or 4 * d_model, logit_softcap
         self.tie_embeddings, self.proj_rank, self.rope_theta, self.rope = tie_embeddings, proj_rank, rope_theta, rope
         self.abacus, self.digit_token_ids, self.logn_attention = abacus, list(digit_token_ids), logn_attention
-        self.abacus_shift = abacus_shift
+        self.abacus_shift, self.abacus_operands = abacus_shift, abacus_operands
         self.sandwich_norm, self.exit_gate = sandwich_norm, exit_gate
         self.kv_budget, self.warm_start = kv_budget, warm_start  # the cache generate() decodes with
         self.inject, self.gate, self.state_init = inject, gate, state_init
@@ -168,17 +168,21 @@ def exit_fired(name, eps, prev, cur, memory):
     return measure < eps
 
 
-def significance_ids(ids, n_prompt, digits, shift=0):
+OPERAND_STRIDE = 1 << 16  # an id carries its prompt number's order times this (abacus_operands)
+
+
+def significance_ids(ids, n_prompt, digits, shift=0, operands=0):
     """Abacus ids (recurlm.text.tokenizer.significance_ids): prompt numbers count from their last digit, generated
     (reversed) numbers from their first; digits shifted by `shift`, which the prompt's last token takes when it is
-    not a digit."""
-    out, i = [0] * len(ids), 0
+    not a digit; with `operands` n, the i-th prompt number's digits also carry min(i, n) * OPERAND_STRIDE."""
+    out, i, number = [0] * len(ids), 0, 0
     while i < n_prompt:
         j = i
         while j < n_prompt and ids[j] in digits:
             j += 1
+        number += j > i
         for k in range(i, j):
-            out[k] = j - k
+            out[k] = j - k + OPERAND_STRIDE * min(number, operands)
         i = j + 1 if j == i else j
     run = 0
     for k in range(n_prompt, len(ids)):
@@ -246,6 +250,7 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         lora = (c.recur_lora_rank, c.recur_lora_count) if c.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(c.vocab_size, d)
         self.abacus = nn.Embedding(c.abacus + 1, d) if c.abacus else None
+        self.operands = nn.Embedding(c.abacus_operands + 1, d) if c.abacus_operands else None
         self.prelude = nn.ModuleList(Block(c) for _ in range(c.n_prelude))
         self.core = nn.ModuleList(Block(c, lora) for _ in range(c.n_core))
         self.coda = nn.ModuleList(Block(c) for _ in range(c.n_coda))
@@ -314,11 +319,15 @@ class RecurLMForCausalLM(PreTrainedModel, GenerationMixin):
         prompt's) and the prelude blocks; with a cache, each writes its slot."""
         x = self.wte(input_ids)
         if self.abacus is not None:
+            c = self.config
             if digit_pos is None:
-                digits = set(self.config.digit_token_ids)
-                shift = self.config.abacus_shift
-                digit_pos = torch.tensor([significance_ids(row, n_prompt, digits, shift) for row in input_ids.tolist()])
-            x = x + self.abacus(digit_pos.to(input_ids.device).clamp(max=self.config.abacus))
+                digits, rows = set(c.digit_token_ids), input_ids.tolist()
+                ids = [significance_ids(row, n_prompt, digits, c.abacus_shift, c.abacus_operands) for row in rows]
+                digit_pos = torch.tensor(ids)
+            digit_pos = digit_pos.to(input_ids.device)
+            x = x + self.abacus((digit_pos % OPERAND_STRIDE).clamp(max=c.abacus))
+            if self.operands is not None:
+                x = x + self.operands(digit_pos // OPERAND_STRIDE)
         e = norm(x)
         for j, block in enumerate(self.prelude):
             e = block(e, cos, sin, kv=None if cache is None else (cache, cache.slot("prelude", j), None, None))

@@ -104,7 +104,9 @@ class Engine:
         for b, (q, n) in enumerate(zip(seqs, n_prompt, strict=True)):
             idx[b, : len(q)] = torch.tensor(q, dtype=torch.long)
             if digit_pos is not None:
-                digit_pos[b, : len(q)] = torch.tensor(significance_ids(q, n, self.digit_ids, self.cfg.abacus_shift))
+                digit_pos[b, : len(q)] = torch.tensor(
+                    significance_ids(q, n, self.digit_ids, self.cfg.abacus_shift, self.cfg.abacus_operands)
+                )
         return idx.to(self.device), None if digit_pos is None else digit_pos.to(self.device)
 
     @staticmethod

@@ -18,6 +18,7 @@ from recurlm.errors import UserError
 from recurlm.machine import cpu_has_amx
 from recurlm.network.cache import KVCache, Stopped
 from recurlm.network.exits import Halting
+from recurlm.text.tokenizer import OPERAND_STRIDE
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -297,6 +298,7 @@ class RecurrentGPT(nn.Module):
         lora = (cfg.recur_lora_rank, cfg.recur_lora_count) if cfg.recur_lora_rank else (0, 0)
         self.wte = nn.Embedding(cfg.vocab_size, d)
         self.abacus = nn.Embedding(cfg.abacus + 1, d) if cfg.abacus else None  # id 0: not a digit
+        self.operands = nn.Embedding(cfg.abacus_operands + 1, d) if cfg.abacus_operands else None  # 0: none
         if self.abacus is not None and cfg.abacus_fixed:
             self.abacus.weight.requires_grad_(False)
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
@@ -349,6 +351,8 @@ class RecurrentGPT(nn.Module):
             nn.init.orthogonal_(self.abacus.weight, gain=self.cfg.d_model**0.5)
         elif self.abacus is not None:
             self.abacus.weight.normal_(0.0, 1.0)
+        if self.operands is not None:
+            self.operands.weight.normal_(0.0, 1.0)
         if self.lm_head is not None:
             self.lm_head.weight.normal_(0.0, 0.001)
         if self.inject is not None:  # W [e; s] starts as e: the loop begins as a plain deep network
@@ -416,7 +420,9 @@ class RecurrentGPT(nn.Module):
         x = self.wte(idx)
         if self.abacus is not None:
             assert digit_pos is not None, "an abacus model needs digit_pos (see tokenizer.significance_ids)"
-            x = x + self.abacus(digit_pos.clamp(max=self.cfg.abacus))
+            x = x + self.abacus((digit_pos % OPERAND_STRIDE).clamp(max=self.cfg.abacus))
+            if self.operands is not None:
+                x = x + self.operands(digit_pos // OPERAND_STRIDE)
         x = norm(x)
         for i, block in enumerate(self.prelude):
             x = block(x, ctx, self._slot(ctx, "prelude", i))

@@ -146,23 +146,32 @@ class Tokenizer:
         return self.hf.decode(ids, skip_special_tokens=False)
 
 
-def significance_ids(ids: list[int], n_prompt: int, digit_ids: set[int], shift: int = 0) -> list[int]:
+# Abacus ids carry a prompt digit's number (model.abacus_operands) as number * OPERAND_STRIDE + significance: one
+# tensor through data, engine and cache, split again by the model's embedding
+OPERAND_STRIDE = 1 << 16
+
+
+def significance_ids(
+    ids: list[int], n_prompt: int, digit_ids: set[int], shift: int = 0, operands: int = 0
+) -> list[int]:
     """Abacus ids: for each digit token its significance in its number (1 = units), 0 for other tokens; with
     `shift` k, digits take significance + k and the prompt's last token, when not a digit, k (as training's
-    offsets write them: `training.data.offset`).
+    offsets write them: `training.data.offset`). With `operands` n, a prompt digit of the i-th number also carries
+    min(i, n) * OPERAND_STRIDE.
 
     Prompt numbers are written most-significant digit first, so they count from their last digit; generated numbers
     are written least-significant digit first (reversed answers), so they count from their first, which is known
     at each step of generation. Digits of equal significance then share an embedding wherever they stand.
     """
     out = [0] * len(ids)
-    i = 0
+    i = number = 0
     while i < n_prompt:
         j = i
         while j < n_prompt and ids[j] in digit_ids:
             j += 1
+        number += j > i
         for k in range(i, j):
-            out[k] = j - k
+            out[k] = j - k + OPERAND_STRIDE * min(number, operands)
         i = j + 1 if j == i else j
     run = 0
     for k in range(n_prompt, len(ids)):

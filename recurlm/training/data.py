@@ -13,16 +13,16 @@ from recurlm.config import StageConfig
 from recurlm.tasks import Example, Task
 from recurlm.tasks.runs import stage_tasks, task_weights
 from recurlm.text.prompting import example_ids
-from recurlm.text.tokenizer import Tokenizer, shifted, significance_ids
+from recurlm.text.tokenizer import OPERAND_STRIDE, Tokenizer, shifted, significance_ids
 
 
-def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus: bool = False):
+def encode_example(tok: Tokenizer, ex: Example, loss: str = "completion", abacus: bool = False, operands: int = 0):
     """Token ids of prompt + target + end token, a mask of the positions the loss is taken on, and the digit
     significance ids (None unless `abacus`)."""
     p = example_ids(tok, ex.prompt)
     c = tok.encode_markup(ex.target) + [tok.eos_id]
     mask = ([0] * len(p) if loss == "completion" else [0] + [1] * (len(p) - 1)) + [1] * len(c)
-    return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids) if abacus else None
+    return p + c, mask, significance_ids(p + c, len(p), tok.digit_ids, 0, operands) if abacus else None
 
 
 def offset(
@@ -32,7 +32,7 @@ def offset(
     landing at most at `top`. With a list `taken` of the id ranges of a row's other examples, the range
     [k, k + largest] avoids them and is added (None where no k is left); with `near` > 0 it lies at most that many
     ids from one of them where it can. Inference reads numbers at one k, model.abacus_shift."""
-    m = max(digits, default=0)
+    m = max((d % OPERAND_STRIDE for d in digits), default=0)
     free = [k for k in range(max(top - m, 0) + 1) if all(k + m < a or k > b for a, b in taken or ())]
     if not free:
         return None
@@ -65,8 +65,10 @@ class TaskMixture:
     """Mixture of a stage's tasks, by their weights. With a curriculum, rows come from the current level, and a
     share `review_frac` from the levels already passed."""
 
-    def __init__(self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: int = 0, context: int = 0):
-        self.stage, self.tok, self.seed, self.abacus = stage, tok, seed, abacus
+    def __init__(
+        self, stage: StageConfig, tok: Tokenizer, seed: int, abacus: int = 0, context: int = 0, operands: int = 0
+    ):
+        self.stage, self.tok, self.seed, self.abacus, self.operands = stage, tok, seed, abacus, operands
         self.context = context  # rows are cut to this many inputs (the model's context; 0: never)
         self.tasks = stage_tasks(stage, training=True)
         weights = list(task_weights(stage).values())
@@ -107,7 +109,7 @@ class TaskMixture:
         for size in sizes:
             row, taken = ([], [], [] if self.abacus else None), []
             for ex in itertools.islice(examples, size):
-                ids, mask, digits = encode_example(self.tok, ex, self.stage.loss, self.abacus > 0)
+                ids, mask, digits = encode_example(self.tok, ex, self.stage.loss, self.abacus > 0, self.operands)
                 if offsets is not None:
                     n_prompt = len(example_ids(self.tok, ex.prompt))
                     digits = offset(digits, self.abacus, offsets, n_prompt, taken, self.stage.pack_near)

@@ -270,7 +270,9 @@ def _train(configs: RunConfig, out: Path, resume: bool, stop_after: int | None, 
     try:
         while state["stage"] < len(stages):
             name, stage = stages[state["stage"]]
-            mixture = TaskMixture(stage, tok, data_seed * 1000 + state["stage"], mcfg.abacus, mcfg.seq_len)
+            mixture = TaskMixture(
+                stage, tok, data_seed * 1000 + state["stage"], mcfg.abacus, mcfg.seq_len, mcfg.abacus_operands
+            )
             if stage.text:
                 stream = TextStream(stage.text, tok, stage.seq_len or mcfg.seq_len, rank, world)
                 stream.skip(state["stage_step"] * tcfg.grad_accum * tcfg.batch_size)
