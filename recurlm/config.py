@@ -122,8 +122,7 @@ class ModelConfig:
         _one_of("model", self, "state_init", ("prelude", "zero", "random"))
         _at_least("model", self, 1, ("vocab_size", "seq_len", "d_model", "n_head"))
         names = ("n_kv_head", "n_prelude", "n_core", "n_coda", "mlp_hidden", "proj_rank", "abacus", "abacus_shift")
-        names += ("abacus_operands",)
-        _at_least("model", self, 0, (*names, "recur_lora_rank", "recur_lora_count"))
+        _at_least("model", self, 0, (*names, "abacus_operands", "recur_lora_rank", "recur_lora_count"))
         if self.d_model % self.n_head or self.head_dim % 2:
             raise UserError(f"model.d_model ({self.d_model}) must be n_head ({self.n_head}) times an even head dim")
         if self.n_head % self.kv_heads:
