@@ -95,6 +95,18 @@ def test_shipped_addition_length_adds_operands_of_different_lengths():
     assert res["accuracy"] >= 0.9, res["accuracy"]
 
 
+def test_generate_gives_a_sum_longer_than_training_room_to_finish(capsys):
+    """The addition task's budget holds the 10-digit sums trained on; a typed 40-digit sum still comes out whole."""
+    from recurlm.cli import main
+
+    a, b = 3512738939570703561126415477316628552662, 27977
+    assert main(["generate", "--checkpoint", str(MINIAXION.parent / "addition-length"), "--prompt", f"{a}+{b}="]) in (
+        0,
+        None,
+    )
+    assert capsys.readouterr().out.strip() == str(a + b)
+
+
 RN_MINI = MINIAXION.parent / "recursive-nanochat-mini"
 
 

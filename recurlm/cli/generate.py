@@ -26,7 +26,9 @@ def register(sub):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", required=True)
     s.add_argument(
-        "--max-new-tokens", type=positive_int, help="budget (default: the run's tasks' own, 256 without tasks)"
+        "--max-new-tokens",
+        type=positive_int,
+        help="budget (default: the task's own, or the prompt's length when longer; 256 without tasks)",
     )
     add_policy_flags(s)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence for every token")
@@ -89,7 +91,9 @@ def run(args):
         ids, task = prompter.question(args.prompt)
     if args.raw:
         task = None
-    budget = args.max_new_tokens or (task.max_new_tokens if task is not None else prompter.max_new_tokens)
+    # a task's answer may be as long as its prompt: a model that extrapolates (addition-length) adds longer numbers
+    # than the budget of the task it trained on holds
+    budget = args.max_new_tokens or (max(task.max_new_tokens, len(ids)) if task else prompter.max_new_tokens)
     seq = Sequence(ids, budget, policy, args.seed)
     engine = Engine(model, tok.digit_ids, compile=args.compile)
     shown, t0 = "", time.perf_counter()
