@@ -19,6 +19,7 @@ from recurlm.errors import UserError
 from recurlm.evaluation.dynamics import default_depths, settle_or_drift
 from recurlm.evaluation.metrics import (
     aggregate,
+    by_task,
     centred_mean,
     chance,
     chatcore,
@@ -68,12 +69,10 @@ def scaling_table(columns: dict[str, list[dict]]) -> str:
 
 def per_task(rows: list[dict]) -> list[dict]:
     """Rows of one setting pooled over difficulties: one row per task."""
-    by_task: dict[str, list[dict]] = {}
-    for row in rows:
-        by_task.setdefault(row["task"], []).append(row)
-    totals = {t: sum(r["n"] for r in task_rows) for t, task_rows in by_task.items()}
+    tasks = by_task(rows)
+    totals = {t: sum(r["n"] for r in task_rows) for t, task_rows in tasks.items()}
     return [
-        {"task": t, "difficulty": None, "accuracy": pooled(by_task[t], "accuracy"), "n": n}
+        {"task": t, "difficulty": None, "accuracy": pooled(tasks[t], "accuracy"), "n": n}
         for t, n in totals.items()
         if n
     ]
@@ -347,13 +346,6 @@ def plot_settle_or_drift(runs: list[Run], path: Path) -> Figure:
         integer_ticks(ax)
     legend_outside(fig, list(axes))
     return save(fig, path)
-
-
-def by_task(rows: list[dict]) -> dict[str, list[dict]]:
-    tasks: dict[str, list[dict]] = {}
-    for row in rows:
-        tasks.setdefault(row["task"], []).append(row)
-    return tasks
 
 
 def plot_training(runs: list[Run], path: Path) -> Figure:

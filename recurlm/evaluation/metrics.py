@@ -31,23 +31,26 @@ def pooled(rows: list[ResultRow], key: str) -> float:
     return sum(r[key] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1)
 
 
+def by_task(rows: list[ResultRow]) -> dict[str, list[ResultRow]]:
+    """Rows grouped by task (each task's difficulties together), in the order tasks first appear."""
+    out: dict[str, list[ResultRow]] = {}
+    for row in rows:
+        out.setdefault(row["task"], []).append(row)
+    return out
+
+
 def aggregate(rows: list[ResultRow]) -> dict[str, float]:
     """Task -> accuracy over its difficulties (pooled), for rows of one setting."""
-    by_task: dict[str, list[ResultRow]] = {}
-    for row in rows:
-        by_task.setdefault(row["task"], []).append(row)
-    return {t: pooled(task_rows, "accuracy") for t, task_rows in by_task.items() if sum(r["n"] for r in task_rows)}
+    tasks = by_task(rows)
+    return {t: pooled(task_rows, "accuracy") for t, task_rows in tasks.items() if sum(r["n"] for r in task_rows)}
 
 
 def standard_error(rows: list[ResultRow]) -> float | None:
     """The standard error of the mean over tasks (of `aggregate`), as lm-eval's acc_stderr: each task's accuracy the
     mean of its n examples' credits, with their sample variance (for 0/1 credits n/(n - 1)·p(1 - p)), tasks
     independent. It says which gaps are noise: 0.897 on 719 questions over seven tasks is ± 0.011."""
-    by_task: dict[str, list[ResultRow]] = {}
-    for row in rows:
-        by_task.setdefault(row["task"], []).append(row)
     variances = []
-    for task_rows in by_task.values():
+    for task_rows in by_task(rows).values():
         if n := sum(r["n"] for r in task_rows):
             p = pooled(task_rows, "accuracy")
             variances.append(p * (1 - p) / max(n - 1, 1))
